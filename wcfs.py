@@ -1,0 +1,143 @@
+#!/usr/bin/env python3
+"""wcfs: serve the ZBigFiles of a ZODB database as plain files (FUSE).
+
+This module is the entry point: it parses the command line, sets up logging
+and signals, and runs the server of wcfs_lib.server. See `man wcfs`.
+"""
+
+import argparse
+import logging
+import signal
+import sys
+
+__version__ = '0.1.0'
+
+DESCRIPTION = """\
+Serve the data of every ZBigFile of the ZODB database at ZURL as plain files
+under MOUNTPOINT: bigfile/<oid>/head/data (latest), bigfile/<oid>/@<tid>/data
+(as of a transaction), head/at and head/invalidations (the isolation protocol).
+ZURL is zeo://HOST:PORT or file:///PATH/Data.fs."""
+
+EPILOG = """\
+exit status: 0 success, 1 runtime failure, 2 usage error.
+See wcfs(8) for the filesystem layout and the invalidation protocol."""
+
+AUTOEXIT_DEFAULT = 60.0
+
+
+class UsageError(Exception):
+    pass
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UsageError(message)
+
+
+def positive(text):
+    value = float(text)
+    if not value > 0:
+        raise ValueError(text)
+    return value
+
+
+positive.__name__ = 'positive number'
+
+
+def fuse_options(text):
+    """-o a,b=c -> {'a': True, 'b': 'c'}"""
+    opts = {}
+    for item in filter(None, text.split(',')):
+        key, eq, value = item.partition('=')
+        opts[key] = value if eq else True
+    return opts
+
+
+fuse_options.__name__ = 'mount option list'
+
+
+def make_parser():
+    p = Parser(prog='wcfs', description=DESCRIPTION, epilog=EPILOG,
+               usage='wcfs [options] ZURL MOUNTPOINT',
+               formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument('zurl', metavar='ZURL', help='the database: zeo://HOST:PORT or file:///PATH/Data.fs')
+    p.add_argument('mountpoint', metavar='MOUNTPOINT', help='an existing directory to mount on')
+    p.add_argument('--version', action='version', version='wcfs ' + __version__)
+    p.add_argument('--debug', action='store_true',
+                   help='log every filesystem request and protocol message')
+    p.add_argument('--logfile', metavar='PATH',
+                   help='log to this file instead of stderr (SIGHUP reopens it)')
+    p.add_argument('--autoexit', metavar='SECONDS', type=positive, nargs='?', const=AUTOEXIT_DEFAULT,
+                   help='unmount and exit once nothing under the mount has been open for '
+                        'SECONDS (default 60); write it as --autoexit=SECONDS')
+    p.add_argument('--kill-timeout', metavar='SECONDS', type=positive, default=30.0,
+                   help='how long a subscribed client may take to ack before it is killed (30)')
+    p.add_argument('--revdir-timeout', metavar='SECONDS', type=positive, default=60.0,
+                   help='how long an unused @<tid>/ directory lives (60)')
+    p.add_argument('--db-timeout', metavar='SECONDS', type=positive, default=30.0,
+                   help='how long a request waits for the database before EIO, '
+                        'and start-up waits for it (30)')
+    p.add_argument('-o', dest='fuse_options', metavar='OPT[,OPT...]', type=fuse_options,
+                   action='append', default=[], help='extra FUSE mount options, e.g. allow_other')
+    return p
+
+
+def parse_args(argv):
+    # `--autoexit ZURL MOUNTPOINT` must not take ZURL as its value.
+    argv = ['--autoexit=%g' % AUTOEXIT_DEFAULT if a == '--autoexit' else a for a in argv]
+    opts = make_parser().parse_args(argv)
+    merged = {}
+    for d in opts.fuse_options:
+        merged.update(d)
+    opts.fuse_options = merged
+    return opts
+
+
+def setup_logging(opts):
+    handler = logging.FileHandler(opts.logfile) if opts.logfile else logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter('%(asctime)s %(name)s %(levelname)s: %(message)s'))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.DEBUG if opts.debug else logging.INFO)
+    for noisy in ('ZEO', 'mfusepy', 'txn'):
+        logging.getLogger(noisy).setLevel(logging.DEBUG if opts.debug else logging.WARNING)
+    return handler
+
+
+def reopen_log(handler):
+    if isinstance(handler, logging.FileHandler):
+        handler.acquire()
+        try:
+            handler.close()
+            handler.stream = handler._open()
+        finally:
+            handler.release()
+
+
+def main(argv=None):
+    try:
+        opts = parse_args(sys.argv[1:] if argv is None else argv)
+    except UsageError as e:
+        print('wcfs: %s (see wcfs --help)' % e, file=sys.stderr)
+        return 2
+    handler = setup_logging(opts)
+
+    from wcfs_lib import mount, server, zstorage
+    srv = server.Server(opts)
+    signal.signal(signal.SIGTERM, lambda *_: srv.request_shutdown())
+    signal.signal(signal.SIGINT, lambda *_: srv.request_shutdown())
+    signal.signal(signal.SIGHUP, lambda *_: reopen_log(handler))
+    try:
+        srv.start()
+    except zstorage.UsageError as e:
+        print('wcfs: %s' % e, file=sys.stderr)
+        return 2
+    except (zstorage.OpenError, mount.MountError, server.StartError) as e:
+        print('wcfs: %s' % e, file=sys.stderr)
+        return 1
+    srv.serve()
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

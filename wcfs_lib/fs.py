@@ -1,0 +1,357 @@
+"""The FUSE operations: paths to nodes, nodes to calls on the model, errnos.
+
+    .wcfs/zurl  .wcfs/stats
+    bigfile/<oid>/head/{data,at,invalidations}
+    bigfile/<oid>/@<tid>/data
+
+Handlers are thin: behaviour lives in bigfile, watcher and channel modules.
+Every handler runs on one of libfuse's worker threads; none of them may stat
+the mount or send a kernel notification (see kcache).
+"""
+
+import errno
+import logging
+import os
+import re
+import stat
+import threading
+import time
+
+os.environ.setdefault('FUSE_LIBRARY_NAME', 'fuse3')
+import mfusepy as fuse  # noqa: E402  (FUSE_LIBRARY_NAME must be set first)
+
+from . import zformat  # noqa: E402
+from .bigfile import BigFile, MAX_REVDIRS, head_of, tid_time  # noqa: E402
+from .kcache import FUSE_CAP_AUTO_INVAL_DATA, FUSE_CAP_EXPLICIT_INVAL_DATA  # noqa: E402
+
+log = logging.getLogger('wcfs.fs')
+
+HEX16 = re.compile(r'[0-9a-f]{16}\Z')
+
+# node kinds
+ROOT, WCFSDIR, ZURL, STATS, BIGFILES, FILEDIR, HEADDIR, DATA, AT, INVAL, REVDIR, REVDATA = range(12)
+
+DIRS = {ROOT, WCFSDIR, BIGFILES, FILEDIR, HEADDIR, REVDIR}
+UNCACHED = {ZURL, STATS, AT}    # direct_io: never stale
+
+
+class Node:
+    """What a path names: its kind, and the bigfile / revdir it is part of."""
+
+    __slots__ = ('kind', 'bf', 'rd')
+
+    def __init__(self, kind, bf=None, rd=None):
+        self.kind = kind
+        self.bf = bf
+        self.rd = rd
+
+
+def err(code):
+    return fuse.FuseOSError(code)
+
+
+def is_hex16(name):
+    return bool(HEX16.match(name))
+
+
+class Handle:
+    """An open file or directory (fi.fh indexes these)."""
+
+    __slots__ = ('node', 'content', 'channel')
+
+    def __init__(self, node, content=None, channel=None):
+        self.node = node
+        self.content = content  # bytes snapshot of a one-line/stats file
+        self.channel = channel
+
+
+class WCFS(fuse.Operations):
+    use_ns = True
+
+    def __init__(self, srv):
+        self.srv = srv              # Server: table, loader, watcher, ctx, zurl
+        self._handles = {}
+        self._handles_lock = threading.Lock()   # guards _handles, _next_fh
+        self._next_fh = 1
+        self.opens = 0              # open files and dirs; guarded by _handles_lock
+        self.last_close = time.monotonic()
+        self._uid, self._gid = os.getuid(), os.getgid()
+
+    # ---- paths ----
+
+    def resolve(self, path):
+        parts = [p for p in path.split('/') if p]
+        n = len(parts)
+        if n == 0:
+            return Node(ROOT)
+        if parts[0] == '.wcfs':
+            if n == 1:
+                return Node(WCFSDIR)
+            if n == 2 and parts[1] in ('zurl', 'stats'):
+                return Node(ZURL if parts[1] == 'zurl' else STATS)
+            raise err(errno.ENOENT)
+        if parts[0] != 'bigfile':
+            raise err(errno.ENOENT)
+        if n == 1:
+            return Node(BIGFILES)
+        bf = self.srv.table.get(int(parts[1], 16)) if is_hex16(parts[1]) else None
+        if bf is None:
+            raise err(errno.ENOENT)
+        if n == 2:
+            return Node(FILEDIR, bf)
+        if parts[2] == 'head':
+            if n == 3:
+                return Node(HEADDIR, bf)
+            if n == 4:
+                kind = {'data': DATA, 'at': AT, 'invalidations': INVAL}.get(parts[3])
+                if kind is not None:
+                    return Node(kind, bf)
+            raise err(errno.ENOENT)
+        name = parts[2]
+        rd = bf.revdir(int(name[1:], 16)) if name[:1] == '@' and is_hex16(name[1:]) else None
+        if rd is None:
+            raise err(errno.ENOENT)
+        if n == 3:
+            return Node(REVDIR, bf, rd)
+        if n == 4 and parts[3] == 'data':
+            return Node(REVDATA, bf, rd)
+        raise err(errno.ENOENT)
+
+    # ---- attributes ----
+
+    def getattr(self, path, fh=None):
+        node = self.resolve(path)
+        now = time.time()
+        st = dict(st_uid=self._uid, st_gid=self._gid, st_atime=now, st_ctime=now, st_mtime=now)
+        if node.kind in DIRS:
+            mode = 0o777 if node.kind in (BIGFILES, FILEDIR) else 0o555
+            st.update(st_mode=stat.S_IFDIR | mode, st_nlink=2)
+        else:
+            mode = 0o666 if node.kind == INVAL else 0o444
+            st.update(st_mode=stat.S_IFREG | mode, st_nlink=1, st_size=0)
+        if node.kind in (DATA, REVDATA, HEADDIR, REVDIR, AT):
+            head = node.bf.head if node.rd is None else node.rd.head
+            t = tid_time(head.at)
+            st.update(st_mtime=t, st_ctime=t, st_atime=t)
+            if node.kind in (DATA, REVDATA):
+                st.update(st_size=head.size, st_blksize=head.blksize,
+                          st_blocks=(head.size + 511) // 512)
+        if node.kind in UNCACHED:
+            st['st_size'] = len(self._content(node))
+        return {k: (int(v * 1e9) if k.endswith('time') else v) for k, v in st.items()}
+
+    def _content(self, node):
+        if node.kind == ZURL:
+            return (self.srv.zurl + '\n').encode()
+        if node.kind == STATS:
+            return self.srv.stats.render()
+        if node.kind == AT:
+            return b'%016x\n' % node.bf.head.at
+        raise err(errno.EISDIR)
+
+    def readdir(self, path, fh):
+        node = self.resolve(path)
+        names = {
+            ROOT: lambda: ['.wcfs', 'bigfile'],
+            WCFSDIR: lambda: ['zurl', 'stats'],
+            BIGFILES: lambda: sorted(bf.name for bf in self.srv.table.files()),
+            FILEDIR: lambda: ['head'] + node.bf.revdir_names(),
+            HEADDIR: lambda: ['data', 'at', 'invalidations'],
+            REVDIR: lambda: ['data'],
+        }.get(node.kind)
+        if names is None:
+            raise err(errno.ENOTDIR)
+        return ['.', '..'] + names()
+
+    def statfs(self, path):
+        return dict(f_bsize=4096, f_frsize=4096, f_namemax=255)
+
+    # ---- open / read / release ----
+
+    def _new_handle(self, h):
+        with self._handles_lock:
+            fh = self._next_fh
+            self._next_fh += 1
+            self._handles[fh] = h
+            self.opens += 1
+        if h.node.rd is not None:
+            h.node.bf.use_revdir(h.node.rd, +1)
+        return fh
+
+    def _handle(self, fh):
+        with self._handles_lock:
+            h = self._handles.get(fh)
+        if h is None:
+            raise err(errno.EBADF)
+        return h
+
+    def _drop_handle(self, fh):
+        with self._handles_lock:
+            h = self._handles.pop(fh, None)
+            if h is not None:
+                self.opens -= 1
+                self.last_close = time.monotonic()
+        if h is not None and h.node.rd is not None:
+            h.node.bf.use_revdir(h.node.rd, -1)
+        return h
+
+    def opendir(self, path):
+        node = self.resolve(path)
+        if node.kind not in DIRS:
+            raise err(errno.ENOTDIR)
+        return self._new_handle(Handle(node))
+
+    def releasedir(self, path, fh):
+        self._drop_handle(fh)
+        return 0
+
+    def open(self, path, fi):
+        node = self.resolve(path)
+        if node.kind in DIRS:
+            raise err(errno.EISDIR)
+        if node.kind == INVAL:
+            channel = self.srv.open_channel(node.bf, fi)
+            fi.direct_io = 1
+            fi.fh = self._new_handle(Handle(node, channel=channel))
+            return 0
+        if fi.flags & os.O_ACCMODE != os.O_RDONLY:
+            raise err(errno.EACCES)
+        h = Handle(node)
+        if node.kind in UNCACHED:
+            h.content = self._content(node)
+            fi.direct_io = 1
+        else:
+            fi.keep_cache = 1
+        fi.fh = self._new_handle(h)
+        return 0
+
+    def read(self, path, size, offset, fi):
+        h = self._handle(fi.fh)
+        node = h.node
+        if h.content is not None:
+            return h.content[offset:offset + size]
+        if h.channel is not None:
+            return h.channel.read(size, fi)
+        head = node.bf.head if node.kind == DATA else node.rd.head
+        try:
+            return node.bf.read(head, offset, size)
+        except (zformat.FormatError, zformat.ObjectMissing, zformat.DatabaseUnavailable) as e:
+            log.error('read bigfile/%s @%016x [%d:+%d]: %s', node.bf.name, head.at, offset, size, e)
+            raise err(errno.EIO)
+
+    def write(self, path, data, offset, fi):
+        h = self._handle(fi.fh)
+        if h.channel is None:
+            raise err(errno.EBADF)
+        return h.channel.write(data)
+
+    def poll(self, path, fi, ph, reventsp):
+        h = self._handle(fi.fh)
+        if h.channel is None:
+            raise err(errno.EINVAL)
+        return h.channel.poll(ph, reventsp)
+
+    def release(self, path, fi):
+        h = self._drop_handle(fi.fh)
+        if h is not None and h.channel is not None:
+            h.channel.close()
+        return 0
+
+    def flush(self, path, fi):
+        return 0
+
+    # ---- mkdir ----
+
+    def mkdir(self, path, mode):
+        parts = [p for p in path.split('/') if p]
+        if len(parts) == 2 and parts[0] == 'bigfile':
+            return self._mkdir_bigfile(parts[1])
+        if len(parts) == 3 and parts[0] == 'bigfile':
+            node = self.resolve('/bigfile/' + parts[1])
+            if not parts[2].startswith('@'):
+                raise err(errno.EPERM)
+            return self._mkdir_revdir(node.bf, parts[2][1:])
+        raise err(errno.EPERM)
+
+    def _mkdir_bigfile(self, name):
+        if not is_hex16(name):
+            raise err(errno.EINVAL)
+        oid = int(name, 16)
+        srv = self.srv
+        with srv.watcher.zhead_lock:
+            if srv.table.get(oid) is not None:
+                raise err(errno.EEXIST)
+            try:
+                bf = BigFile(oid, srv.loader, srv.watcher.zhead, srv.ctx)
+            except zformat.ObjectMissing:
+                raise err(errno.ENOENT)
+            except (zformat.NotZBigFile, zformat.FormatError) as e:
+                log.warning('mkdir bigfile/%s: %s', name, e)
+                raise err(errno.EINVAL)
+            except zformat.DatabaseUnavailable as e:
+                log.error('mkdir bigfile/%s: %s', name, e)
+                raise err(errno.EIO)
+            srv.table.add(bf)
+        log.info('bigfile/%s: visible, head @%016x, size %d', name, bf.head.at, bf.head.size)
+        return 0
+
+    def _mkdir_revdir(self, bf, name):
+        if not is_hex16(name):
+            raise err(errno.EINVAL)
+        tid = int(name, 16)
+        if bf.revdir(tid) is not None:
+            raise err(errno.EEXIST)
+        if self.srv.table.count_revdirs() >= MAX_REVDIRS:
+            log.warning('mkdir bigfile/%s/@%s: %d revision directories exist already',
+                        bf.name, name, MAX_REVDIRS)
+            raise err(errno.ENOSPC)
+        try:
+            if tid > self.srv.last_tid():
+                raise err(errno.ENOENT)
+            head = self._head_at(bf.oid, tid)
+        except zformat.ObjectMissing:
+            raise err(errno.ENOENT)
+        except (zformat.NotZBigFile, zformat.FormatError) as e:
+            log.warning('mkdir bigfile/%s/@%s: %s', bf.name, name, e)
+            raise err(errno.ENOENT)
+        except zformat.DatabaseUnavailable as e:
+            log.error('mkdir bigfile/%s/@%s: %s', bf.name, name, e)
+            raise err(errno.EIO)
+        if bf.add_revdir(tid, head) is None:
+            raise err(errno.EEXIST)
+        return 0
+
+    def _head_at(self, oid, tid):
+        loader = self.srv.loader
+        zh = loader.zbigfile(oid, tid)
+        return head_of(_IndexView(oid, tid, zh, loader.size(zh)))
+
+    # ---- everything else is refused ----
+
+    def _eperm(self, *args):
+        raise err(errno.EPERM)
+
+    rmdir = unlink = rename = link = symlink = chmod = chown = _eperm
+    truncate = setxattr = removexattr = mknod = utimens = _eperm
+
+    def create(self, path, mode, fi=None):
+        raise err(errno.EPERM)
+
+    # ---- init ----
+
+    def init_with_config(self, conn, config):
+        if conn is not None:
+            conn.want = (conn.want | FUSE_CAP_EXPLICIT_INVAL_DATA) & ~FUSE_CAP_AUTO_INVAL_DATA
+            conn.max_readahead = 1 << 20
+        if config is not None:
+            config.attr_timeout = 0.0       # sizes and mtimes move with head
+            config.entry_timeout = 1.0
+            config.negative_timeout = 0.0   # bigfile/<oid> appears on mkdir
+        self.srv.on_mounted()
+
+
+class _IndexView:
+    """The fields head_of() needs, for a revision that has no FileIndex."""
+
+    def __init__(self, oid, at, head, size):
+        self.oid, self.at, self.head, self.size = oid, at, head, size

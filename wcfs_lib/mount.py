@@ -1,0 +1,104 @@
+"""The mount point: checks before mounting, stale mounts, unmounting."""
+
+import ctypes
+import ctypes.util
+import errno
+import logging
+import os
+import subprocess
+
+log = logging.getLogger('wcfs.mount')
+
+MNT_DETACH = 2
+FUSECTL = '/sys/fs/fuse/connections'
+
+_libc = ctypes.CDLL(ctypes.util.find_library('c'), use_errno=True)
+
+
+class MountError(Exception):
+    """The mount point cannot be used; a one-line reason."""
+
+
+def is_mounted(path):
+    """Is `path` itself a mount point (per /proc/self/mountinfo)?"""
+    path = os.path.realpath(path)
+    with open('/proc/self/mountinfo') as f:
+        for line in f:
+            if _unescape(line.split()[4]) == path:
+                return True
+    return False
+
+
+def _unescape(field):
+    return field.encode().decode('unicode_escape') if '\\' in field else field
+
+
+def check_mountpoint(path):
+    """Refuse a missing or busy mount point; clean a stale wcfs mount."""
+    try:
+        st = os.stat(path)
+    except OSError as e:
+        if e.errno != errno.ENOTCONN:
+            raise MountError('mount point %s: %s' % (path, e.strerror)) from None
+        log.warning('mount point %s: cleaning up a stale mount (%s)', path, e.strerror)
+        _umount(path, MNT_DETACH)
+        st = os.stat(path)
+    if not os.path.isdir(path):
+        raise MountError('mount point %s: not a directory' % path)
+    if is_mounted(path):
+        raise MountError('mount point %s: already mounted' % path)
+    del st
+
+
+def _umount(path, flags):
+    if _libc.umount2(path.encode(), flags) == 0:
+        return 0
+    err = ctypes.get_errno()
+    if err == errno.EPERM:          # not root: fusermount3 can do it for our own mounts
+        opt = ['-z'] if flags & MNT_DETACH else []
+        r = subprocess.run(['fusermount3', '-u', *opt, path], capture_output=True)
+        return 0 if r.returncode == 0 else errno.EPERM
+    return err
+
+
+def unmount(path):
+    """Unmount our mount at `path`, also while clients still have files open
+    there (they then get ENOTCONN), so that the FUSE loop ends."""
+    try:
+        dev = os.stat(path).st_dev
+    except OSError:
+        dev = None
+    err = _umount(path, 0)
+    if err in (0, errno.EINVAL, errno.ENOENT):
+        return
+    log.info('unmount %s: %s; detaching it and aborting its connection', path, os.strerror(err))
+    _umount(path, MNT_DETACH)
+    if dev is not None:
+        abort_connection(dev)
+
+
+def abort_connection(dev):
+    """End the FUSE connection of device `dev` through fusectl."""
+    if not _fusectl_mounted():
+        subprocess.run(['mount', '-t', 'fusectl', 'fusectl', FUSECTL], capture_output=True)
+    try:
+        with open(os.path.join(FUSECTL, str(os.minor(dev)), 'abort'), 'w') as f:
+            f.write('1')
+    except OSError as e:
+        log.warning('aborting FUSE connection %d: %s', os.minor(dev), e)
+
+
+def _fusectl_mounted():
+    with open('/proc/self/mounts') as f:
+        return any(line.split()[2] == 'fusectl' for line in f)
+
+
+def set_read_ahead(path, kb):
+    """Raise the mount's read-ahead so that the kernel sends 1 MiB reads."""
+    dev = os.stat(path).st_dev
+    bdi = '/sys/class/bdi/%d:%d/read_ahead_kb' % (os.major(dev), os.minor(dev))
+    try:
+        with open(bdi, 'w') as f:
+            f.write(str(kb))
+    except OSError as e:
+        log.info('cannot set %s: %s', bdi, e)

@@ -1,0 +1,140 @@
+"""The server: opens the database, mounts, serves, unmounts.
+
+Threads: the main thread owns signals and runs `serve()` (timers, shutdown);
+one thread runs libfuse's loop (which starts its own workers); the watcher
+thread follows the database. Shutdown is one path, `request_shutdown()`,
+whatever asked for it (SIGTERM, SIGINT, autoexit, an external unmount).
+"""
+
+import ctypes
+import errno
+import logging
+import os
+import threading
+import time
+
+from ZODB.utils import u64
+
+from . import fs, mount, zformat, zstorage
+from .bigfile import BigFileTable, BlockCache
+from .channel import Channel
+from .kcache import KernelCache
+from .stats import Stats
+from .watcher import Watcher
+
+log = logging.getLogger('wcfs')
+
+MAX_THREADS = 1200          # ≥ 1000 channels blocked in read, and data reads beside them
+READ_AHEAD_KB = 1024        # lets the kernel send 1 MiB reads
+
+
+class StartError(Exception):
+    """wcfs cannot start: a one-line reason for the user; exit 1."""
+
+
+class Context:
+    """What every bigfile shares."""
+
+    def __init__(self, kcache, stats, blocks):
+        self.kcache = kcache
+        self.stats = stats
+        self.blocks = blocks
+
+
+class Server:
+    def __init__(self, opts):
+        self.opts = opts
+        self.zurl = opts.zurl
+        self.mountpoint = os.path.abspath(opts.mountpoint)
+        self.shutdown = threading.Event()
+        self._mounted = threading.Event()
+        self._fuse_error = None
+        self.stats = Stats()
+        self.table = BigFileTable()
+        self.stats.gauge('bigfiles', lambda: len(self.table.files()))
+        self.stats.gauge('revdirs', self.table.count_revdirs)
+        self.stats.gauge('channels', lambda: 0)
+        self.stats.gauge('subscribed', lambda: 0)
+        self.storage = None
+
+    # ---- start ----
+
+    def start(self):
+        """Open the database and mount; -> once the mount serves."""
+        mount.check_mountpoint(self.mountpoint)
+        self.storage = zstorage.open_storage(self.zurl, self.opts.db_timeout)
+        self.loader = zformat.ZLoader(self.storage, db_timeout=self.opts.db_timeout)
+        kcache = KernelCache(fs.fuse._libfuse, self.mountpoint)
+        self.ctx = Context(kcache, self.stats, BlockCache())
+        self.watcher = Watcher(self.storage, self.loader, self.table, self.stats)
+        self.stats.set('zhead', '%016x' % self.watcher.zhead)
+        self.watcher.start()
+        self.ops = fs.WCFS(self)
+        self._fuse_thread = threading.Thread(target=self._run_fuse, name='fuse', daemon=True)
+        self._fuse_thread.start()
+        while not self._mounted.wait(0.1):
+            if not self._fuse_thread.is_alive():
+                self._close_storage()
+                raise StartError('%s: mount failed: %s' % (self.mountpoint, self._fuse_error or
+                                 'see the log'))
+        mount.set_read_ahead(self.mountpoint, READ_AHEAD_KB)
+        log.info('serving %s on %s, zhead %016x', self.zurl, self.mountpoint, self.watcher.zhead)
+
+    def _run_fuse(self):
+        kwargs = dict(foreground=True, raw_fi=True, fsname='wcfs', subtype='wcfs',
+                      max_threads=MAX_THREADS, debug=self.opts.debug)
+        kwargs.update(self.opts.fuse_options)
+        try:
+            fs.fuse.FUSE(self.ops, self.mountpoint, **kwargs)
+        except Exception as e:
+            self._fuse_error = e
+            log.error('FUSE loop: %s', e)
+        finally:
+            self.shutdown.set()
+
+    def on_mounted(self):
+        """From the FUSE init handler: the kernel talks to us."""
+        self.ctx.kcache.bind()
+        self._mounted.set()
+
+    # ---- serving ----
+
+    def serve(self):
+        """Run timers until shutdown is requested; then unmount and close."""
+        while not self.shutdown.wait(1.0):
+            self._expire_revdirs()
+        self.stop()
+
+    def request_shutdown(self):
+        self.shutdown.set()
+
+    def _expire_revdirs(self):
+        for bf in self.table.files():
+            for name in bf.expire_revdirs(self.opts.revdir_timeout):
+                log.debug('bigfile/%s/%s: removed after %ss unused', bf.name, name,
+                          self.opts.revdir_timeout)
+                self.ctx.kcache.forget_entry('bigfile/' + bf.name, name)
+
+    def stop(self):
+        self.shutdown.set()
+        if self._fuse_thread.is_alive():
+            mount.unmount(self.mountpoint)
+            self._fuse_thread.join(timeout=30)
+        self.watcher.stop()
+        self._close_storage()
+        log.info('unmounted %s', self.mountpoint)
+
+    def _close_storage(self):
+        try:
+            self.storage.close()
+        except Exception as e:
+            log.warning('closing %s: %s', self.zurl, e)
+
+    # ---- for the filesystem ----
+
+    def last_tid(self):
+        """The database's last transaction, asking the server (never stale)."""
+        return max(self.watcher.zhead, zstorage.last_tid(self.storage))
+
+    def open_channel(self, bf, fi):
+        return Channel(bf, self.shutdown)

@@ -1,0 +1,421 @@
+"""Reading ZBigFile data from raw ZODB records, without wendelin.core.
+
+Contract (see shared/ZBIGFILE.md for the format itself):
+
+- Every read is a pure function of (oid, at): records are fetched with
+  ``storage.loadBefore(oid, at+1)``, so a read as of one revision never sees
+  another, whatever the watcher does meanwhile.
+- Pickles are decoded with byte strings kept as bytes, so that state written by
+  Python 2 (``str``) and by Python 3 (``bytes``) give the same block data.
+  Classes are never imported: a pickled global becomes a `Global` name.
+- Malformed data raises `FormatError` naming the oid and revision; an object
+  that is not there at that revision raises `ObjectMissing`; a database that
+  does not answer within ``db_timeout`` raises `DatabaseUnavailable`.
+
+BTree nodes are decoded once per (oid, serial) and kept in a bounded cache:
+they make up the block index and are small. Block data is decoded and handed
+back; keeping it is the caller's business (the kernel's page cache).
+"""
+
+import codecs
+import collections
+import io
+import threading
+import time
+
+import zodbpickle.pickle
+from ZODB.POSException import POSKeyError
+from ZODB.utils import p64, u64
+
+ZMODULE = 'wendelin.bigfile.file_zodb'
+ZBIGFILE = ZMODULE + '.ZBigFile'
+ZBLK0 = (ZMODULE + '.ZBlk0', ZMODULE + '.ZBlk')
+ZBLK1 = ZMODULE + '.ZBlk1'
+ZDATA = ZMODULE + '.ZData'
+LOBTREE = ('BTrees.LOBTree.LOBTree', 'BTrees.LOBTree.LOBucket')
+IOBTREE = ('BTrees.IOBTree.IOBTree', 'BTrees.IOBTree.IOBucket')
+PAGE_SIZE = 4096
+
+
+class FormatError(Exception):
+    """The database holds data that does not follow the ZBigFile format."""
+
+    def __init__(self, oid, at, reason):
+        super().__init__('oid %016x @%016x: %s' % (oid, at, reason))
+        self.oid = oid
+        self.at = at
+
+
+class ObjectMissing(Exception):
+    """The object does not exist as of that revision (or was packed away)."""
+
+    def __init__(self, oid, at):
+        super().__init__('oid %016x @%016x: no such object' % (oid, at))
+        self.oid = oid
+        self.at = at
+
+
+class NotZBigFile(Exception):
+    """The object exists but wcfs cannot serve it as a file."""
+
+
+class DatabaseUnavailable(Exception):
+    """The storage did not answer within the database timeout."""
+
+
+class Global:
+    """A pickled reference to a class or function, kept by name only."""
+
+    def __init__(self, module, name):
+        self.name = '%s.%s' % (module, name)
+
+    def __call__(self, *args):
+        return Instance(self, args)
+
+    def __repr__(self):
+        return self.name
+
+
+class Instance:
+    """What calling a `Global` in a pickle gives: never a live object."""
+
+    def __init__(self, klass, args):
+        self.klass = klass
+        self.args = args
+
+
+class Ref:
+    """A persistent reference: the oid of another object."""
+
+    __slots__ = ('oid',)
+
+    def __init__(self, oid):
+        self.oid = oid
+
+    def __repr__(self):
+        return 'Ref(%016x)' % self.oid
+
+
+# globals that byte strings are pickled through by protocol 2 on Python 3.
+_SAFE_GLOBALS = {
+    ('_codecs', 'encode'): codecs.encode,
+    ('builtins', 'bytes'): bytes,
+    ('__builtin__', 'bytes'): bytes,
+}
+
+
+class _Unpickler(zodbpickle.pickle.Unpickler):
+    def find_class(self, module, name):
+        return _SAFE_GLOBALS.get((module, name)) or Global(module, name)
+
+    def persistent_load(self, pid):
+        return Ref(_pid_oid(pid))
+
+
+def _pid_oid(pid):
+    """The oid of any of ZODB's persistent reference forms."""
+    if isinstance(pid, bytes):
+        return u64(pid)
+    if isinstance(pid, tuple) and pid and isinstance(pid[0], bytes):
+        return u64(pid[0])                          # (oid, klass)
+    if isinstance(pid, list) and len(pid) == 2:     # [tag, args]
+        tag, args = pid
+        tag = tag.decode() if isinstance(tag, bytes) else tag
+        idx = {'w': 0, 'n': 1, 'm': 1}.get(tag)
+        if idx is not None and isinstance(args, tuple) and len(args) > idx:
+            return u64(args[idx])
+    if isinstance(pid, list) and len(pid) == 1 and isinstance(pid[0], bytes):
+        return u64(pid[0])
+    raise ValueError('unsupported persistent reference %r' % (pid,))
+
+
+def decode_record(data):
+    """-> (class name, state) of a raw ZODB record."""
+    unpickler = _Unpickler(io.BytesIO(data), encoding='bytes')
+    meta = unpickler.load()
+    state = unpickler.load()
+    return _class_name(meta), state
+
+
+def _class_name(meta):
+    if isinstance(meta, tuple) and meta:
+        meta = meta[0]                              # (klass, newargs)
+    if isinstance(meta, Global):
+        return meta.name
+    if isinstance(meta, tuple) and len(meta) == 2:  # ((module, name), None)
+        module, name = (x.decode() if isinstance(x, bytes) else x for x in meta)
+        return '%s.%s' % (module, name)
+    raise ValueError('unsupported class metadata %r' % (meta,))
+
+
+# ---- BTree nodes ----
+
+class Bucket:
+    """A leaf: sorted (key, value) pairs; values are Refs for our trees."""
+
+    __slots__ = ('items',)
+
+    def __init__(self, items):
+        self.items = items
+
+
+class Tree:
+    """An inner node: children[i] holds keys >= keys[i] (keys[0] unused)."""
+
+    __slots__ = ('keys', 'children')
+
+    def __init__(self, keys, children):
+        self.keys = keys
+        self.children = children
+
+
+def parse_node(klass, state, kinds):
+    """Decode the state of a BTree or bucket of the class names `kinds`.
+
+    -> Bucket, or Tree whose children are Refs or (inline) a Bucket.
+    """
+    if klass not in kinds:
+        raise ValueError('%s is not one of %s' % (klass, '/'.join(kinds)))
+    if klass == kinds[1]:
+        return _parse_bucket(state)
+    if state is None:
+        return Bucket([])
+    if not isinstance(state, tuple) or len(state) not in (1, 2):
+        raise ValueError('bad tree state')
+    flat = state[0]
+    if len(state) == 1 and len(flat) == 1 and isinstance(flat[0], tuple):
+        return _parse_bucket(flat[0])               # single bucket, inline
+    if not isinstance(flat, tuple) or len(flat) % 2 != 1:
+        raise ValueError('bad tree node')
+    children = list(flat[0::2])
+    keys = [None] + list(flat[1::2])
+    if not all(isinstance(c, Ref) for c in children):
+        raise ValueError('tree child is not a reference')
+    _check_keys(keys[1:])
+    return Tree(keys, children)
+
+
+def _parse_bucket(state):
+    if not isinstance(state, tuple) or len(state) not in (1, 2):
+        raise ValueError('bad bucket state')
+    flat = state[0]
+    if not isinstance(flat, tuple) or len(flat) % 2:
+        raise ValueError('bad bucket items')
+    keys = flat[0::2]
+    _check_keys(keys)
+    return Bucket(list(zip(keys, flat[1::2])))
+
+
+def _check_keys(keys):
+    if not all(type(k) is int for k in keys):
+        raise ValueError('bucket key is not an integer')
+    if any(a >= b for a, b in zip(keys, keys[1:])):
+        raise ValueError('bucket keys are not sorted')
+
+
+def _child_for(tree, key):
+    """Index of the child of `tree` that holds `key`."""
+    lo, hi = 1, len(tree.keys)
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if tree.keys[mid] <= key:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo - 1
+
+
+# ---- the loader ----
+
+class ZBigFileHead:
+    """The ZBigFile object's own state as of a revision."""
+
+    __slots__ = ('oid', 'at', 'serial', 'blksize', 'blktab')
+
+    def __init__(self, oid, at, serial, blksize, blktab):
+        self.oid = oid
+        self.at = at
+        self.serial = serial
+        self.blksize = blksize
+        self.blktab = blktab    # oid of the LOBTree
+
+
+class ZLoader:
+    """Reads ZBigFiles as of any revision from one storage; thread-safe."""
+
+    def __init__(self, storage, db_timeout=30.0, node_cache_size=50000):
+        self.storage = storage
+        self.db_timeout = db_timeout
+        self._nodes = collections.OrderedDict()     # (oid, serial) -> node
+        self._nodes_max = node_cache_size
+        self._nodes_lock = threading.Lock()         # guards _nodes
+
+    # records
+
+    def record(self, oid, at):
+        """-> (data, serial) of `oid` as of `at`."""
+        deadline = time.monotonic() + self.db_timeout
+        while True:
+            try:
+                r = self.storage.loadBefore(p64(oid), p64(at + 1))
+                break
+            except POSKeyError:
+                r = None
+                break
+            except Exception as e:
+                if not _is_disconnect(e):
+                    raise
+                if time.monotonic() >= deadline:
+                    raise DatabaseUnavailable(
+                        'oid %016x @%016x: database unreachable: %s' % (oid, at, e))
+                time.sleep(0.1)
+        if r is None or r[0] is None:
+            raise ObjectMissing(oid, at)
+        return r[0], u64(r[1])
+
+    def decode(self, oid, at):
+        """-> (class name, state, serial) of `oid` as of `at`."""
+        data, serial = self.record(oid, at)
+        try:
+            klass, state = decode_record(data)
+        except Exception as e:
+            raise FormatError(oid, at, 'undecodable record: %s' % e) from None
+        return klass, state, serial
+
+    # the ZBigFile object
+
+    def zbigfile(self, oid, at):
+        """-> ZBigFileHead; NotZBigFile when wcfs cannot serve `oid`."""
+        klass, state, serial = self.decode(oid, at)
+        if klass != ZBIGFILE:
+            raise NotZBigFile('object %016x is a %s, not a ZBigFile' % (oid, klass))
+        if not (isinstance(state, tuple) and len(state) == 2
+                and type(state[0]) is int and isinstance(state[1], Ref)):
+            raise NotZBigFile('object %016x @%016x: ZBigFile state is not (blksize, blktab)'
+                              % (oid, at))
+        blksize, blktab = state
+        if blksize <= 0 or blksize % PAGE_SIZE:
+            raise NotZBigFile('object %016x: blksize %d is not a multiple of %d'
+                              % (oid, blksize, PAGE_SIZE))
+        return ZBigFileHead(oid, at, serial, blksize, blktab.oid)
+
+    # BTrees
+
+    def node(self, oid, at, kinds=LOBTREE):
+        """-> (Bucket or Tree, serial) of a BTree node as of `at`."""
+        data, serial = self.record(oid, at)
+        key = (oid, serial)
+        with self._nodes_lock:
+            node = self._nodes.get(key)
+            if node is not None:
+                self._nodes.move_to_end(key)
+                return node, serial
+        try:
+            node = parse_node(*decode_record(data), kinds)
+        except Exception as e:
+            raise FormatError(oid, at, 'bad BTree node: %s' % e) from None
+        with self._nodes_lock:
+            self._nodes[key] = node
+            if len(self._nodes) > self._nodes_max:
+                self._nodes.popitem(last=False)
+        return node, serial
+
+    def _bucket_for(self, root, at, key, kinds=LOBTREE):
+        node, _ = self.node(root, at, kinds)
+        for _depth in range(64):
+            if isinstance(node, Bucket):
+                return node
+            child = node.children[_child_for(node, key)]
+            node = child if isinstance(child, Bucket) else self.node(child.oid, at, kinds)[0]
+        raise FormatError(root, at, 'BTree deeper than 64 levels')
+
+    def lookup(self, head, blk):
+        """-> oid of the block object of `blk`, or None for a hole."""
+        bucket = self._bucket_for(head.blktab, head.at, blk)
+        for k, v in bucket.items:
+            if k == blk:
+                return _ref_oid(v, head.blktab, head.at)
+        return None
+
+    def size(self, head):
+        """File size as ZBIGFILE.md defines it."""
+        last = None
+        for blk, _ in self.walk(head.blktab, head.at, reverse=True):
+            last = blk
+            break
+        return 0 if last is None else (last + 1) * head.blksize
+
+    def walk(self, root, at, kinds=LOBTREE, reverse=False, visit=None):
+        """Yield (key, value) of a BTree in key order; visit(oid, node) per node."""
+        yield from self._walk(root, at, kinds, reverse, visit, 0)
+
+    def _walk(self, oid, at, kinds, reverse, visit, depth):
+        if depth > 64:
+            raise FormatError(oid, at, 'BTree deeper than 64 levels')
+        node, _ = self.node(oid, at, kinds)
+        if visit is not None:
+            visit(oid, node)
+        if isinstance(node, Bucket):
+            yield from (reversed(node.items) if reverse else node.items)
+            return
+        children = reversed(node.children) if reverse else node.children
+        for child in children:
+            if isinstance(child, Bucket):
+                yield from (reversed(child.items) if reverse else child.items)
+            else:
+                yield from self._walk(child.oid, at, kinds, reverse, visit, depth + 1)
+
+    # blocks
+
+    def load_block(self, zblk, at, blksize):
+        """-> (bytes of length blksize, oids the block is made of)."""
+        klass, state, _ = self.decode(zblk, at)
+        if klass in ZBLK0:
+            data = _as_bytes(state, zblk, at)
+            if len(data) > blksize:
+                raise FormatError(zblk, at, 'ZBlk0 holds %d bytes, more than blksize %d'
+                                  % (len(data), blksize))
+            return data + bytes(blksize - len(data)), (zblk,)
+        if klass == ZBLK1:
+            if not isinstance(state, Ref):
+                raise FormatError(zblk, at, 'ZBlk1 state is not a reference to its chunk tree')
+            return self._load_zblk1(zblk, state.oid, at, blksize)
+        raise FormatError(zblk, at, 'block object is a %s, not a ZBlk0 or ZBlk1' % klass)
+
+    def _load_zblk1(self, zblk, chunktab, at, blksize):
+        buf = bytearray(blksize)
+        oids = [zblk]
+        end = 0
+        for off, ref in self.walk(chunktab, at, IOBTREE, visit=lambda oid, _: oids.append(oid)):
+            zdata = _ref_oid(ref, chunktab, at)
+            oids.append(zdata)
+            klass, state, _ = self.decode(zdata, at)
+            if klass != ZDATA:
+                raise FormatError(zdata, at, 'chunk object is a %s, not ZData' % klass)
+            chunk = _as_bytes(state, zdata, at)
+            if off < end:
+                raise FormatError(zblk, at, 'ZBlk1 chunk at offset %d overlaps the previous one' % off)
+            if off + len(chunk) > blksize:
+                raise FormatError(zblk, at, 'ZBlk1 chunk at offset %d runs past blksize %d'
+                                  % (off, blksize))
+            buf[off:off + len(chunk)] = chunk
+            end = off + len(chunk)
+        return bytes(buf), tuple(oids)
+
+
+def _ref_oid(value, oid, at):
+    if not isinstance(value, Ref):
+        raise FormatError(oid, at, 'BTree value %r is not a persistent reference' % (value,))
+    return value.oid
+
+
+def _as_bytes(state, oid, at):
+    if isinstance(state, bytes):
+        return state
+    raise FormatError(oid, at, 'data state is a %s, not bytes' % type(state).__name__)
+
+
+def _is_disconnect(exc):
+    name = type(exc).__name__
+    return name in ('ClientDisconnected', 'ConnectionRefusedError') or \
+        isinstance(exc, (ConnectionError, TimeoutError))
