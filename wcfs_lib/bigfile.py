@@ -16,14 +16,18 @@ file's revdirs. Order: watcher.zhead_lock > BigFileTable.lock > revdirs_lock
 
 import collections
 import logging
+import os
+import signal
 import threading
 import time
 
 from ZODB.TimeStamp import TimeStamp
 from ZODB.utils import p64
 
-from . import zformat
-from .watcher import ALL, FileIndex, blocks_to_ranges
+from . import protocol, zformat
+from .channel import holds_open, process_start
+from .delta import DeltaHistory, blocks_to_ranges, compare_revisions, merge_ranges
+from .watcher import ALL, FileIndex
 
 log = logging.getLogger('wcfs.bigfile')
 
@@ -93,14 +97,27 @@ class BlockCache:
 
 
 class BigFile:
-    """One ZBigFile made visible under `bigfile/<oid>/`."""
+    """One ZBigFile made visible under `bigfile/<oid>/`.
+
+    `cond` guards `head` (it is replaced, never changed), `steps`, `history`,
+    `channels` and their protocol states. The watcher thread adds steps; they
+    are applied inline when no channel is subscribed, else by a mover thread
+    that waits for the acks (SPEC 4.3), so that the watcher never waits.
+    """
 
     def __init__(self, oid, loader, zhead, ctx):
         self.oid = oid
         self.loader = loader
-        self.ctx = ctx                  # Context: kcache, stats, blocks
+        self.ctx = ctx                  # Context: kcache, stats, blocks, options
         self.index = FileIndex(loader, oid, zhead)
         self.head = head_of(self.index)
+        self._zhead_head = self.head    # as of the index: head once steps are applied
+        self.cond = threading.Condition()
+        self.history = DeltaHistory(zhead)
+        self.steps = []                 # (Head, ranges) not applied yet, oldest first
+        self.channels = set()
+        self._invalidating = False      # head moved, kernel cache not yet told
+        self._mover = None              # the thread applying steps, if any
         self.revdirs_lock = threading.Lock()
         self.revdirs = {}               # tid -> RevDir
 
@@ -108,12 +125,11 @@ class BigFile:
     def name(self):
         return '%016x' % self.oid
 
-    # moving the head (watcher thread)
+    # ---- following the database (watcher thread) ----
 
     def on_transaction(self, tid, oids):
-        """Apply transaction `tid` that modified `oids` (None: unknown)."""
-        old = self.head
-        broken = None
+        """Transaction `tid` modified `oids` (None: unknown, compare all)."""
+        old = self._zhead_head
         try:
             if oids is None or old.broken:
                 self.index._load(tid)
@@ -123,16 +139,175 @@ class BigFile:
             new = head_of(self.index)
         except (zformat.FormatError, zformat.ObjectMissing, zformat.NotZBigFile) as e:
             log.error('bigfile %s @%016x: cannot serve it any more: %s', self.name, tid, e)
-            broken = str(e)
             delta = ALL
-            new = old._replace(at=tid, broken=broken)
+            new = old._replace(at=tid, broken=str(e))
         if delta == ALL:
-            ranges = [(0, max(old.size, new.size))] if max(old.size, new.size) else []
+            size = max(old.size, new.size)
+            ranges = [(0, size)] if size else []
         else:
             ranges = blocks_to_ranges(delta, new.blksize)
-        self.head = new
-        if ranges:
-            self.ctx.kcache.invalidate_data('bigfile/%s/head/data' % self.name, ranges)
+        self._zhead_head = new
+        with self.cond:
+            self.history.append(tid, ranges)
+            self.steps.append((new, ranges))
+            if self._mover is not None:
+                return
+            if not any(ch.state.subscribed for ch in self.channels):
+                inline = True
+            else:
+                inline = False
+                self._mover = threading.Thread(target=self._apply_steps, daemon=True,
+                                               name='mover-' + self.name)
+        if inline:
+            self._mover = threading.current_thread()
+            self._apply_steps()
+        else:
+            self._mover.start()
+
+    def _apply_steps(self):
+        while True:
+            with self.cond:
+                if not self.steps:
+                    self._mover = None
+                    return
+                target = self.steps[-1][0]
+                ranges = merge_ranges(r for _, rs in self.steps for r in rs)
+                self.steps.clear()
+                if ranges:
+                    self._wait_acks(target)
+                self.head = target
+                self._invalidating = bool(ranges)
+            if ranges:
+                self.ctx.kcache.invalidate_data('bigfile/%s/head/data' % self.name, ranges)
+            with self.cond:
+                self._invalidating = False
+                self._answer_waiting()
+                self.cond.notify_all()
+
+    def _wait_acks(self, target):
+        """Send `have target` to every subscribed channel and wait for their
+        acks, killing the ones that take over the kill timeout. cond held."""
+        started = time.monotonic()
+        while not self.ctx.shutdown.is_set():
+            pending = []
+            for ch in list(self.channels):
+                st = ch.state
+                if not st.subscribed or ch.dropped:
+                    continue
+                if not st.unacked and st.reported < target.at:
+                    self._send_have(ch, target.at, self._delta(st.reported, target.at))
+                if st.unacked:
+                    pending.append(ch)
+            if not pending:
+                return
+            now = time.monotonic()
+            wake = None
+            for ch in pending:
+                deadline = max(started, ch.have_time) + self.ctx.kill_timeout
+                if now >= deadline:
+                    self._kill(ch)
+                else:
+                    wake = deadline if wake is None else min(wake, deadline)
+            if wake is not None:
+                self.cond.wait(wake - now)
+
+    def _send_have(self, ch, tid, ranges):
+        ch.send(protocol.format_have(tid, ranges))
+        ch.state.sent_have(tid)
+        ch.have_time = time.monotonic()
+        self.ctx.stats.add('invalidations_sent')
+
+    def _delta(self, a, b):
+        """δR(a, b) with a <= b <= zhead; cond held."""
+        if self.history.covers(a):
+            return self.history.ranges(a, b)
+        return compare_revisions(self.loader, self.oid, a, b)
+
+    def _answer_waiting(self):
+        """Channels waiting for a head at or after their Cat get it. cond held."""
+        head = self.head
+        for ch in list(self.channels):
+            cat = ch.state.waiting
+            if cat is not None and cat <= head.at and not ch.dropped:
+                self._send_have(ch, head.at, self._delta(cat, head.at))
+
+    def _kill(self, ch):
+        """SPEC 4.4: kill the process holding up an update, if it is sure to be
+        the one that subscribed and still has the channel open; drop it."""
+        owner = ch.owner
+        path = os.path.join(self.ctx.mountpoint, ch.path)
+        if (owner is not None and owner.pid != os.getpid()
+                and process_start(owner.pid) == owner.start and holds_open(owner.pid, path)):
+            try:
+                os.kill(owner.pid, signal.SIGKILL)
+                log.warning('%s: killed pid %d (%s): no ack within %gs',
+                            ch.path, owner.pid, owner.comm, self.ctx.kill_timeout)
+                self.ctx.stats.add('clients_killed')
+            except OSError as e:
+                log.warning('%s: cannot kill pid %d (%s): %s', ch.path, owner.pid, owner.comm, e)
+        else:
+            log.warning('%s: no ack within %gs; dropping the subscription (its process '
+                        'cannot be identified for sure, not killed)', ch.path, self.ctx.kill_timeout)
+        ch.drop()
+        self.channels.discard(ch)
+
+    # ---- the protocol (FUSE threads) ----
+
+    def add_channel(self, ch):
+        with self.cond:
+            self.channels.add(ch)
+
+    def channel_closed(self, ch):
+        with self.cond:
+            self.channels.discard(ch)
+            self.cond.notify_all()
+
+    def ack(self, ch):
+        with self.cond:
+            ch.state.ack()
+            self.cond.notify_all()
+
+    def want(self, ch, cat):
+        with self.cond:
+            ch.state.want(cat)
+        self._check_cat(cat)
+        while True:
+            with self.cond:
+                while self._invalidating:
+                    self.cond.wait()
+                head = self.head
+                if head.at < cat:
+                    ch.send(protocol.format_have(head.at, wait=True))
+                    ch.state.sent_wait(cat)
+                    return
+                if self.history.covers(cat):
+                    self._send_have(ch, head.at, self.history.ranges(cat, head.at))
+                    return
+            ranges = compare_revisions(self.loader, self.oid, cat, head.at)
+            with self.cond:
+                if self.head is head and not self._invalidating:
+                    self._send_have(ch, head.at, ranges)
+                    return
+
+    def _check_cat(self, cat):
+        try:
+            last = self.ctx.last_tid()
+            if cat > last:
+                raise protocol.ProtocolError('want %016x: after the last transaction %016x'
+                                             % (cat, last))
+            self.loader.zbigfile(self.oid, cat)
+        except zformat.ObjectMissing:
+            raise protocol.ProtocolError('want %016x: the file did not exist then, or its '
+                                         'history was packed away' % cat) from None
+        except zformat.NotZBigFile:
+            raise protocol.ProtocolError('want %016x: the object was not a ZBigFile then' % cat) \
+                from None
+        except (zformat.FormatError, zformat.DatabaseUnavailable) as e:
+            raise protocol.ProtocolError('want %016x: %s' % (cat, e)) from None
+
+    def count_channels(self):
+        with self.cond:
+            return len(self.channels), sum(ch.state.subscribed for ch in self.channels)
 
     # reading
 

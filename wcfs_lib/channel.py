@@ -1,67 +1,209 @@
 """One open `head/invalidations`: a stream of lines between a client and wcfs.
 
 The client writes request lines; wcfs queues reply lines that the client
-reads. `read` blocks until a reply is pending (EAGAIN with O_NONBLOCK), and
-gives EINTR when the kernel interrupts the request; shutdown wakes it.
+reads. `read` blocks until a reply is pending (EAGAIN with O_NONBLOCK), gives
+EINTR when the kernel interrupts the request, and EIO once the channel was
+dropped or wcfs shuts down. `poll` reports POLLIN exactly when a reply is
+pending, and remembers the kernel's poll handle to notify when one arrives.
+
+A channel whose unread replies pass MAX_UNREAD is dropped: a client that
+writes and never reads cannot make wcfs hold unbounded memory.
+
+Locks: the file's `cond` (bigfile.BigFile) > `Channel.lock`. `send` is called
+with the file's cond held; `read`, `poll` take only `Channel.lock`.
 """
 
+import ctypes
 import errno
+import logging
 import os
+import select
 import threading
 
-import mfusepy as fuse
+from . import protocol
+from .fs_binding import fuse, libfuse
 
-MAX_LINE = 256
+log = logging.getLogger('wcfs.channel')
+
 MAX_UNREAD = 64 * 1024
 INTERRUPT_POLL = 0.05   # seconds between checks of fuse_interrupted()
 
-_libfuse = fuse._libfuse
+libfuse.fuse_notify_poll.argtypes = [ctypes.c_void_p]
+libfuse.fuse_pollhandle_destroy.argtypes = [ctypes.c_void_p]
+
+
+class Owner:
+    """The process that wrote a channel's last `want`, by pid and start time."""
+
+    __slots__ = ('pid', 'start', 'comm')
+
+    def __init__(self, pid, start, comm):
+        self.pid, self.start, self.comm = pid, start, comm
 
 
 class Channel:
-    def __init__(self, bf, shutdown):
+    def __init__(self, bf, shutdown, debug=False):
         self.bf = bf
-        self._shutdown = shutdown       # threading.Event of the server
-        self._cond = threading.Condition()  # guards _out, _in, closed
-        self._out = bytearray()         # replies not yet read
-        self._in = bytearray()          # request bytes without their newline yet
+        self.state = protocol.ChannelState()
+        self.lines = protocol.LineBuffer()
+        self.owner = None           # Owner of the subscription, if known
+        self.have_time = None       # monotonic time of the last have without wait
+        self.lock = threading.Lock()    # guards _out, _ph, dropped, closed
+        self._readable = threading.Condition(self.lock)
+        self._out = bytearray()     # replies not yet read
+        self._ph = None             # poll handle to notify
+        self.dropped = False
         self.closed = False
+        self._shutdown = shutdown   # threading.Event of the server
+        self._debug = debug
 
-    def write(self, data):
-        with self._cond:
-            self._in += data
-            while b'\n' in self._in:
-                line, _, rest = bytes(self._in).partition(b'\n')
-                self._in = bytearray(rest)
-                self._reply(b'error not implemented\n')
-            if len(self._in) > MAX_LINE:
-                self._in.clear()
-                self._reply(b'error line too long\n')
+    @property
+    def path(self):
+        return 'bigfile/%s/head/invalidations' % self.bf.name
+
+    # ---- client → wcfs ----
+
+    def write(self, data, caller_tid):
+        if self.dropped:
+            raise fuse.FuseOSError(errno.EIO)
+        for item in self.lines.feed(data):
+            if isinstance(item, protocol.ProtocolError):
+                self.reply_error(item)
+                continue
+            if self._debug:
+                log.debug('%s: C: %s', self.path, item.decode('ascii', 'backslashreplace'))
+            try:
+                verb, tid = protocol.parse_request(item)
+                if verb == 'want':
+                    self.owner = owner_of(caller_tid)
+                    self.bf.want(self, tid)
+                else:
+                    self.bf.ack(self)
+            except protocol.ProtocolError as e:
+                self.reply_error(e)
         return len(data)
 
-    def _reply(self, line):
-        if len(self._out) + len(line) <= MAX_UNREAD:
-            self._out += line
-        self._cond.notify_all()
+    def reply_error(self, exc):
+        with self.lock:
+            self._queue(protocol.format_error(exc))
+
+    # ---- wcfs → client ----
+
+    def send(self, line):
+        """Queue one reply line; called with the file's cond held."""
+        if self._debug:
+            log.debug('%s: S: %s', self.path, line.decode().rstrip())
+        with self.lock:
+            self._queue(line)
+
+    def _queue(self, line):
+        if self.dropped:
+            return
+        if len(self._out) + len(line) > MAX_UNREAD:
+            log.warning('%s: client does not read its replies (over %d bytes); dropping the channel',
+                        self.path, MAX_UNREAD)
+            self._drop()
+            return
+        self._out += line
+        self._wake()
+
+    def _wake(self):
+        self._readable.notify_all()
+        if self._ph is not None:
+            libfuse.fuse_notify_poll(self._ph)
+            libfuse.fuse_pollhandle_destroy(self._ph)
+            self._ph = None
+
+    def drop(self):
+        """Fail every later read and write of this channel with EIO."""
+        with self.lock:
+            self._drop()
+
+    def _drop(self):
+        self.dropped = True
+        self._out.clear()
+        self._wake()
 
     def read(self, size, fi):
-        with self._cond:
+        with self.lock:
             while not self._out:
-                if self._shutdown.is_set() or self.closed:
+                if self.dropped or self.closed or self._shutdown.is_set():
                     raise fuse.FuseOSError(errno.EIO)
                 if fi.flags & os.O_NONBLOCK:
                     raise fuse.FuseOSError(errno.EAGAIN)
-                if _libfuse.fuse_interrupted():
+                if libfuse.fuse_interrupted():
                     raise fuse.FuseOSError(errno.EINTR)
-                self._cond.wait(INTERRUPT_POLL)
+                self._readable.wait(INTERRUPT_POLL)
             data = bytes(self._out[:size])
             del self._out[:size]
             return data
 
     def poll(self, ph, reventsp):
+        with self.lock:
+            if self._ph is not None:
+                libfuse.fuse_pollhandle_destroy(self._ph)
+                self._ph = None
+            revents = select.POLLOUT
+            if self._out:
+                revents |= select.POLLIN
+            if self.dropped:
+                revents |= select.POLLERR
+            if ph and not self._out:
+                self._ph = ph
+            elif ph:
+                libfuse.fuse_pollhandle_destroy(ph)
+            reventsp[0] = revents
         return 0
 
     def close(self):
-        with self._cond:
+        with self.lock:
             self.closed = True
-            self._cond.notify_all()
+            if self._ph is not None:
+                libfuse.fuse_pollhandle_destroy(self._ph)
+                self._ph = None
+            self._readable.notify_all()
+        self.bf.channel_closed(self)
+
+    def wake_shutdown(self):
+        with self.lock:
+            self._readable.notify_all()
+
+
+def owner_of(thread_id):
+    """The process of the thread that sent the current request, or None.
+
+    Read while the request is in flight, so the thread is still there.
+    """
+    try:
+        with open('/proc/%d/status' % thread_id) as f:
+            status = dict(line.split(':\t', 1) for line in f if ':\t' in line)
+        pid = int(status['Tgid'])
+        return Owner(pid, process_start(pid), status.get('Name', '?').strip())
+    except (OSError, KeyError, ValueError):
+        return None
+
+
+def process_start(pid):
+    """Start time of a process (clock ticks since boot), or None if gone."""
+    try:
+        with open('/proc/%d/stat' % pid) as f:
+            stat = f.read()
+    except OSError:
+        return None
+    return int(stat.rsplit(')', 1)[1].split()[19])
+
+
+def holds_open(pid, path):
+    """Does process `pid` have `path` open?"""
+    fddir = '/proc/%d/fd' % pid
+    try:
+        names = os.listdir(fddir)
+    except OSError:
+        return False
+    for name in names:
+        try:
+            if os.readlink(os.path.join(fddir, name)) == path:
+                return True
+        except OSError:
+            continue
+    return False

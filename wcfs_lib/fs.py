@@ -17,12 +17,10 @@ import stat
 import threading
 import time
 
-os.environ.setdefault('FUSE_LIBRARY_NAME', 'fuse3')
-import mfusepy as fuse  # noqa: E402  (FUSE_LIBRARY_NAME must be set first)
-
-from . import zformat  # noqa: E402
-from .bigfile import BigFile, MAX_REVDIRS, head_of, tid_time  # noqa: E402
-from .kcache import FUSE_CAP_AUTO_INVAL_DATA, FUSE_CAP_EXPLICIT_INVAL_DATA  # noqa: E402
+from . import zformat
+from .bigfile import BigFile, MAX_REVDIRS, head_of, tid_time
+from .fs_binding import fuse
+from .kcache import FUSE_CAP_AUTO_INVAL_DATA, FUSE_CAP_EXPLICIT_INVAL_DATA
 
 log = logging.getLogger('wcfs.fs')
 
@@ -210,7 +208,9 @@ class WCFS(fuse.Operations):
         if node.kind in DIRS:
             raise err(errno.EISDIR)
         if node.kind == INVAL:
-            channel = self.srv.open_channel(node.bf, fi)
+            channel = self.srv.open_channel(node.bf)
+            if channel is None:
+                raise err(errno.EMFILE)
             fi.direct_io = 1
             fi.fh = self._new_handle(Handle(node, channel=channel))
             return 0
@@ -243,7 +243,7 @@ class WCFS(fuse.Operations):
         h = self._handle(fi.fh)
         if h.channel is None:
             raise err(errno.EBADF)
-        return h.channel.write(data)
+        return h.channel.write(data, fuse.fuse_get_context()[2])
 
     def poll(self, path, fi, ph, reventsp):
         h = self._handle(fi.fh)
@@ -255,6 +255,7 @@ class WCFS(fuse.Operations):
         h = self._drop_handle(fi.fh)
         if h is not None and h.channel is not None:
             h.channel.close()
+            self.srv.channel_released()
         return 0
 
     def flush(self, path, fi):

@@ -6,25 +6,22 @@ thread follows the database. Shutdown is one path, `request_shutdown()`,
 whatever asked for it (SIGTERM, SIGINT, autoexit, an external unmount).
 """
 
-import ctypes
-import errno
 import logging
 import os
 import threading
-import time
-
-from ZODB.utils import u64
 
 from . import fs, mount, zformat, zstorage
 from .bigfile import BigFileTable, BlockCache
 from .channel import Channel
+from .fs_binding import libfuse
 from .kcache import KernelCache
 from .stats import Stats
 from .watcher import Watcher
 
 log = logging.getLogger('wcfs')
 
-MAX_THREADS = 1200          # ≥ 1000 channels blocked in read, and data reads beside them
+MAX_CHANNELS = 1100         # open head/invalidations; beyond: EMFILE
+MAX_THREADS = 1300          # every channel blocked in read, and data reads beside them
 READ_AHEAD_KB = 1024        # lets the kernel send 1 MiB reads
 
 
@@ -35,10 +32,14 @@ class StartError(Exception):
 class Context:
     """What every bigfile shares."""
 
-    def __init__(self, kcache, stats, blocks):
+    def __init__(self, srv, kcache):
         self.kcache = kcache
-        self.stats = stats
-        self.blocks = blocks
+        self.stats = srv.stats
+        self.blocks = BlockCache()
+        self.shutdown = srv.shutdown
+        self.mountpoint = srv.mountpoint
+        self.kill_timeout = srv.opts.kill_timeout
+        self.last_tid = srv.last_tid
 
 
 class Server:
@@ -53,9 +54,11 @@ class Server:
         self.table = BigFileTable()
         self.stats.gauge('bigfiles', lambda: len(self.table.files()))
         self.stats.gauge('revdirs', self.table.count_revdirs)
-        self.stats.gauge('channels', lambda: 0)
-        self.stats.gauge('subscribed', lambda: 0)
+        self.stats.gauge('channels', lambda: self.count_channels()[0])
+        self.stats.gauge('subscribed', lambda: self.count_channels()[1])
         self.storage = None
+        self._channels_lock = threading.Lock()  # guards _nchannels
+        self._nchannels = 0
 
     # ---- start ----
 
@@ -64,8 +67,8 @@ class Server:
         mount.check_mountpoint(self.mountpoint)
         self.storage = zstorage.open_storage(self.zurl, self.opts.db_timeout)
         self.loader = zformat.ZLoader(self.storage, db_timeout=self.opts.db_timeout)
-        kcache = KernelCache(fs.fuse._libfuse, self.mountpoint)
-        self.ctx = Context(kcache, self.stats, BlockCache())
+        kcache = KernelCache(libfuse, self.mountpoint)
+        self.ctx = Context(self, kcache)
         self.watcher = Watcher(self.storage, self.loader, self.table, self.stats)
         self.stats.set('zhead', '%016x' % self.watcher.zhead)
         self.watcher.start()
@@ -117,6 +120,7 @@ class Server:
 
     def stop(self):
         self.shutdown.set()
+        self._wake_channels()
         if self._fuse_thread.is_alive():
             mount.unmount(self.mountpoint)
             self._fuse_thread.join(timeout=30)
@@ -136,5 +140,31 @@ class Server:
         """The database's last transaction, asking the server (never stale)."""
         return max(self.watcher.zhead, zstorage.last_tid(self.storage))
 
-    def open_channel(self, bf, fi):
-        return Channel(bf, self.shutdown)
+    def count_channels(self):
+        """-> (open channels, subscribed channels) over all files."""
+        counts = [bf.count_channels() for bf in self.table.files()]
+        return sum(c[0] for c in counts), sum(c[1] for c in counts)
+
+    def open_channel(self, bf):
+        """A new channel of `bf`; None when MAX_CHANNELS are open (EMFILE)."""
+        with self._channels_lock:
+            if self._nchannels >= MAX_CHANNELS:
+                log.warning('open %s/head/invalidations: %d channels are open already',
+                            bf.name, MAX_CHANNELS)
+                return None
+            self._nchannels += 1
+        ch = Channel(bf, self.shutdown, debug=self.opts.debug)
+        bf.add_channel(ch)
+        return ch
+
+    def channel_released(self):
+        with self._channels_lock:
+            self._nchannels -= 1
+
+    def _wake_channels(self):
+        for bf in self.table.files():
+            with bf.cond:
+                chans = list(bf.channels)
+                bf.cond.notify_all()
+            for ch in chans:
+                ch.wake_shutdown()

@@ -133,18 +133,6 @@ class FileIndex:
         return delta
 
 
-def blocks_to_ranges(blocks, blksize):
-    """Sorted set of blocks -> merged half-open byte ranges [(start, stop)]."""
-    ranges = []
-    for blk in sorted(blocks):
-        start = blk * blksize
-        if ranges and ranges[-1][1] == start:
-            ranges[-1] = (ranges[-1][0], start + blksize)
-        else:
-            ranges.append((start, start + blksize))
-    return ranges
-
-
 class Watcher:
     """The thread that follows the database and moves every file's head.
 

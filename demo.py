@@ -1,0 +1,299 @@
+"""A guided tour of wcfs: run ./demo.sh (it sets up .venv first).
+
+It starts a ZEO server on a free port of 127.0.0.1, writes an array of float64
+into a ZBigFile there, mounts wcfs on that database and reads the array with
+ordinary tools, commits a change and watches it appear, and opens the old
+revision through @<tid>/. Everything lives in a temporary directory that is
+removed at the end; the ZEO server and wcfs are stopped whatever happens.
+
+Exit status 0 when every check passed, 1 otherwise.
+"""
+
+import os
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+import traceback
+
+import numpy as np
+import transaction
+import ZEO.ClientStorage
+import ZODB
+import ZODB.utils
+
+from wcfs_lib import zwriter
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+RUNZEO = os.path.join(os.path.dirname(sys.executable), 'runzeo')
+
+MiB = 1 << 20
+BLKSIZE = 2 * MiB
+NELEM = 8 * MiB // 8  # 8 MiB of float64: four blocks
+CHANGED_BLK = 1
+START_TIMEOUT = 20    # seconds for runzeo or wcfs to start serving
+UPDATE_TIMEOUT = 10   # seconds for a commit to reach head/at
+
+
+class DemoError(Exception):
+    pass
+
+
+def step(n, title, text):
+    print(f'\n== {n}. {title}\n')
+    print(textwrap.fill(' '.join(text.split()), 78))
+    print()
+
+
+def show(cmd, cwd):
+    """Print `$ cmd`, run it in cwd, print its output indented; fail on a non-zero exit."""
+    print('  $ ' + shlex.join(cmd))
+    r = subprocess.run(cmd, cwd=cwd, stdin=subprocess.DEVNULL, capture_output=True, text=True)
+    for line in (r.stdout + r.stderr).splitlines():
+        print('    ' + line)
+    if r.returncode != 0:
+        raise DemoError(f'{shlex.join(cmd)} exited with {r.returncode}')
+    return r.stdout
+
+
+def cmp(a, b, cwd):
+    show(['cmp', a, b], cwd)
+    print('  ok: cmp found the files identical')
+
+
+def check(ok, what):
+    if not ok:
+        raise DemoError(what)
+    print(f'  ok: {what}')
+
+
+def wait_until(cond, timeout, what):
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise DemoError(f'timed out after {timeout} s waiting for {what}')
+        time.sleep(0.05)
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def accepts(addr):
+    try:
+        socket.create_connection(addr, timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
+def is_mounted(path):
+    with open('/proc/mounts') as f:
+        return any(line.split()[1] == path for line in f)
+
+
+def terminate(proc):
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
+def spawn(argv, logpath):
+    with open(logpath, 'ab') as log:
+        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+
+
+def read(path):
+    with open(path) as f:
+        return f.read()
+
+
+def tail(path, n=30):
+    try:
+        lines = read(path).splitlines()
+    except FileNotFoundError:
+        return ''
+    return '\n'.join(lines[-n:])
+
+
+class Demo:
+
+    def __init__(self):
+        self.tmp = os.path.realpath(tempfile.mkdtemp(prefix='wcfs-demo-'))
+        self.mnt = os.path.join(self.tmp, 'mnt')
+        self.zeo_log = os.path.join(self.tmp, 'runzeo.log')
+        self.wcfs_log = os.path.join(self.tmp, 'wcfs.log')
+        self.zeo = None
+        self.wcfs = None
+        self.db = None
+
+    def run(self):
+        addr = ('127.0.0.1', free_port())
+        zurl = 'zeo://%s:%d' % addr
+
+        step(1, 'Start a ZEO server',
+             f"""wcfs reads a ZODB database. In production that is a ZEO server
+             that many machines share; here we start one on {zurl} with its
+             data in {self.tmp}/Data.fs.""")
+        argv = [RUNZEO, '-a', '%s:%d' % addr, '-f', os.path.join(self.tmp, 'Data.fs')]
+        print('  $ ' + shlex.join(argv))
+        self.zeo = spawn(argv, self.zeo_log)
+
+        def zeo_serving():
+            if self.zeo.poll() is not None:
+                raise DemoError(f'runzeo exited with {self.zeo.returncode}:\n{tail(self.zeo_log)}')
+            return accepts(addr)
+        wait_until(zeo_serving, START_TIMEOUT, f'runzeo to accept on {zurl}')
+        print(f'  runzeo (pid {self.zeo.pid}) accepts connections')
+
+        step(2, 'Write an array into a ZBigFile',
+             f"""A ZBigFile is wendelin.core's persistent big file: a block size and
+             a B-tree of blocks. We store one at root['demo'] holding {NELEM}
+             float64 numbers 0, 1, 2, ... ({NELEM * 8 // MiB} MiB, blocks of
+             {BLKSIZE // MiB} MiB), using the project's writer, an ordinary
+             ZODB client.""")
+        self.db = ZODB.DB(ZEO.ClientStorage.ClientStorage(addr))
+        conn = self.db.open()
+        f = zwriter.ZBigFile(BLKSIZE)
+        conn.root()['demo'] = f
+        transaction.commit()
+        old = np.arange(NELEM, dtype='<f8')
+        f.write(0, old.tobytes())
+        transaction.commit()
+        oid = '%016x' % ZODB.utils.u64(f._p_oid)
+        oldtid = '%016x' % ZODB.utils.u64(self.db.storage.lastTransaction())
+        print(f'  oid of the ZBigFile:    {oid}')
+        print(f'  tid of the data commit: {oldtid}')
+
+        step(3, 'Mount wcfs',
+             """wcfs connects to the database read-only and serves it as a
+             filesystem. It runs in the foreground here; SIGTERM unmounts it.""")
+        os.mkdir(self.mnt)
+        argv = [sys.executable, os.path.join(ROOT, 'wcfs.py'), zurl, self.mnt]
+        print('  $ ' + shlex.join(argv) + ' &')
+        self.wcfs = spawn(argv, self.wcfs_log)
+
+        def wcfs_serving():
+            if self.wcfs.poll() is not None:
+                raise DemoError(f'wcfs exited with {self.wcfs.returncode}:\n{tail(self.wcfs_log)}')
+            if not is_mounted(self.mnt):
+                return False
+            try:
+                return read(os.path.join(self.mnt, '.wcfs', 'zurl')) != ''
+            except OSError:
+                return False
+        wait_until(wcfs_serving, START_TIMEOUT, f'wcfs to serve at {self.mnt}')
+        show(['cat', '.wcfs/zurl'], self.mnt)
+        check(read(os.path.join(self.mnt, '.wcfs', 'zurl')) == zurl + '\n', '.wcfs/zurl names the database')
+
+        step(4, 'Make the ZBigFile visible',
+             """A ZBigFile appears under bigfile/ once a client asks for it by
+             its oid with mkdir. head/data is its latest data and head/at the
+             transaction that data is as of.""")
+        show(['mkdir', f'bigfile/{oid}'], self.mnt)
+        bf = os.path.join(self.mnt, 'bigfile', oid)
+        show(['ls', '-l', f'bigfile/{oid}/head'], self.mnt)
+        show(['cat', 'head/at'], bf)
+        check(read(os.path.join(bf, 'head', 'at')) == oldtid + '\n', 'head/at is the tid of the data commit')
+
+        step(5, 'Read it with ordinary tools',
+             """head/data is a plain file: od decodes its first numbers, cmp
+             compares it with the bytes we wrote, and numpy reads it with
+             fromfile and maps it with memmap. The kernel caches its pages for
+             every process on the machine.""")
+        data = os.path.join(bf, 'head', 'data')
+        show(['od', '-A', 'd', '-t', 'f8', '-N', '64', 'head/data'], bf)
+        expected = os.path.join(self.tmp, 'expected.bin')
+        old.tofile(expected)
+        cmp('head/data', expected, bf)
+        check(os.path.getsize(data) == NELEM * 8, f'head/data is {NELEM * 8} bytes')
+        check(np.array_equal(np.fromfile(data, dtype='<f8'), old), 'numpy.fromfile(head/data) equals the array')
+        mapped = np.memmap(data, dtype='<f8', mode='r')
+        check(np.array_equal(mapped, old), 'numpy.memmap(head/data) equals the array')
+
+        step(6, 'Commit a change to one block',
+             f"""Another ZODB client negates the numbers of block {CHANGED_BLK}
+             (bytes {CHANGED_BLK * BLKSIZE} to {(CHANGED_BLK + 1) * BLKSIZE})
+             and commits. wcfs hears of the transaction from the ZEO server,
+             moves head/at, and makes the kernel drop only the pages of that
+             block: the rest of head/data stays cached.""")
+        new = old.copy()
+        lo, hi = CHANGED_BLK * BLKSIZE // 8, (CHANGED_BLK + 1) * BLKSIZE // 8
+        new[lo:hi] = -new[lo:hi]
+        f.write(CHANGED_BLK * BLKSIZE, new[lo:hi].tobytes())
+        transaction.commit()
+        newtid = '%016x' % ZODB.utils.u64(self.db.storage.lastTransaction())
+        print(f'  tid of the change: {newtid}')
+        at = os.path.join(bf, 'head', 'at')
+        wait_until(lambda: read(at) != oldtid + '\n', UPDATE_TIMEOUT, 'head/at to move')
+        show(['cat', 'head/at'], bf)
+        check(read(at) == newtid + '\n', 'head/at moved to the tid of the change')
+        show(['od', '-A', 'd', '-t', 'f8', '-j', str(CHANGED_BLK * BLKSIZE), '-N', '32', 'head/data'], bf)
+        new.tofile(expected)
+        cmp('head/data', expected, bf)
+        check(np.array_equal(mapped, new), 'the memmap made before the commit shows the new numbers')
+        del mapped
+
+        step(7, 'Look at the old revision',
+             f"""Clients that must see the database as of an older transaction
+             ask for it with mkdir @<tid>. @{oldtid}/data is the file right
+             after that transaction and never changes.""")
+        show(['mkdir', f'@{oldtid}'], bf)
+        show(['ls', '-l', f'@{oldtid}'], bf)
+        show(['od', '-A', 'd', '-t', 'f8', '-j', str(CHANGED_BLK * BLKSIZE), '-N', '32', f'@{oldtid}/data'], bf)
+        old.tofile(expected)
+        cmp(f'@{oldtid}/data', expected, bf)
+        check(np.array_equal(np.fromfile(os.path.join(bf, f'@{oldtid}', 'data'), dtype='<f8'), old),
+              f'@{oldtid}/data still holds the old numbers')
+
+        step(8, 'Stop wcfs',
+             """SIGTERM (or SIGINT) makes wcfs unmount and exit 0. The ZEO
+             server is stopped and the temporary directory removed next.""")
+        print(f'  $ kill -TERM {self.wcfs.pid}')
+        code = terminate(self.wcfs)
+        check(code == 0, f'wcfs exited with {code}')
+        check(not is_mounted(self.mnt), f'{self.mnt} is unmounted')
+
+    def cleanup(self):
+        """Stop wcfs and runzeo, unmount, remove the temporary directory."""
+        if self.db is not None:
+            self.db.close()
+        if self.wcfs is not None:
+            terminate(self.wcfs)
+        if is_mounted(self.mnt):
+            subprocess.run(['fusermount3', '-u', '-z', self.mnt], stdin=subprocess.DEVNULL)
+        if self.zeo is not None:
+            terminate(self.zeo)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def main():
+    demo = Demo()
+    try:
+        demo.run()
+    except Exception as e:
+        if not isinstance(e, DemoError):
+            traceback.print_exc()
+        print(f'\ndemo: FAILED: {e}', file=sys.stderr)
+        print(f'--- last lines of the wcfs log:\n{tail(demo.wcfs_log)}', file=sys.stderr)
+        return 1
+    finally:
+        demo.cleanup()
+    print('\ndemo: every check passed')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())

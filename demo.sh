@@ -1,0 +1,7 @@
+#!/bin/bash
+# Run the demo: ./setup.sh (idempotent), then demo.py, which starts a ZEO
+# server, writes a sample ZBigFile, mounts wcfs and reads the file through it.
+set -eu
+cd "$(dirname "$0")"
+./setup.sh
+exec .venv/bin/python demo.py

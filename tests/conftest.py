@@ -1,0 +1,248 @@
+"""Fixtures that start real things for the integration tests, and clean them up.
+
+zeo          a ZEO server (runzeo) on a free port of 127.0.0.1 with its own
+             Data.fs, and a ZODB client for the test to write with. It can be
+             stopped and started again on the same port and file, to test how
+             wcfs lives through a database outage.
+wcfs_mount   a factory: mnt = wcfs_mount(zurl, *extra_args) runs wcfs.py in the
+             foreground on a fresh mount point and returns once it serves.
+wait_for     polls a condition until it holds or a timeout passes; importable
+             (`from conftest import wait_for`) and a fixture of the same name.
+
+Every process started here is ended by its pid at teardown (SIGTERM, then
+SIGKILL), and a mount point left mounted is unmounted. The logs of the ZEO
+server and of every wcfs are printed at teardown, so that pytest shows them
+with a failing test.
+"""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import ZEO.ClientStorage
+import ZODB
+import ZODB.utils
+
+ROOT = Path(__file__).resolve().parent.parent
+RUNZEO = Path(sys.executable).parent / 'runzeo'  # installed beside this python
+
+START_TIMEOUT = 20  # seconds for runzeo or wcfs to start serving
+STOP_TIMEOUT = 15   # seconds for a process to exit after SIGTERM
+
+
+def wait_for(cond, timeout=10, what=''):
+    """Call cond() until it returns something true, and return that.
+
+    Sleeps a little between calls, longer as time goes by. Raises
+    AssertionError naming `what` when `timeout` seconds pass first.
+    """
+    deadline = time.monotonic() + timeout
+    delay = 0.005
+    while True:
+        value = cond()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            raise AssertionError(f'timed out after {timeout} s waiting for {what or cond}')
+        time.sleep(delay)
+        delay = min(delay * 2, 0.1)
+
+
+@pytest.fixture(name='wait_for')
+def wait_for_fixture():
+    return wait_for
+
+
+def free_port():
+    """A TCP port of 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def accepts(addr):
+    """Whether something accepts TCP connections at addr."""
+    try:
+        socket.create_connection(addr, timeout=1).close()
+    except OSError:
+        return False
+    return True
+
+
+def terminate(proc, timeout=STOP_TIMEOUT):
+    """End proc by its pid: SIGTERM, then SIGKILL after timeout. Return its exit code."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
+def is_mounted(path):
+    path = os.path.realpath(path)
+    with open('/proc/mounts') as f:
+        return any(line.split()[1] == path for line in f)
+
+
+def unmount(path):
+    """Detach a mount left at path, if any: fusermount3 -u -z, else umount -l."""
+    for cmd in (['fusermount3', '-u', '-z', path], ['umount', '-l', path]):
+        if not is_mounted(path):
+            return
+        subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True)
+
+
+def spawn(argv, logpath):
+    """Start argv with stdout and stderr appended to logpath, no stdin."""
+    with open(logpath, 'ab') as log:
+        return subprocess.Popen([str(a) for a in argv], stdin=subprocess.DEVNULL,
+                                stdout=log, stderr=subprocess.STDOUT)
+
+
+def read_text(path):
+    try:
+        return Path(path).read_text(errors='replace')
+    except FileNotFoundError:
+        return ''
+
+
+class ZEOServer:
+    """runzeo serving one Data.fs on 127.0.0.1:port."""
+
+    def __init__(self, dir):
+        self.dir = Path(dir)
+        self.path = str(self.dir / 'Data.fs')
+        self.logpath = self.dir / 'runzeo.log'
+        self.addr = ('127.0.0.1', free_port())
+        self.zurl = 'zeo://%s:%d' % self.addr
+        self.proc = None
+        self._db = None
+
+    @property
+    def log(self):
+        return read_text(self.logpath)
+
+    def start(self):
+        """Start runzeo and return once it accepts connections."""
+        assert self.proc is None or self.proc.poll() is not None, 'runzeo is already running'
+        self.proc = spawn([RUNZEO, '-a', '%s:%d' % self.addr, '-f', self.path], self.logpath)
+
+        def serving():
+            if self.proc.poll() is not None:
+                raise AssertionError(f'runzeo exited with {self.proc.returncode}:\n{self.log}')
+            return accepts(self.addr)
+
+        wait_for(serving, START_TIMEOUT, f'runzeo to accept on {self.zurl}')
+
+    def stop(self):
+        """Stop runzeo (SIGTERM, then SIGKILL); the clients stay and reconnect after start()."""
+        if self.proc is not None:
+            terminate(self.proc)
+
+    def db(self):
+        """A ZODB.DB on a ClientStorage of this server, made once, closed at teardown."""
+        if self._db is None:
+            self._db = ZODB.DB(ZEO.ClientStorage.ClientStorage(self.addr))
+        return self._db
+
+    def close(self):
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+        self.stop()
+
+
+@pytest.fixture
+def zeo(tmp_path_factory):
+    server = ZEOServer(tmp_path_factory.mktemp('zeo'))
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()
+        print(f'--- runzeo log ({server.logpath}):\n{server.log}')
+
+
+class WCFS:
+    """One wcfs.py process serving one mount point."""
+
+    def __init__(self, zurl, extra_args, path, logpath):
+        self.zurl = zurl
+        self.path = str(path)
+        self.logpath = logpath
+        os.mkdir(self.path)
+        self.proc = spawn([sys.executable, ROOT / 'wcfs.py', *extra_args, zurl, self.path], logpath)
+        self.pid = self.proc.pid
+
+    def log(self):
+        return read_text(self.logpath)
+
+    def serving(self):
+        """Whether .wcfs/zurl reads; AssertionError with the log if wcfs exited."""
+        if self.proc.poll() is not None:
+            raise AssertionError(f'wcfs exited with {self.proc.returncode}:\n{self.log()}')
+        if not is_mounted(self.path):
+            return False
+        try:
+            with open(os.path.join(self.path, '.wcfs', 'zurl')) as f:
+                return f.read() != ''
+        except OSError:
+            return False
+
+    def stop(self):
+        """SIGTERM wcfs, wait (SIGKILL after 15 s); return its exit code."""
+        return terminate(self.proc)
+
+    def bigfile(self, oid):
+        """mkdir bigfile/<oid> unless it is there; return its path. oid: int or 8 bytes."""
+        if isinstance(oid, bytes):
+            oid = ZODB.utils.u64(oid)
+        path = os.path.join(self.path, 'bigfile', '%016x' % oid)
+        if not os.path.isdir(path):
+            os.mkdir(path)
+        return path
+
+    def cleanup(self):
+        terminate(self.proc)
+        unmount(self.path)
+
+
+@pytest.fixture
+def wcfs_mount(tmp_path):
+    """mnt = wcfs_mount(zurl, *extra_args, expect_fail=False)
+
+    Runs wcfs.py on a fresh mount point under tmp_path. Returns once
+    mnt.path/.wcfs/zurl reads; with expect_fail=True, returns once wcfs has
+    exited instead (mnt.proc.returncode, mnt.log()), and fails if it is still
+    running after 20 s.
+    """
+    mounts = []
+
+    def mount(zurl, *extra_args, expect_fail=False):
+        n = len(mounts)
+        mnt = WCFS(zurl, extra_args, tmp_path / f'mnt{n}', tmp_path / f'wcfs{n}.log')
+        mounts.append(mnt)
+        if expect_fail:
+            try:
+                mnt.proc.wait(START_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                raise AssertionError(f'wcfs did not exit within {START_TIMEOUT} s '
+                                     f'(mounted: {is_mounted(mnt.path)}):\n{mnt.log()}') from None
+        else:
+            wait_for(mnt.serving, START_TIMEOUT, f'wcfs to serve {zurl} at {mnt.path}')
+        return mnt
+
+    try:
+        yield mount
+    finally:
+        for mnt in mounts:
+            mnt.cleanup()
+            print(f'--- wcfs log ({mnt.logpath}), exit {mnt.proc.returncode}:\n{mnt.log()}')

@@ -1,0 +1,1 @@
+"""wcfs: ZBigFiles of a ZODB database served as files over FUSE."""

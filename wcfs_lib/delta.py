@@ -1,0 +1,106 @@
+"""δR(A, B): the byte ranges of a file that changed between revisions A and B.
+
+δR holds every block whose content differs between A and B and no block that
+no transaction in (A, B] touched (SPEC 4.2). Two ways to get it:
+
+- `DeltaHistory`: the δ of every transaction since the file became visible,
+  as the watcher computed it; δR is the union over (A, B]. Bounded: the
+  oldest steps are forgotten, and `since` moves forward with them.
+- `compare_revisions`: for A older than the history, compare the file's
+  trees as of A and as of B: the block → ZBlk mapping, then for blocks that
+  kept their ZBlk the serials of the ZBlk and of its chunks.
+
+Ranges are half-open, block aligned, sorted and merged.
+"""
+
+import collections
+
+from . import zformat
+
+MAX_STEPS = 100000
+
+
+def blocks_to_ranges(blocks, blksize):
+    """Set of blocks -> merged half-open byte ranges [(start, stop)]."""
+    return merge_ranges((blk * blksize, (blk + 1) * blksize) for blk in blocks)
+
+
+def merge_ranges(ranges):
+    out = []
+    for start, stop in sorted(ranges):
+        if start >= stop:
+            continue
+        if out and out[-1][1] >= start:
+            if stop > out[-1][1]:
+                out[-1] = (out[-1][0], stop)
+        else:
+            out.append((start, stop))
+    return out
+
+
+class DeltaHistory:
+    """The δ of each transaction of one file after `since`, oldest first."""
+
+    def __init__(self, since, max_steps=MAX_STEPS):
+        self.since = since
+        self._steps = collections.deque()   # (tid, [(start, stop)...]), non-empty only
+        self._max = max_steps
+
+    def append(self, tid, ranges):
+        if ranges:
+            self._steps.append((tid, ranges))
+            while len(self._steps) > self._max:
+                self.since = self._steps.popleft()[0]
+
+    def covers(self, a):
+        return a >= self.since
+
+    def ranges(self, a, b):
+        """δR(a, b) for since <= a <= b."""
+        return merge_ranges(r for tid, ranges in self._steps if a < tid <= b for r in ranges)
+
+
+def compare_revisions(loader, oid, a, b):
+    """δR(a, b) of the ZBigFile `oid`, from the database alone."""
+    ha = loader.zbigfile(oid, a)
+    hb = loader.zbigfile(oid, b)
+    size_a, size_b = loader.size(ha), loader.size(hb)
+    if ha.serial != hb.serial:          # the ZBigFile object itself changed
+        size = max(size_a, size_b)
+        return [(0, size)] if size else []
+    map_a = _mapping(loader, ha)
+    map_b = _mapping(loader, hb)
+    changed = set()
+    for blk in map_a.keys() | map_b.keys():
+        za, zb = map_a.get(blk), map_b.get(blk)
+        if za != zb or (za is not None and _touched(loader, za, a, b)):
+            changed.add(blk)
+    return blocks_to_ranges(changed, hb.blksize)
+
+
+def _mapping(loader, head):
+    return {blk: zformat._ref_oid(ref, head.blktab, head.at)
+            for blk, ref in loader.walk(head.blktab, head.at)}
+
+
+def _touched(loader, zblk, a, b):
+    """Did a transaction in (a, b] modify the ZBlk `zblk` or its chunks?"""
+    if loader.record(zblk, a)[1] != loader.record(zblk, b)[1]:
+        return True
+    klass, state, _ = loader.decode(zblk, b)
+    if klass != zformat.ZBLK1 or not isinstance(state, zformat.Ref):
+        return False
+    return _parts(loader, state.oid, a) != _parts(loader, state.oid, b)
+
+
+def _parts(loader, chunktab, at):
+    """(oid, serial) of every node and ZData of a chunk tree as of `at`."""
+    parts = []
+
+    def visit(oid, _node):
+        parts.append((oid, loader.record(oid, at)[1]))
+
+    for off, ref in loader.walk(chunktab, at, zformat.IOBTREE, visit=visit):
+        zdata = zformat._ref_oid(ref, chunktab, at)
+        parts.append((off, zdata, loader.record(zdata, at)[1]))
+    return parts

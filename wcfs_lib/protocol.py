@@ -1,0 +1,130 @@
+"""The invalidation protocol of head/invalidations, without I/O.
+
+    C: want <tid>        the client wants to see the file as of <tid>
+    C: ack               the client finished remapping after a `have`
+    S: have <tid> wait                 wcfs is behind <tid>; a `have` follows
+    S: have <tid>[ <start>-<stop>]...  head/data is now as of <tid>
+    S: error <message>                 the last request was not understood
+
+`LineBuffer` cuts the byte stream a client writes into request lines (a line
+may arrive split over several writes; `\\r\\n` is accepted; a line over
+MAX_LINE bytes is an error, discarded up to its newline). `parse_request`
+turns a line into a request. `ChannelState` is one channel's state machine:
+it says which requests are allowed now, and records what was sent.
+"""
+
+import re
+
+MAX_LINE = 256
+_TID = re.compile(rb'[0-9a-f]{16}\Z')
+
+
+class ProtocolError(Exception):
+    """A request that is not valid now; its message goes in an `error` line."""
+
+
+class LineBuffer:
+    """Bytes written by a client -> complete lines (or ProtocolErrors)."""
+
+    def __init__(self):
+        self._buf = bytearray()
+        self._overlong = False
+
+    def feed(self, data):
+        """-> list of items, each a line (bytes, no newline) or a ProtocolError."""
+        out = []
+        start = 0
+        while True:
+            nl = data.find(b'\n', start)
+            if nl < 0:
+                self._append(data[start:])
+                return out
+            self._append(data[start:nl])
+            if self._overlong:
+                out.append(ProtocolError('line longer than %d bytes' % MAX_LINE))
+            else:
+                line = bytes(self._buf)
+                out.append(line[:-1] if line.endswith(b'\r') else line)
+            self._buf.clear()
+            self._overlong = False
+            start = nl + 1
+
+    def _append(self, data):
+        if self._overlong:
+            return
+        self._buf += data
+        if len(self._buf) > MAX_LINE:
+            self._buf.clear()
+            self._overlong = True
+
+
+def parse_tid(word):
+    if not _TID.match(word):
+        raise ProtocolError('invalid tid %r: want 16 lower-case hex digits'
+                            % word.decode('ascii', 'backslashreplace'))
+    return int(word, 16)
+
+
+def parse_request(line):
+    """-> ('want', tid) or ('ack', None)."""
+    words = line.split(b' ')
+    if words == [b'ack']:
+        return 'ack', None
+    if words[0] == b'want':
+        if len(words) != 2:
+            raise ProtocolError('usage: want <tid>')
+        return 'want', parse_tid(words[1])
+    verb = words[0][:32].decode('ascii', 'backslashreplace')
+    raise ProtocolError('unknown request %r' % verb if verb else 'empty request')
+
+
+def format_have(tid, ranges=(), wait=False):
+    parts = ['have %016x' % tid]
+    if wait:
+        parts.append('wait')
+    parts.extend('%d-%d' % r for r in ranges)
+    return (' '.join(parts) + '\n').encode()
+
+
+def format_error(message):
+    text = str(message).replace('\n', ' ')
+    return ('error %s\n' % text).encode('ascii', 'backslashreplace')
+
+
+class ChannelState:
+    """What one channel has been told, and which request it may send.
+
+    subscribed  a `have` without wait was sent; the channel gets updates
+    reported    the tid of the last `have` without wait (Sprev)
+    waiting     Cat of an outstanding `have ... wait`, else None
+    unacked     a `have` without wait was sent and not acked yet
+    """
+
+    def __init__(self):
+        self.subscribed = False
+        self.reported = None
+        self.waiting = None
+        self.unacked = False
+
+    def want(self, cat):
+        if self.unacked:
+            raise ProtocolError('want while a have is not acked: ack first')
+        if self.waiting is not None:
+            raise ProtocolError('want while waiting for %016x: wait for its have first'
+                                % self.waiting)
+
+    def ack(self):
+        if self.waiting is not None and not self.unacked:
+            raise ProtocolError('ack while waiting: nothing to ack yet')
+        if not self.unacked:
+            raise ProtocolError('ack with nothing to ack')
+        self.unacked = False
+
+    def sent_wait(self, cat):
+        self.waiting = cat
+
+    def sent_have(self, tid):
+        self.subscribed = True
+        self.reported = tid
+        self.waiting = None
+        self.unacked = True
