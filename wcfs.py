@@ -7,6 +7,7 @@ and signals, and runs the server of wcfs_lib.server. See `man wcfs`.
 
 import argparse
 import logging
+import os
 import signal
 import sys
 
@@ -63,10 +64,14 @@ def make_parser():
     p.add_argument('zurl', metavar='ZURL', help='the database: zeo://HOST:PORT or file:///PATH/Data.fs')
     p.add_argument('mountpoint', metavar='MOUNTPOINT', help='an existing directory to mount on')
     p.add_argument('--version', action='version', version='wcfs ' + __version__)
+    p.add_argument('-d', '--daemon', action='store_true',
+                   help='detach once the filesystem serves; write a pid file')
+    p.add_argument('--pidfile', metavar='PATH',
+                   help='pid file for -d (default /run/wcfs/<mount point, / as ->.pid as root)')
     p.add_argument('--debug', action='store_true',
                    help='log every filesystem request and protocol message')
     p.add_argument('--logfile', metavar='PATH',
-                   help='log to this file instead of stderr (SIGHUP reopens it)')
+                   help='log to this file instead of stderr, or syslog with -d (SIGHUP reopens it)')
     p.add_argument('--autoexit', metavar='SECONDS', type=positive, nargs='?', const=AUTOEXIT_DEFAULT,
                    help='unmount and exit once nothing under the mount has been open for '
                         'SECONDS (default 60); write it as --autoexit=SECONDS')
@@ -93,15 +98,13 @@ def parse_args(argv):
     return opts
 
 
-def setup_logging(opts):
-    handler = logging.FileHandler(opts.logfile) if opts.logfile else logging.StreamHandler(sys.stderr)
+def setup_logging(opts, handler):
     handler.setFormatter(logging.Formatter('%(asctime)s %(name)s %(levelname)s: %(message)s'))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if opts.debug else logging.INFO)
     for noisy in ('ZEO', 'mfusepy', 'txn'):
         logging.getLogger(noisy).setLevel(logging.DEBUG if opts.debug else logging.WARNING)
-    return handler
 
 
 def reopen_log(handler):
@@ -114,15 +117,11 @@ def reopen_log(handler):
             handler.release()
 
 
-def main(argv=None):
-    try:
-        opts = parse_args(sys.argv[1:] if argv is None else argv)
-    except UsageError as e:
-        print('wcfs: %s (see wcfs --help)' % e, file=sys.stderr)
-        return 2
-    handler = setup_logging(opts)
-
+def serve(opts, handler, report):
+    """Start the server, report(None) once it serves or report(why) if it
+    cannot; serve until SIGTERM/SIGINT/autoexit. -> exit code."""
     from wcfs_lib import mount, server, zstorage
+    setup_logging(opts, handler)
     srv = server.Server(opts)
     signal.signal(signal.SIGTERM, lambda *_: srv.request_shutdown())
     signal.signal(signal.SIGINT, lambda *_: srv.request_shutdown())
@@ -130,13 +129,49 @@ def main(argv=None):
     try:
         srv.start()
     except zstorage.UsageError as e:
-        print('wcfs: %s' % e, file=sys.stderr)
+        report(str(e))
         return 2
     except (zstorage.OpenError, mount.MountError, server.StartError) as e:
-        print('wcfs: %s' % e, file=sys.stderr)
+        if type(handler) is not logging.StreamHandler:     # else report() says it on stderr
+            logging.getLogger('wcfs').error('%s', e)
+        report(str(e))
         return 1
+    report(None)
     srv.serve()
     return 0
+
+
+def main(argv=None):
+    try:
+        opts = parse_args(sys.argv[1:] if argv is None else argv)
+    except UsageError as e:
+        print('wcfs: %s (see wcfs --help)' % e, file=sys.stderr)
+        return 2
+    from wcfs_lib import daemon, zstorage
+    opts.mountpoint = os.path.abspath(opts.mountpoint)
+    if opts.logfile:
+        opts.logfile = os.path.abspath(opts.logfile)
+    try:
+        zstorage.resolve(opts.zurl)
+    except zstorage.UsageError as e:
+        print('wcfs: %s' % e, file=sys.stderr)
+        return 2
+    if not opts.daemon:
+        handler = logging.FileHandler(opts.logfile) if opts.logfile else logging.StreamHandler()
+
+        def report(message):
+            if message is not None:
+                print('wcfs: %s' % message, file=sys.stderr)
+        return serve(opts, handler, report)
+
+    pidfile = os.path.abspath(opts.pidfile or daemon.default_pidfile(opts.mountpoint))
+    try:
+        daemon.claim_pidfile(pidfile)
+    except (daemon.PidFileBusy, OSError) as e:
+        print('wcfs: %s' % e, file=sys.stderr)
+        return 1
+    return daemon.detach(pidfile, lambda report: serve(
+        opts, daemon.daemon_log_handler(opts.logfile), report))
 
 
 if __name__ == '__main__':

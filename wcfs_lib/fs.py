@@ -75,6 +75,11 @@ class WCFS(fuse.Operations):
         self.last_close = time.monotonic()
         self._uid, self._gid = os.getuid(), os.getgid()
 
+    def usage(self):
+        """-> (files and directories open now, monotonic time of the last close)."""
+        with self._handles_lock:
+            return self.opens, self.last_close
+
     # ---- paths ----
 
     def resolve(self, path):

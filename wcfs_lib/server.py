@@ -9,6 +9,7 @@ whatever asked for it (SIGTERM, SIGINT, autoexit, an external unmount).
 import logging
 import os
 import threading
+import time
 
 from . import fs, mount, zformat, zstorage
 from .bigfile import BigFileTable, BlockCache
@@ -106,7 +107,17 @@ class Server:
         """Run timers until shutdown is requested; then unmount and close."""
         while not self.shutdown.wait(1.0):
             self._expire_revdirs()
+            if self._idle_too_long():
+                log.info('nothing open under %s for %gs: exiting (--autoexit)',
+                         self.mountpoint, self.opts.autoexit)
+                break
         self.stop()
+
+    def _idle_too_long(self):
+        if not self.opts.autoexit:
+            return False
+        opens, last_close = self.ops.usage()
+        return opens == 0 and time.monotonic() - last_close >= self.opts.autoexit
 
     def request_shutdown(self):
         self.shutdown.set()

@@ -26,6 +26,18 @@ _fs_magic_lock = threading.Lock()   # guards fsmodule.packed_version while openi
 
 
 def open_storage(zurl, db_timeout):
+    """-> the storage of `zurl`, opened read-only."""
+    factory = resolve(zurl, db_timeout)
+    try:
+        if zurl.startswith('file://'):
+            return _open_filestorage(factory, zurl)
+        return factory()
+    except Exception as e:
+        raise OpenError('%s: cannot open database: %s' % (zurl, _oneline(e))) from None
+
+
+def resolve(zurl, db_timeout=30):
+    """-> a factory of the storage; UsageError for a ZURL zodburi cannot take."""
     scheme = zurl.split('://', 1)[0] if '://' in zurl else ''
     if scheme == 'zeo':
         sep = '&' if '?' in zurl else '?'
@@ -39,12 +51,7 @@ def open_storage(zurl, db_timeout):
         factory, _dbkw = zodburi.resolve_uri(zurl_ro)
     except Exception as e:
         raise UsageError('%s: invalid ZURL: %s' % (zurl, _oneline(e))) from None
-    try:
-        if scheme == 'file':
-            return _open_filestorage(factory, zurl)
-        return factory()
-    except Exception as e:
-        raise OpenError('%s: cannot open database: %s' % (zurl, _oneline(e))) from None
+    return factory
 
 
 def _open_filestorage(factory, zurl):
