@@ -65,7 +65,7 @@ class BlockCache:
     (128 KiB .. 1 MiB requests) load it once; concurrent misses wait for the
     one load in flight."""
 
-    def __init__(self, nblocks=16):
+    def __init__(self, nblocks=8):
         self.lock = threading.Lock()    # guards _blocks, _loading
         self._blocks = collections.OrderedDict()
         self._loading = {}              # key -> Event of the load in flight
@@ -131,7 +131,11 @@ class BigFile:
         """Transaction `tid` modified `oids` (None: unknown, compare all)."""
         old = self._zhead_head
         try:
-            if oids is None or old.broken:
+            if oids is None and not old.broken:     # invalidations were lost: compare
+                ranges = compare_revisions(self.loader, self.oid, old.at, tid)
+                self.index._load(tid)
+                delta = None
+            elif oids is None or old.broken:
                 self.index._load(tid)
                 delta = ALL
             else:
@@ -144,7 +148,7 @@ class BigFile:
         if delta == ALL:
             size = max(old.size, new.size)
             ranges = [(0, size)] if size else []
-        else:
+        elif delta is not None:
             ranges = blocks_to_ranges(delta, new.blksize)
         self._zhead_head = new
         with self.cond:

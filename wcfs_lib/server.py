@@ -6,6 +6,8 @@ thread follows the database. Shutdown is one path, `request_shutdown()`,
 whatever asked for it (SIGTERM, SIGINT, autoexit, an external unmount).
 """
 
+import ctypes
+import ctypes.util
 import logging
 import os
 import threading
@@ -24,6 +26,18 @@ log = logging.getLogger('wcfs')
 MAX_CHANNELS = 1100         # open head/invalidations; beyond: EMFILE
 MAX_THREADS = 1300          # every channel blocked in read, and data reads beside them
 READ_AHEAD_KB = 1024        # lets the kernel send 1 MiB reads
+M_MMAP_THRESHOLD = -3       # mallopt parameter, from malloc.h
+
+
+def limit_malloc_arenas():
+    """Serve 2 MiB block buffers from mmap, not from the heap: glibc's dynamic
+    mmap threshold otherwise grows past them after the first frees, and
+    the heap then keeps the freed blocks (RSS grows with the data read)."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library('c'))
+        libc.mallopt(M_MMAP_THRESHOLD, 256 * 1024)
+    except (OSError, AttributeError) as e:
+        log.info('mallopt: %s', e)
 
 
 class StartError(Exception):
@@ -65,6 +79,7 @@ class Server:
 
     def start(self):
         """Open the database and mount; -> once the mount serves."""
+        limit_malloc_arenas()
         mount.check_mountpoint(self.mountpoint)
         self.storage = zstorage.open_storage(self.zurl, self.opts.db_timeout)
         self.loader = zformat.ZLoader(self.storage, db_timeout=self.opts.db_timeout)
@@ -107,11 +122,19 @@ class Server:
         """Run timers until shutdown is requested; then unmount and close."""
         while not self.shutdown.wait(1.0):
             self._expire_revdirs()
+            self._check_database()
             if self._idle_too_long():
                 log.info('nothing open under %s for %gs: exiting (--autoexit)',
                          self.mountpoint, self.opts.autoexit)
                 break
         self.stop()
+
+    def _check_database(self):
+        is_connected = getattr(self.storage, 'is_connected', None)
+        state = 'connected' if is_connected is None or is_connected() else 'unreachable'
+        if state != self.stats.get('database'):
+            (log.info if state == 'connected' else log.error)('database %s: %s', self.zurl, state)
+            self.stats.set('database', state)
 
     def _idle_too_long(self):
         if not self.opts.autoexit:

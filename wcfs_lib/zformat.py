@@ -243,7 +243,7 @@ class ZBigFileHead:
 class ZLoader:
     """Reads ZBigFiles as of any revision from one storage; thread-safe."""
 
-    def __init__(self, storage, db_timeout=30.0, node_cache_size=50000):
+    def __init__(self, storage, db_timeout=30.0, node_cache_size=4000):
         self.storage = storage
         self.db_timeout = db_timeout
         self._nodes = collections.OrderedDict()     # (oid, serial) -> node
