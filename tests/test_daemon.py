@@ -1,0 +1,438 @@
+"""Daemon mode of SPEC §2, on real `wcfs.py -d` processes, a real runzeo and real mounts.
+
+- `-d` returns 0 only once the mount serves; the pid file names the detached
+  daemon, not the process we started;
+- a second start for the same pid file is refused (exit 1, one line naming it);
+- a stale pid file is taken over: its process was killed (and left a stale
+  mount behind), or its pid now runs something that is not wcfs;
+- SIGTERM unmounts, removes the pid file and exits;
+- `--logfile` is reopened on SIGHUP (logrotate);
+- `--autoexit=SECONDS` exits once nothing under the mount was open for SECONDS,
+  and not while a file or a directory there is open;
+- every failed start exits 1 (2 for a ZURL that cannot be parsed) with one
+  line on stderr and no traceback, and leaves no daemon and no mount;
+- as root, the default pid file is /run/wcfs/<mount point, / as ->.pid.
+
+Every daemon started here is ended at teardown by the pid in its pid file
+(SIGTERM, then SIGKILL), and a mount left behind is unmounted.
+"""
+
+import concurrent.futures
+import errno
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import transaction
+from ZODB.utils import u64
+
+from conftest import ROOT, START_TIMEOUT, STOP_TIMEOUT, free_port, is_mounted, read_text, \
+    unmount, wait_for
+from wcfs_lib import zwriter
+
+RUN_TIMEOUT = 60        # seconds for a `wcfs -d` command to return
+AUTOEXIT = 2            # seconds of --autoexit in these tests
+BLKSIZE = 64 << 10
+
+
+# ---- processes ----
+
+def read_pid(pidfile):
+    """The pid in pidfile, or None when there is no such file (or no pid in it)."""
+    try:
+        with open(pidfile) as f:
+            return int(f.read().split()[0])
+    except (FileNotFoundError, ValueError, IndexError):
+        return None
+
+
+def wcfs_running(pid):
+    """Whether pid is a live (not zombie) wcfs.py process."""
+    try:
+        with open('/proc/%d/stat' % pid) as f:
+            state = f.read().rsplit(')', 1)[1].split()[0]
+        with open('/proc/%d/cmdline' % pid, 'rb') as f:
+            argv = f.read().split(b'\0')
+    except (OSError, IndexError):
+        return False
+    return state != 'Z' and any(a.endswith(b'wcfs.py') for a in argv[:2])
+
+
+def end_daemon(pid):
+    """End the wcfs daemon pid (not our child): SIGTERM, then SIGKILL."""
+    for sig, timeout in ((signal.SIGTERM, STOP_TIMEOUT), (signal.SIGKILL, STOP_TIMEOUT)):
+        if not wcfs_running(pid):
+            return
+        os.kill(pid, sig)
+        deadline = time.monotonic() + timeout
+        while wcfs_running(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+
+def stale_mount(path):
+    """Whether path is a mount whose server is gone ("Transport endpoint is not connected")."""
+    try:
+        os.stat(path)
+    except OSError as e:
+        return e.errno == errno.ENOTCONN
+    return False
+
+
+def serving(mountpoint):
+    """Whether .wcfs/zurl reads under mountpoint; -> its line (the ZURL)."""
+    try:
+        with open(os.path.join(mountpoint, '.wcfs', 'zurl')) as f:
+            return f.read().rstrip('\n')
+    except OSError:
+        return ''
+
+
+def assert_one_line_error(start, status, *names):
+    """The start exited with status and one line on stderr naming each of names."""
+    lines = start.stderr.splitlines()
+    assert start.returncode == status, start.stderr
+    assert 'Traceback' not in start.stderr, start.stderr
+    assert len(lines) == 1, start.stderr
+    for name in names:
+        assert name in lines[0], start.stderr
+
+
+class Start:
+    """One run of `wcfs.py -d ... ZURL MOUNTPOINT` to its end."""
+
+    def __init__(self, argv, pidfile, logfile):
+        self.pidfile = str(pidfile)
+        self.logfile = str(logfile)
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        self.command_pid = proc.pid
+        try:
+            self.stdout, self.stderr = proc.communicate(timeout=RUN_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            raise AssertionError('wcfs -d did not return within %d s' % RUN_TIMEOUT) from None
+        self.returncode = proc.returncode
+        self.pid = read_pid(self.pidfile)   # the daemon's, if it started
+
+    def log(self):
+        return read_text(self.logfile)
+
+
+@pytest.fixture
+def wcfs_d(tmp_path):
+    """start = wcfs_d(zurl, mountpoint, *args, pidfile=P, logfile=L, default_pidfile=False)
+
+    Runs `wcfs.py -d --pidfile P --logfile L *args ZURL MOUNTPOINT` to its end
+    and returns a Start. P defaults to a file under tmp_path; with
+    default_pidfile=True no --pidfile is passed and P must be the path wcfs
+    is expected to use. L defaults to a new file under tmp_path.
+
+    At teardown every daemon named by a pid file of a start (right after it
+    and now) is ended, and every mount point left mounted is unmounted.
+    """
+    starts = []
+    mountpoints = []
+
+    def start(zurl, mountpoint, *args, pidfile=None, logfile=None, default_pidfile=False):
+        n = len(starts)
+        pidfile = pidfile or tmp_path / 'wcfs.pid'
+        logfile = logfile or tmp_path / ('wcfs%d.log' % n)
+        argv = [sys.executable, str(ROOT / 'wcfs.py'), '-d', '--logfile', str(logfile)]
+        if not default_pidfile:
+            argv += ['--pidfile', str(pidfile)]
+        argv += [*map(str, args), zurl, str(mountpoint)]
+        mountpoints.append(str(mountpoint))
+        s = Start(argv, pidfile, logfile)
+        starts.append(s)
+        return s
+
+    try:
+        yield start
+    finally:
+        for s in starts:
+            for pid in {s.pid, read_pid(s.pidfile)} - {None}:
+                end_daemon(pid)
+        for path in mountpoints:
+            unmount(path)
+        for s in starts:
+            print('--- wcfs -d exit %s, daemon pid %s; stderr:\n%s--- log (%s):\n%s'
+                  % (s.returncode, s.pid, s.stderr, s.logfile, s.log()))
+
+
+@pytest.fixture
+def mnt(tmp_path):
+    path = tmp_path / 'mnt'
+    path.mkdir()
+    return str(path)
+
+
+# ---- data ----
+
+def commit_bigfile(db, data):
+    """Commit a ZBigFile holding data as root['f']; -> (oid, the content wcfs must serve)."""
+    tm = transaction.TransactionManager()
+    conn = db.open(tm)
+    try:
+        f = zwriter.ZBigFile(BLKSIZE)
+        f.write(0, data)
+        conn.root()['f'] = f
+        tm.commit()
+        return u64(f._p_oid), f.read()
+    finally:
+        conn.close()
+
+
+def read_head(mountpoint, oid):
+    """mkdir bigfile/<oid> (unless there) and read its head/data."""
+    d = os.path.join(mountpoint, 'bigfile', '%016x' % oid)
+    if not os.path.isdir(d):
+        os.mkdir(d)
+    with open(os.path.join(d, 'head', 'data'), 'rb') as f:
+        return f.read()
+
+
+def sample_data():
+    return os.urandom(2 * BLKSIZE) + bytes(BLKSIZE) + b'tail'
+
+
+# ---- start-up ----
+
+def test_returns_only_once_serving(zeo, wcfs_d, mnt):
+    s = wcfs_d(zeo.zurl, mnt)
+
+    assert s.returncode == 0, s.stderr
+    assert s.stderr == ''
+    assert serving(mnt) == zeo.zurl
+    assert is_mounted(mnt)
+    assert s.pid is not None, 'no pid in %s' % s.pidfile
+    assert s.pid != s.command_pid
+    assert wcfs_running(s.pid)
+
+
+def test_waits_for_database_before_returning(zeo, wcfs_d, tmp_path, mnt):
+    """With the database down at start, `-d` returns only after it is back and
+    the mount serves (widens the window that test_returns_only_once_serving
+    samples)."""
+    zeo.stop()
+    pidfile = tmp_path / 'wcfs.pid'
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        started = pool.submit(wcfs_d, zeo.zurl, mnt, '--db-timeout', '30', pidfile=pidfile)
+        wait_for(lambda: read_pid(pidfile) or started.done(), START_TIMEOUT,
+                 'the daemon to take its pid file')
+        with pytest.raises(concurrent.futures.TimeoutError):
+            started.result(timeout=2)   # bounded negative check: the database is down
+        zeo.start()
+        s = started.result(timeout=RUN_TIMEOUT + 5)
+
+    assert s.returncode == 0, s.stderr
+    assert serving(mnt) == zeo.zurl
+    assert wcfs_running(s.pid)
+
+
+def test_daemon_serves_data(zeo, wcfs_d, mnt):
+    oid, content = commit_bigfile(zeo.db(), sample_data())
+    s = wcfs_d(zeo.zurl, mnt)
+
+    assert s.returncode == 0, s.stderr
+    assert read_head(mnt, oid) == content
+
+
+def test_second_start_for_same_pidfile_is_refused(zeo, wcfs_d, tmp_path, mnt):
+    first = wcfs_d(zeo.zurl, mnt)
+    assert first.returncode == 0, first.stderr
+    other = tmp_path / 'other'
+    other.mkdir()
+
+    second = wcfs_d(zeo.zurl, other)
+
+    assert_one_line_error(second, 1, first.pidfile)
+    assert read_pid(first.pidfile) == first.pid
+    assert wcfs_running(first.pid)
+    assert serving(mnt) == zeo.zurl
+    assert not is_mounted(other)
+
+
+def test_sigkilled_daemon_stale_pidfile_and_mount_are_taken_over(zeo, wcfs_d, mnt):
+    oid, content = commit_bigfile(zeo.db(), sample_data())
+    first = wcfs_d(zeo.zurl, mnt)
+    assert first.returncode == 0, first.stderr
+    assert read_head(mnt, oid) == content
+
+    os.kill(first.pid, signal.SIGKILL)
+    wait_for(lambda: not wcfs_running(first.pid), STOP_TIMEOUT, 'the killed wcfs to be gone')
+    wait_for(lambda: stale_mount(mnt), 10, 'a stale mount at %s' % mnt)
+    assert read_pid(first.pidfile) == first.pid
+
+    second = wcfs_d(zeo.zurl, mnt)
+
+    assert second.returncode == 0, second.stderr
+    assert second.pid not in (None, first.pid)
+    assert wcfs_running(second.pid)
+    assert serving(mnt) == zeo.zurl
+    assert read_head(mnt, oid) == content
+
+
+def test_stale_pidfile_of_another_program_is_taken_over(zeo, wcfs_d, tmp_path, mnt):
+    sleeper = subprocess.Popen(['sleep', '300'], stdin=subprocess.DEVNULL)
+    try:
+        pidfile = tmp_path / 'wcfs.pid'
+        pidfile.write_text('%d\n' % sleeper.pid)
+
+        s = wcfs_d(zeo.zurl, mnt, pidfile=pidfile)
+
+        assert s.returncode == 0, s.stderr
+        assert s.pid not in (None, sleeper.pid)
+        assert wcfs_running(s.pid)
+        assert serving(mnt) == zeo.zurl
+        assert sleeper.poll() is None, 'wcfs must not touch the process of a stale pid file'
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason='the default pid file is under /run/wcfs as root')
+def test_default_pidfile_as_root(zeo, wcfs_d, mnt):
+    pidfile = '/run/wcfs/%s.pid' % mnt.lstrip('/').replace('/', '-')
+    assert not os.path.exists(pidfile)
+
+    s = wcfs_d(zeo.zurl, mnt, pidfile=pidfile, default_pidfile=True)
+
+    assert s.returncode == 0, s.stderr
+    assert s.pid is not None, 'no pid in %s' % pidfile
+    assert wcfs_running(s.pid)
+
+    os.kill(s.pid, signal.SIGTERM)
+    wait_for(lambda: not os.path.exists(pidfile), STOP_TIMEOUT, '%s to be removed' % pidfile)
+
+
+# ---- failed starts ----
+
+def assert_nothing_left(s, mountpoint):
+    """After a failed start: no wcfs holds its pid file, nothing is mounted."""
+    pid = read_pid(s.pidfile)
+    assert pid is None or not wcfs_running(pid), 'a wcfs (pid %d) runs after a failed start' % pid
+    assert not is_mounted(mountpoint)
+
+
+def test_unreachable_database_exits_1(wcfs_d, mnt):
+    zurl = 'zeo://127.0.0.1:%d' % free_port()
+
+    s = wcfs_d(zurl, mnt, '--db-timeout', '2')
+
+    assert_one_line_error(s, 1, zurl)
+    assert_nothing_left(s, mnt)
+
+
+def test_missing_mountpoint_exits_1(zeo, wcfs_d, tmp_path):
+    missing = str(tmp_path / 'missing')
+
+    s = wcfs_d(zeo.zurl, missing)
+
+    assert_one_line_error(s, 1, missing)
+    assert_nothing_left(s, missing)
+
+
+def test_mounted_mountpoint_exits_1(zeo, wcfs_d, tmp_path, mnt):
+    first = wcfs_d(zeo.zurl, mnt, pidfile=tmp_path / 'first.pid')
+    assert first.returncode == 0, first.stderr
+
+    second = wcfs_d(zeo.zurl, mnt, pidfile=tmp_path / 'second.pid')
+
+    assert_one_line_error(second, 1, mnt)
+    pid = read_pid(second.pidfile)
+    assert pid is None or not wcfs_running(pid), 'the second wcfs (pid %d) runs' % pid
+    assert wcfs_running(first.pid)
+    assert serving(mnt) == zeo.zurl
+
+
+def test_unknown_scheme_exits_2(wcfs_d, mnt):
+    zurl = 'nosuchscheme://somewhere/db'
+
+    s = wcfs_d(zurl, mnt)
+
+    assert_one_line_error(s, 2, zurl)
+    assert_nothing_left(s, mnt)
+
+
+# ---- signals ----
+
+def test_sigterm_unmounts_removes_pidfile_and_exits(zeo, wcfs_d, mnt):
+    s = wcfs_d(zeo.zurl, mnt)
+    assert s.returncode == 0, s.stderr
+
+    os.kill(s.pid, signal.SIGTERM)
+
+    wait_for(lambda: not wcfs_running(s.pid), STOP_TIMEOUT, 'wcfs to exit after SIGTERM')
+    wait_for(lambda: not is_mounted(mnt), STOP_TIMEOUT, '%s to be unmounted' % mnt)
+    wait_for(lambda: not os.path.exists(s.pidfile), STOP_TIMEOUT, 'the pid file to be removed')
+
+
+def test_sighup_reopens_logfile(zeo, wcfs_d, tmp_path, mnt):
+    logfile = tmp_path / 'wcfs.log'
+    rotated = tmp_path / 'wcfs.log.1'
+    oid, content = commit_bigfile(zeo.db(), sample_data())
+    s = wcfs_d(zeo.zurl, mnt, logfile=logfile)
+    assert s.returncode == 0, s.stderr
+    assert 'serving' in read_text(logfile)
+
+    os.rename(logfile, rotated)
+    os.kill(s.pid, signal.SIGHUP)
+
+    # The signal is handled asynchronously: log until a line reaches the new
+    # file. mkdir of the root object (not a ZBigFile) fails with EINVAL and
+    # logs a warning, as often as it is tried.
+    not_a_bigfile = os.path.join(mnt, 'bigfile', '%016x' % 0)
+
+    def logs_to_new_file():
+        with pytest.raises(OSError) as e:
+            os.mkdir(not_a_bigfile)
+        assert e.value.errno == errno.EINVAL
+        return 'bigfile/%016x' % 0 in read_text(logfile)
+
+    wait_for(logs_to_new_file, 10, 'a log line in the reopened %s' % logfile)
+
+    assert read_head(mnt, oid) == content
+    visible = 'bigfile/%016x: visible' % oid
+    wait_for(lambda: visible in read_text(logfile), 10, '%r in %s' % (visible, logfile))
+    assert visible not in read_text(rotated)
+    assert 'serving' in read_text(rotated)
+    assert wcfs_running(s.pid), 'SIGHUP must not end wcfs'
+    assert serving(mnt) == zeo.zurl
+
+
+# ---- --autoexit ----
+
+def test_autoexit_when_idle(zeo, wcfs_d, mnt):
+    s = wcfs_d(zeo.zurl, mnt, '--autoexit=%d' % AUTOEXIT)
+    assert s.returncode == 0, s.stderr
+    assert serving(mnt) == zeo.zurl    # the last file closed under the mount
+    idle_since = time.monotonic()
+
+    wait_for(lambda: not wcfs_running(s.pid), 20, 'wcfs to exit after %d s idle' % AUTOEXIT)
+
+    assert time.monotonic() - idle_since >= AUTOEXIT - 0.5, 'wcfs exited before being idle'
+    wait_for(lambda: not is_mounted(mnt), STOP_TIMEOUT, '%s to be unmounted' % mnt)
+    wait_for(lambda: not os.path.exists(s.pidfile), STOP_TIMEOUT, 'the pid file to be removed')
+
+
+@pytest.mark.parametrize('what', ['file', 'directory'])
+def test_no_autoexit_while_open(zeo, wcfs_d, mnt, what):
+    s = wcfs_d(zeo.zurl, mnt, '--autoexit=%d' % AUTOEXIT)
+    assert s.returncode == 0, s.stderr
+    if what == 'file':
+        fd = os.open(os.path.join(mnt, '.wcfs', 'zurl'), os.O_RDONLY)
+    else:
+        fd = os.open(os.path.join(mnt, 'bigfile'), os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        time.sleep(2 * AUTOEXIT)     # bounded negative check: longer than --autoexit
+        assert wcfs_running(s.pid), 'wcfs exited while a %s under the mount was open' % what
+        assert is_mounted(mnt)
+    finally:
+        os.close(fd)
+
+    wait_for(lambda: not wcfs_running(s.pid), 20, 'wcfs to exit %d s after the close' % AUTOEXIT)
+    wait_for(lambda: not is_mounted(mnt), STOP_TIMEOUT, '%s to be unmounted' % mnt)
