@@ -99,7 +99,11 @@ class BlockCache:
 class BigFile:
     """One ZBigFile made visible under `bigfile/<oid>/`.
 
-    `cond` guards `head` (it is replaced, never changed), `steps`, `history`,
+    `head` is what data reads serve; `at`, what head/at shows, follows it
+    once the kernel has dropped the changed ranges, so that a client that
+    sees the new head/at never reads stale cached pages.
+
+    `cond` guards `head` (it is replaced, never changed), `at`, `steps`, `history`,
     `channels` and their protocol states. The watcher thread adds steps; they
     are applied inline when no channel is subscribed, else by a mover thread
     that waits for the acks (SPEC 4.3), so that the watcher never waits.
@@ -111,6 +115,7 @@ class BigFile:
         self.ctx = ctx                  # Context: kcache, stats, blocks, options
         self.index = FileIndex(loader, oid, zhead)
         self.head = head_of(self.index)
+        self.at = self.head.at          # what head/at shows: head.at once the kernel dropped δ
         self._zhead_head = self.head    # as of the index: head once steps are applied
         self.cond = threading.Condition()
         self.history = DeltaHistory(zhead)
@@ -184,6 +189,7 @@ class BigFile:
             if ranges:
                 self.ctx.kcache.invalidate_data('bigfile/%s/head/data' % self.name, ranges)
             with self.cond:
+                self.at = target.at
                 self._invalidating = False
                 self._answer_waiting()
                 self.cond.notify_all()

@@ -149,7 +149,7 @@ class WCFS(fuse.Operations):
         if node.kind == STATS:
             return self.srv.stats.render()
         if node.kind == AT:
-            return b'%016x\n' % node.bf.head.at
+            return b'%016x\n' % node.bf.at
         raise err(errno.EISDIR)
 
     def readdir(self, path, fh):
@@ -284,6 +284,12 @@ class WCFS(fuse.Operations):
             raise err(errno.EINVAL)
         oid = int(name, 16)
         srv = self.srv
+        try:
+            # the client may have seen a commit the watcher has not applied yet
+            srv.watcher.wait_zhead(srv.last_tid(), srv.opts.db_timeout)
+        except Exception as e:
+            log.error('mkdir bigfile/%s: %s', name, e)
+            raise err(errno.EIO)
         with srv.watcher.zhead_lock:
             if srv.table.get(oid) is not None:
                 raise err(errno.EEXIST)

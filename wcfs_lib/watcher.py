@@ -152,6 +152,7 @@ class Watcher:
         self.zhead_lock = threading.RLock()
         self._queue = collections.deque()
         self._queue_cond = threading.Condition()    # guards _queue, _stop
+        self._zhead_cond = threading.Condition()    # notified when zhead moves
         self._stop = False
         self._thread = threading.Thread(target=self._run, name='watcher', daemon=True)
 
@@ -210,6 +211,14 @@ class Watcher:
             self.stats.set('zhead', '%016x' % tid)
             for bf in self.table.files():
                 bf.on_transaction(tid, oids)
+        with self._zhead_cond:
+            self._zhead_cond.notify_all()
+
+    def wait_zhead(self, tid, timeout):
+        """Wait until zhead >= tid; TimeoutError after `timeout` seconds."""
+        with self._zhead_cond:
+            if not self._zhead_cond.wait_for(lambda: self.zhead >= tid, timeout):
+                raise TimeoutError('the watcher is at %016x, behind %016x' % (self.zhead, tid))
 
     def _resync(self):
         """After a reconnection: the storage may have lost invalidations."""
@@ -222,3 +231,5 @@ class Watcher:
             self.stats.set('zhead', '%016x' % tid)
             for bf in self.table.files():
                 bf.on_transaction(tid, None)
+        with self._zhead_cond:
+            self._zhead_cond.notify_all()

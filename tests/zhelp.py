@@ -1,0 +1,205 @@
+"""Helpers shared by the mount tests: write ZBigFiles through the zeo fixture,
+read what wcfs shows of them, and ask the kernel which pages it caches.
+
+Writer       one ZODB connection (with its own transaction manager) to the
+             zeo fixture's database: add ZBigFiles, commit, get tids.
+stats        `.wcfs/stats` of a mount as a dict.
+head_at      `head/at` of a file as an int; wait_head waits until it is a tid.
+resident     which pages of a file the kernel page cache holds (mincore).
+Holder       another real process that keeps a file mmapped, every page touched.
+"""
+
+import ctypes
+import ctypes.util
+import mmap
+import os
+import subprocess
+import sys
+import textwrap
+import time
+
+import transaction
+from ZODB.TimeStamp import TimeStamp
+from ZODB.utils import p64, u64
+
+from conftest import wait_for
+from wcfs_lib import zwriter
+
+PAGE = mmap.PAGESIZE
+KiB = 1 << 10
+MiB = 1 << 20
+
+
+class Writer:
+    """Commits to the zeo fixture's database through a connection of its own."""
+
+    def __init__(self, db):
+        self.db = db
+        self.tm = transaction.TransactionManager()
+        self.conn = db.open(self.tm)
+        self.root = self.conn.root()
+
+    def commit(self):
+        """Commit what was changed; -> the tid of the database's last transaction."""
+        self.tm.commit()
+        return u64(self.db.storage.lastTransaction())
+
+    def add(self, obj, name=None):
+        """Store obj under the root and commit; -> (oid, tid)."""
+        self.root[name or 'obj%d' % len(self.root)] = obj
+        tid = self.commit()
+        return u64(obj._p_oid), tid
+
+    def new_file(self, blksize, blocks=(), kind='ZBlk0', py2str=False):
+        """A ZBigFile with blocks {blk: data} (or [(blk, data)]), committed; -> (f, oid, tid)."""
+        f = zwriter.ZBigFile(blksize, py2str=py2str)
+        for blk, data in dict(blocks).items():
+            f.write_block(blk, data, kind)
+        oid, tid = self.add(f)
+        return f, oid, tid
+
+    def touch_other(self):
+        """Commit a transaction that changes no ZBigFile; -> its tid."""
+        self.root['counter'] = self.root.get('counter', 0) + 1
+        return self.commit()
+
+
+def tid_time(tid):
+    return TimeStamp(p64(tid)).timeTime()
+
+
+def hex16(n):
+    return '%016x' % n
+
+
+def read_bytes(path):
+    with open(path, 'rb') as f:
+        return f.read()
+
+
+def stats(mnt):
+    """`.wcfs/stats` of mount mnt -> {name: value (str)}."""
+    out = {}
+    for line in read_bytes(os.path.join(mnt.path, '.wcfs', 'stats')).decode().splitlines():
+        name, sep, value = line.partition(': ')
+        assert sep, 'stats line without ": ": %r' % line
+        out[name] = value
+    return out
+
+
+def stat_int(mnt, name):
+    return int(stats(mnt)[name])
+
+
+def head_at(fdir):
+    """head/at of the file directory fdir, as an int."""
+    text = read_bytes(os.path.join(fdir, 'head', 'at')).decode()
+    assert text.endswith('\n') and len(text) == 17, repr(text)
+    return int(text, 16)
+
+
+def wait_head(fdir, tid, timeout=10, spin=False):
+    """Wait until head/at of fdir is tid.
+
+    spin: read head/at again and again without sleeping in between, to act
+    the very moment it moves.
+    """
+    what = '%s/head/at to become %016x' % (fdir, tid)
+    if not spin:
+        wait_for(lambda: head_at(fdir) == tid, timeout, what)
+        return
+    deadline = time.monotonic() + timeout
+    while head_at(fdir) != tid:
+        if time.monotonic() > deadline:
+            raise AssertionError('timed out after %s s waiting for %s' % (timeout, what))
+
+
+# ---- the kernel page cache ----
+
+_libc = ctypes.CDLL(ctypes.util.find_library('c'), use_errno=True)
+_libc.mmap.restype = ctypes.c_void_p
+_libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                       ctypes.c_int, ctypes.c_long]
+_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+_libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+_MAP_FAILED = ctypes.c_void_p(-1).value
+
+
+def resident(path):
+    """-> list of bools, one a page of file path: is it in the kernel page cache?
+
+    Maps the file (MAP_SHARED, PROT_READ) without touching it and asks mincore.
+    """
+    with open(path, 'rb') as f:
+        size = os.fstat(f.fileno()).st_size
+        if size == 0:
+            return []
+        addr = _libc.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, f.fileno(), 0)
+        if addr == _MAP_FAILED:
+            e = ctypes.get_errno()
+            raise OSError(e, 'mmap %s: %s' % (path, os.strerror(e)))
+        try:
+            npages = -(-size // PAGE)
+            vec = (ctypes.c_ubyte * npages)()
+            if _libc.mincore(addr, size, vec) != 0:
+                e = ctypes.get_errno()
+                raise OSError(e, 'mincore %s: %s' % (path, os.strerror(e)))
+            return [bool(b & 1) for b in vec]
+        finally:
+            _libc.munmap(addr, size)
+
+
+def resident_blocks(path, blksize):
+    """-> {blk: 'all' | 'none' | 'some'}: how much of each block the page cache holds."""
+    pages = resident(path)
+    per = blksize // PAGE
+    out = {}
+    for blk in range(-(-len(pages) // per)):
+        got = pages[blk * per:(blk + 1) * per]
+        out[blk] = 'all' if all(got) else 'none' if not any(got) else 'some'
+    return out
+
+
+_HOLDER = textwrap.dedent('''
+    import hashlib, mmap, os, sys
+    f = open(sys.argv[1], 'rb')
+    m = mmap.mmap(f.fileno(), os.fstat(f.fileno()).st_size, mmap.MAP_SHARED, mmap.PROT_READ)
+    total = sum(m[i] for i in range(0, len(m), mmap.PAGESIZE))
+    print('ready', total, flush=True)
+    for line in sys.stdin:
+        if line.strip() == 'sha1':
+            print(hashlib.sha1(m[:]).hexdigest(), flush=True)
+''')
+
+
+class Holder:
+    """Another process that mmaps a file (MAP_SHARED, PROT_READ), touches every
+    page, and keeps it mapped until close(); .sha1() hashes what it maps now."""
+
+    def __init__(self, path):
+        self.proc = subprocess.Popen([sys.executable, '-c', _HOLDER, path],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        line = self.proc.stdout.readline()
+        if not line.startswith('ready'):
+            self.close()
+            raise AssertionError('mmap holder for %s did not start: %r' % (path, line))
+
+    def sha1(self):
+        self.proc.stdin.write('sha1\n')
+        self.proc.stdin.flush()
+        return self.proc.stdout.readline().strip()
+
+    def close(self):
+        if self.proc.stdin:
+            self.proc.stdin.close()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
