@@ -26,7 +26,11 @@ from .fs_binding import fuse, libfuse
 log = logging.getLogger('wcfs.channel')
 
 MAX_UNREAD = 64 * 1024
-INTERRUPT_POLL = 0.05   # seconds between checks of fuse_interrupted()
+# Seconds between checks of fuse_interrupted() while a read is blocked:
+# short at first, then backing off, so that 1000 blocked readers do not take
+# the interpreter from the data reads.
+INTERRUPT_POLL_MIN = 0.02
+INTERRUPT_POLL_MAX = 1.0
 
 libfuse.fuse_notify_poll.argtypes = [ctypes.c_void_p]
 libfuse.fuse_pollhandle_destroy.argtypes = [ctypes.c_void_p]
@@ -125,6 +129,7 @@ class Channel:
         self._wake()
 
     def read(self, size, fi):
+        pause = INTERRUPT_POLL_MIN
         with self.lock:
             while not self._out:
                 if self.dropped or self.closed or self._shutdown.is_set():
@@ -133,7 +138,8 @@ class Channel:
                     raise fuse.FuseOSError(errno.EAGAIN)
                 if libfuse.fuse_interrupted():
                     raise fuse.FuseOSError(errno.EINTR)
-                self._readable.wait(INTERRUPT_POLL)
+                self._readable.wait(pause)
+                pause = min(pause * 2, INTERRUPT_POLL_MAX)
             data = bytes(self._out[:size])
             del self._out[:size]
             return data

@@ -38,6 +38,13 @@ def merge_ranges(ranges):
     return out
 
 
+def resized_blocks(old, new):
+    """Blocks that appear or disappear as the size changes (holes included)."""
+    n_old = max(old) + 1 if old else 0
+    n_new = max(new) + 1 if new else 0
+    return set(range(min(n_old, n_new), max(n_old, n_new)))
+
+
 class DeltaHistory:
     """The δ of each transaction of one file after `since`, oldest first."""
 
@@ -70,7 +77,7 @@ def compare_revisions(loader, oid, a, b):
         return [(0, size)] if size else []
     map_a = _mapping(loader, ha)
     map_b = _mapping(loader, hb)
-    changed = set()
+    changed = resized_blocks(map_a, map_b)
     for blk in map_a.keys() | map_b.keys():
         za, zb = map_a.get(blk), map_b.get(blk)
         if za != zb or (za is not None and _touched(loader, za, a, b)):

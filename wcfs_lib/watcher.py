@@ -29,6 +29,7 @@ import threading
 from ZODB.utils import u64
 
 from . import zformat
+from .delta import resized_blocks
 
 log = logging.getLogger('wcfs.watcher')
 
@@ -120,6 +121,7 @@ class FileIndex:
             self._load(tid, reuse=self.nodes, changed=changed)
             delta = {blk for blk in old.keys() | self.blocks.keys()
                      if old.get(blk) != self.blocks.get(blk)}
+            delta |= resized_blocks(old, self.blocks)
         with self.parts_lock:
             for oid in changed.intersection(self.parts):
                 delta |= self.parts[oid]
