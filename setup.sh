@@ -12,7 +12,7 @@ set -eu
 cd "$(dirname "$0")"
 root=$(pwd)
 python=/usr/bin/python3
-apt_packages="fuse3 python3-venv"
+apt_packages="fuse3 python3-venv debhelper dh-python dpkg-dev fakeroot lintian mandoc man-db"
 
 sudo=
 if [ "$(id -u)" != 0 ]; then

@@ -100,8 +100,9 @@ class Server:
         log.info('serving %s on %s, zhead %016x', self.zurl, self.mountpoint, self.watcher.zhead)
 
     def _run_fuse(self):
+        # max_idle_threads: libfuse 3.14 warns about its unset default otherwise.
         kwargs = dict(foreground=True, raw_fi=True, fsname='wcfs', subtype='wcfs',
-                      max_threads=MAX_THREADS, debug=self.opts.debug)
+                      max_threads=MAX_THREADS, max_idle_threads=64, debug=self.opts.debug)
         kwargs.update(self.opts.fuse_options)
         try:
             fs.fuse.FUSE(self.ops, self.mountpoint, **kwargs)
