@@ -205,7 +205,11 @@ class BigFile:
                 if not st.subscribed or ch.dropped:
                     continue
                 if not st.unacked and st.reported < target.at:
-                    self._send_have(ch, target.at, self._delta(st.reported, target.at))
+                    if st.waiting is not None and st.waiting <= target.at:
+                        self._send_have(ch, target.at, self._delta(st.waiting, target.at))
+                    else:
+                        self._send_have(ch, target.at, self._delta(st.reported, target.at),
+                                        update=True)
                 if st.unacked:
                     pending.append(ch)
             if not pending:
@@ -221,9 +225,12 @@ class BigFile:
             if wake is not None:
                 self.cond.wait(wake - now)
 
-    def _send_have(self, ch, tid, ranges):
+    def _send_have(self, ch, tid, ranges, update=False):
         ch.send(protocol.format_have(tid, ranges))
-        ch.state.sent_have(tid)
+        if update:
+            ch.state.sent_update(tid)
+        else:
+            ch.state.sent_have(tid)
         ch.have_time = time.monotonic()
         self.ctx.stats.add('invalidations_sent')
 
@@ -236,9 +243,11 @@ class BigFile:
     def _answer_waiting(self):
         """Channels waiting for a head at or after their Cat get it. cond held."""
         head = self.head
+        if self._invalidating:
+            return
         for ch in list(self.channels):
             cat = ch.state.waiting
-            if cat is not None and cat <= head.at and not ch.dropped:
+            if cat is not None and cat <= head.at and not ch.state.unacked and not ch.dropped:
                 self._send_have(ch, head.at, self._delta(cat, head.at))
 
     def _kill(self, ch):
@@ -275,6 +284,7 @@ class BigFile:
     def ack(self, ch):
         with self.cond:
             ch.state.ack()
+            self._answer_waiting()      # a want that waited behind this update
             self.cond.notify_all()
 
     def want(self, ch, cat):
@@ -285,6 +295,7 @@ class BigFile:
             with self.cond:
                 while self._invalidating:
                     self.cond.wait()
+                ch.state.want(cat)      # an update may have been sent meanwhile
                 head = self.head
                 if head.at < cat:
                     ch.send(protocol.format_have(head.at, wait=True))

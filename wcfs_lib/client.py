@@ -49,7 +49,10 @@ the two apart without guessing:
   line with that lock held, from reading its request state to writing `ack`.
   So when the reader looks at a `have` while a `want` is in flight, the `want`
   has been written completely, and wcfs queued its answer before the write
-  returned.
+  returned. (The price: while wcfs works on a `want`, which takes one
+  database lookup or, for a tid older than its history, a comparison of
+  trees, the reader waits before it handles that view's lines, and the
+  lines of the views after it.)
 - That `have` was either queued before wcfs read the `want` — then it is an
   update, still unacked, so wcfs answered the `want` with `error`, which is
   already the next line — or it is the answer, and wcfs sends nothing more
@@ -58,9 +61,11 @@ the two apart without guessing:
 - While the `want` is answered with `have <Sat> wait`, wcfs may send updates
   of the old subscription (`have <S>`, S < the wanted tid) as its head moves:
   the reader handles them as updates and, since wcfs forgets the `want` when
-  it sends them, writes the `want` again. A `have <S>` with S >= the wanted
-  tid answers it; its ranges may be δR(Sprev, S), a superset of δR(at, S):
-  overlaying more of `@<at>/data` than needed is correct.
+  it sends them, has the caller write the `want` again. (Should wcfs keep it
+  instead, as SPEC 4.2 step 2 can be read, it answers that with `error`, and
+  the reader goes on waiting.) A `have <S>` with S >= the wanted tid answers
+  the `want`; its ranges may be δR(Sprev, S) rather than δR(wanted, S): a
+  superset, and overlaying more of `@<wanted>/data` than needed is correct.
 - wcfs may also take a `want` that an update crossed (it checks for an
   unacked `have` before it looks the tid up, and answers after): the update
   is then followed by the `want`'s answer, `have ... wait` or `have <S>`,
@@ -201,16 +206,19 @@ def _parse(line):
 class _Want:
     """One `want <cat>` of a view, from the caller's write to its answer.
 
-    state: 'inflight' (written, no answer yet), 'waiting' (answered `have ...
-    wait`), 'resend' (wcfs forgot it: write it again), 'done', 'failed'.
+    state: None (not written), 'inflight' (written, no answer yet), 'waiting'
+    (answered `have ... wait`), 'resend' (wcfs forgot it: write it again),
+    'done', 'failed'. rev_fd is closed when the want fails, and becomes the
+    view's (None here) when it is answered.
     """
 
     def __init__(self, cat, rev_fd, size):
         self.cat = cat
-        self.rev_fd = rev_fd        # @<cat>/data, open
+        self.rev_fd = rev_fd        # @<cat>/data, open; None once the view's
         self.size = size            # of the file as of cat
         self.state = None
         self.error = None
+        self.rewritten_after_wait = False   # written again after an update while waiting
 
 
 class Connection:
@@ -389,11 +397,14 @@ class View:
                                mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | MAP_NORESERVE, -1, 0,
                                'reserve for %s' % self.name)
             conn._add_channel(self)
+        except BaseException:
+            os.close(rev_fd)
+            self.close()
+            raise
+        try:
             with self._api_lock:
                 self._want(at, rev_fd, size)
         except BaseException:
-            if self.at is None:
-                os.close(rev_fd)
             self.close()
             raise
 
@@ -448,17 +459,12 @@ class View:
                 if tid == self.at:
                     return
             rev_fd, size = self._open_rev(tid)
-            try:
-                if size > self._reserve:
-                    raise WCFSError('%s: resync to %016x: the file grew to %d bytes, past the '
-                                    '%d bytes this view reserved: open a view with a larger '
-                                    'reserve' % (self.name, tid, size, self._reserve))
-                self._want(tid, rev_fd, size)
-            except BaseException:
-                with self._lock:
-                    if self._rev_fd != rev_fd:
-                        os.close(rev_fd)
-                raise
+            if size > self._reserve:
+                os.close(rev_fd)
+                raise WCFSError('%s: resync to %016x: the file grew to %d bytes, past the '
+                                '%d bytes this view reserved: open a view with a larger '
+                                'reserve' % (self.name, tid, size, self._reserve))
+            self._want(tid, rev_fd, size)
 
     def close(self):
         """Unmap the view and close its channel; arrays over it must not be used after."""
@@ -468,6 +474,9 @@ class View:
                     return
                 self._closed = True
                 fd, self._fd = self._fd, None
+                req, self._req = self._req, None
+                if req is not None and req.rev_fd is not None:    # left by an interrupted resync
+                    os.close(req.rev_fd)
             if fd is not None:
                 self.conn._remove_channel(fd, wait=True)
                 os.close(fd)            # wcfs stops waiting for this channel's acks
@@ -504,26 +513,39 @@ class View:
         raise WCFSError('%s: removed again right after mkdir, %d times' % (name, attempt + 1))
 
     def _want(self, cat, rev_fd, size):
-        """Write `want <cat>` until it is answered and the view remapped to cat."""
+        """Write `want <cat>` until it is answered and the view remapped to cat.
+
+        Takes rev_fd (`@<cat>/data`) over: it becomes the view's, or is closed.
+        Interrupted (KeyboardInterrupt) while wcfs has the want, it leaves the
+        request to the reader thread, which must answer it anyway: the view
+        then ends as of cat, or as it was if the want fails.
+        """
         req = _Want(cat, rev_fd, size)
         line = b'want %016x\n' % cat
-        while True:
-            with self._lock:
-                self._check_usable()
-                self._req = req
-                req.state = 'inflight'
-                log.debug('%s: C: want %016x', self.name, cat)
-                try:
-                    os.pwrite(self._fd, line, 0)
-                except OSError as e:
-                    self._req = None
-                    raise WCFSError('%s: want %016x: %s' % (self.name, cat, e)) from e
-                while req.state in ('inflight', 'waiting'):
-                    self._cond.wait()
-                if req.state == 'done':
-                    return
-                if req.state == 'failed':
-                    raise req.error
+        with self._lock:
+            try:
+                while True:
+                    self._check_usable()
+                    self._req = req
+                    req.state = 'inflight'
+                    log.debug('%s: C: want %016x', self.name, cat)
+                    try:
+                        os.pwrite(self._fd, line, 0)
+                    except OSError as e:
+                        req.state = None
+                        raise WCFSError('%s: want %016x: %s' % (self.name, cat, e)) from e
+                    while req.state in ('inflight', 'waiting'):
+                        self._cond.wait()
+                    if req.state == 'done':
+                        return
+                    if req.state == 'failed':
+                        raise req.error
+            except BaseException:
+                if req.state in (None, 'resend'):   # wcfs does not have it: ours to drop
+                    if self._req is req:
+                        self._req = None
+                    os.close(req.rev_fd)
+                raise
 
     def _check_usable(self):
         if self._closed:
@@ -577,11 +599,18 @@ class View:
         if kind == 'error':
             if state != 'inflight':
                 raise WCFSError('unexpected line from wcfs: error %s' % value)
-            self._finish(req, 'failed', WCFSError('%s: want %016x: %s' % (self.name, req.cat, value)))
+            if req.rewritten_after_wait:
+                # wcfs kept the want through the update after all: wait on.
+                log.debug('%s: want %016x: still waiting', self.name, req.cat)
+                req.state = 'waiting'
+                return
+            self._finish(req, 'failed',
+                         WCFSError('%s: want %016x: %s' % (self.name, req.cat, value)))
         elif kind == 'wait':
             if state != 'inflight':
                 raise WCFSError('unexpected line from wcfs: have %016x wait' % value)
             req.state = 'waiting'
+            req.rewritten_after_wait = False
         elif state == 'inflight':
             pending = self._peek_pending()
             if pending is None:
@@ -595,6 +624,7 @@ class View:
                 self._answer(req, value, ranges)
             else:
                 self._update(ranges)        # head moves toward cat; wcfs forgot the want
+                req.rewritten_after_wait = True
                 self._finish(req, 'resend')
         else:
             self._update(ranges)
@@ -623,6 +653,8 @@ class View:
         if state == 'resend':
             log.debug('%s: want %016x: not answered, an update came first: writing it again',
                       self.name, req.cat)
+        elif state == 'failed' and req.rev_fd is not None:
+            os.close(req.rev_fd)
         req.state = state
         req.error = error
         self._req = None
@@ -653,6 +685,7 @@ class View:
                   'zeros past the end of %s' % self.name)
         old_rev = self._rev_fd
         self._rev_fd, self.at, self.size = req.rev_fd, req.cat, size
+        req.rev_fd = None           # the view's now
         self._overlaid = []
         if delta:
             self._overlay(delta)

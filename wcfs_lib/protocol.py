@@ -124,7 +124,13 @@ class ChannelState:
         self.waiting = cat
 
     def sent_have(self, tid):
+        """A have that answers the last want (or starts the subscription)."""
         self.subscribed = True
         self.reported = tid
         self.waiting = None
+        self.unacked = True
+
+    def sent_update(self, tid):
+        """A have of an update; a want still waiting stays outstanding."""
+        self.reported = tid
         self.unacked = True

@@ -1,0 +1,249 @@
+"""Isolation under load: reader processes using the client library see, at
+every moment, exactly the file as of the tid they asked for, while a writer
+commits random changes as fast as it can.
+
+The writer (this process) commits for WRITE_SECONDS: blocks rewritten whole
+or chunk by chunk, as ZBlk0 and ZBlk1, short blocks, holes, growth past the
+end (leaving holes), shrinking, and now and then a new blktab or a commit that
+does not touch the file. After each commit it appends the file's content as of
+that tid to a log: one JSON line {tid, size, blocks: [sha1 of each block]}.
+
+Each reader process (run as `python test_isolation_stress.py reader ...`)
+keeps two views: `latest`, moved each round to the last tid in the log, and
+`lagging`, moved every few rounds to a random tid of the log. Each round it
+checks both views against the log, sleeps a little while the writer goes on,
+and checks them again: a check hashes every byte of the view. It reports its
+counts and every mismatch as one JSON line at the end.
+"""
+
+import hashlib
+import json
+import logging
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+from wcfs_lib import client  # noqa: E402
+
+BS = 64 * 1024
+NREADERS = 4
+WRITE_SECONDS = 35
+MIN_CHECKS = 50                 # per reader, at the least (about 400 on an idle machine)
+
+
+def block_hashes(data, blksize=BS):
+    return [hashlib.sha1(data[i:i + blksize]).hexdigest() for i in range(0, len(data), blksize)]
+
+
+# ---- the writer (pytest process) ----
+
+class Writer:
+    """Random changes to one ZBigFile, each commit's content logged by tid."""
+
+    def __init__(self, zeo, logpath, seed):
+        from wcfs_lib import zwriter
+        from zhelp import Writer as ZWriter
+
+        self.rng = random.Random(seed)
+        self.w = ZWriter(zeo.db())
+        self.f = zwriter.ZBigFile(BS)
+        for blk in range(24):
+            self.f.write_block(blk, self.rng.randbytes(BS), self.rng.choice(zwriter.KINDS))
+        self.oid, tid = self.w.add(self.f)
+        self.log = open(logpath, 'a')
+        self.kinds = {}                 # what each commit did, for the report
+        self.record(tid)
+
+    def record(self, tid):
+        data = self.f.read()
+        self.log.write(json.dumps({'tid': tid, 'size': len(data),
+                                   'blocks': block_hashes(data)}) + '\n')
+        self.log.flush()
+
+    def step(self):
+        """One random commit."""
+        rng, f = self.rng, self.f
+        nblk = f.size() // BS
+        kind = rng.choice(('ZBlk0', 'ZBlk1'))
+        what = rng.choices(['block', 'short', 'chunks', 'hole', 'grow', 'shrink',
+                            'blktab', 'other'], [30, 10, 30, 8, 8, 8, 1, 5])[0]
+        if nblk < 4 and what in ('shrink', 'hole'):
+            what = 'grow'
+        if nblk > 80 and what == 'grow':
+            what = 'shrink'
+        if what == 'block':
+            for _ in range(rng.randint(1, 4)):
+                f.write_block(rng.randrange(nblk), rng.randbytes(BS), kind)
+        elif what == 'short':           # trailing zeros, stripped when stored
+            f.write_block(rng.randrange(nblk), rng.randbytes(rng.randrange(1, BS)), kind)
+        elif what == 'chunks':          # a few bytes here and there: one ZData of a ZBlk1
+            for _ in range(rng.randint(1, 5)):
+                f.write(rng.randrange(nblk * BS - 100), rng.randbytes(rng.randint(1, 100)), kind)
+        elif what == 'hole':
+            f.delete_block(rng.randrange(nblk - 1))
+        elif what == 'grow':            # past the end, often leaving holes
+            f.write_block(nblk + rng.choice((0, 0, 1, 5, 20)), rng.randbytes(BS), kind)
+        elif what == 'shrink':
+            f.truncate(rng.randint(nblk // 2, nblk - 1) * BS)
+        elif what == 'blktab':
+            f.replace_blktab()
+        if what == 'other':
+            tid = self.w.touch_other()
+        else:
+            tid = self.w.commit()
+        self.kinds[what] = self.kinds.get(what, 0) + 1
+        self.record(tid)
+        return tid
+
+
+# ---- a reader (another process) ----
+
+def read_log(path):
+    """-> the complete records of the log, oldest first."""
+    with open(path) as f:
+        text = f.read()
+    return [json.loads(line) for line in text.split('\n')[:-1]]
+
+
+class Checker:
+    def __init__(self, view_name):
+        self.name = view_name
+        self.checks = 0
+        self.mismatches = []
+
+    def check(self, view, rec, when):
+        self.checks += 1
+        a = view.ndarray()
+        got = {'size': view.size, 'blocks': block_hashes(memoryview(a))}
+        want = {'size': rec['size'], 'blocks': rec['blocks']}
+        if view.at != rec['tid'] or got != want:
+            bad = [blk for blk, (g, w) in enumerate(zip(got['blocks'], want['blocks'])) if g != w]
+            self.mismatches.append('%s @%016x (%s): size %d, want %d; blocks differing: %s'
+                                   % (self.name, rec['tid'], when, got['size'], want['size'],
+                                      bad[:20]))
+
+
+class ProtocolCounter(logging.Handler):
+    """Counts, from the client's debug log, how often the protocol's rarer paths ran."""
+
+    def __init__(self, counts):
+        super().__init__(logging.DEBUG)
+        self.counts = counts
+
+    def emit(self, record):
+        msg = record.getMessage()
+        for name, mark in (('waits', ' wait'), ('crossed', 'crossed an update: S: error'),
+                           ('taken', 'crossed an update, and wcfs took it anyway'),
+                           ('resent', 'writing it again')):
+            if mark in msg:
+                self.counts[name] += 1
+
+
+def reader(mountpoint, oid, logpath, stoppath, seed):
+    rng = random.Random(seed)
+    latest, lagging = Checker('latest'), Checker('lagging')
+    counts = {'rounds': 0, 'opens': 0, 'resyncs': 0,
+              'waits': 0, 'crossed': 0, 'taken': 0, 'resent': 0}
+    client.log.setLevel(logging.DEBUG)
+    client.log.addHandler(ProtocolCounter(counts))
+    with client.connect(mountpoint) as wc:
+        views = {}
+        while not os.path.exists(stoppath):
+            recs = read_log(logpath)
+            pick = {'latest': recs[-1]}
+            if 'lagging' not in views or rng.random() < 0.15:
+                pick['lagging'] = rng.choice(recs)
+            for name, rec in pick.items():
+                view = views.get(name)
+                if view is not None and rng.random() < 0.05:
+                    view.close()
+                    view = None
+                if view is None:
+                    views[name] = wc.open(oid, at=rec['tid'])
+                    counts['opens'] += 1
+                else:
+                    view.resync(rec['tid'])
+                    counts['resyncs'] += 1
+            at = {name: next(r for r in reversed(recs) if r['tid'] == view.at)
+                  for name, view in views.items()}
+            for when in ('at once', 'later'):
+                latest.check(views['latest'], at['latest'], when)
+                lagging.check(views['lagging'], at['lagging'], when)
+                time.sleep(rng.uniform(0, 0.03))
+            counts['rounds'] += 1
+    counts.update(checks=latest.checks + lagging.checks,
+                  mismatches=latest.mismatches + lagging.mismatches)
+    print(json.dumps(counts), flush=True)
+
+
+# ---- the test ----
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_readers_at_moving_tids_see_exactly_their_tid(zeo, wcfs_mount, tmp_path):
+    from zhelp import stat_int
+
+    logpath = tmp_path / 'content.log'
+    stoppath = tmp_path / 'stop'
+    w = Writer(zeo, logpath, seed=1)
+    mnt = wcfs_mount(zeo.zurl, '--kill-timeout', '10', '--revdir-timeout', '3')
+    readers = []
+    try:
+        for i in range(NREADERS):
+            readers.append(subprocess.Popen(
+                [sys.executable, '-X', 'faulthandler', os.path.abspath(__file__), 'reader',
+                 mnt.path, '%x' % w.oid, str(logpath), str(stoppath), str(i)],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+        commits = 0
+        deadline = time.monotonic() + WRITE_SECONDS
+        while time.monotonic() < deadline:
+            w.step()
+            commits += 1
+            time.sleep(w.rng.uniform(0, 0.01))
+            dead = [r for r in readers if r.poll() is not None]
+            if dead:
+                break
+        stoppath.touch()
+        results, died = [], []
+        for i, r in enumerate(readers):
+            out, err = r.communicate(timeout=120)
+            rc = r.returncode
+            if rc != 0:
+                how = 'signal %s' % signal.Signals(-rc).name if rc < 0 else 'status %d' % rc
+                died.append('reader %d died (%s) after %d commits:\n%s' % (i, how, commits, err))
+            else:
+                results.append(json.loads(out.splitlines()[-1]))
+        if died:
+            pytest.fail('\n'.join(died), pytrace=False)
+    finally:
+        stoppath.touch()
+        for r in readers:
+            if r.poll() is None:
+                r.kill()
+                r.wait()
+    print('commits: %d (%s)' % (commits, ', '.join('%s %d' % kv for kv in sorted(w.kinds.items()))))
+    for i, res in enumerate(results):
+        print('reader %d: %d rounds, %d checks, %d opens, %d resyncs; wants: %d waited for '
+              'wcfs, %d crossed by an update (error), %d crossed and taken anyway, %d written '
+              'again; %d mismatches'
+              % (i, res['rounds'], res['checks'], res['opens'], res['resyncs'], res['waits'],
+                 res['crossed'], res['taken'], res['resent'], len(res['mismatches'])))
+    mismatches = [m for res in results for m in res['mismatches']]
+    assert mismatches == [], '\n'.join(mismatches[:50])
+    assert commits >= 100
+    for i, res in enumerate(results):
+        assert res['checks'] >= MIN_CHECKS, 'reader %d did only %d checks' % (i, res['checks'])
+    assert stat_int(mnt, 'clients_killed') == 0
+
+
+if __name__ == '__main__' and sys.argv[1:2] == ['reader']:
+    mountpoint, oid, logpath, stoppath, seed = sys.argv[2:]
+    reader(mountpoint, int(oid, 16), logpath, stoppath, int(seed))
