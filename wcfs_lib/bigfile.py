@@ -205,11 +205,12 @@ class BigFile:
                 if not st.subscribed or ch.dropped:
                     continue
                 if not st.unacked and st.reported < target.at:
-                    if st.waiting is not None and st.waiting <= target.at:
-                        self._send_have(ch, target.at, self._delta(st.waiting, target.at))
-                    else:
-                        self._send_have(ch, target.at, self._delta(st.reported, target.at),
-                                        update=True)
+                    # Head still shows st.reported until every ack: ranges since
+                    # then, also where this have answers a waiting want (a
+                    # superset of δR(Cat, target) is what keeps its view right).
+                    answers = st.waiting is not None and st.waiting <= target.at
+                    self._send_have(ch, target.at, self._delta(st.reported, target.at),
+                                    update=not answers)
                 if st.unacked:
                     pending.append(ch)
             if not pending:

@@ -72,9 +72,9 @@ def _open_filestorage(factory, zurl):
 def last_tid(storage):
     """The last transaction the database has committed, asking the server
     first where there is one, so that a tid a client saw is never 'future'."""
-    call = getattr(storage, '_call', None)     # ZEO: a round trip to the server
-    if call is not None:
-        return u64(call('lastTransaction'))
+    ping = getattr(storage, 'ping', None)     # ZEO: a round trip after which the
+    if ping is not None:                        # invalidations sent before are in
+        ping()
     return u64(storage.lastTransaction())
 
 
