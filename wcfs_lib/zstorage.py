@@ -6,11 +6,11 @@ written by Python 2 (magic FS21: same layout, Python 2 pickles inside), which
 ZODB on Python 3 refuses by itself.
 """
 
+import importlib
 import math
 import threading
 
 import zodburi
-import ZODB.FileStorage.FileStorage as fsmodule
 from ZODB.utils import u64
 
 
@@ -22,6 +22,8 @@ class OpenError(Exception):
     """The ZURL is valid but its database cannot be opened; exit 1."""
 
 
+# the module, not the class of the same name that ZODB.FileStorage exports
+fsmodule = importlib.import_module('ZODB.FileStorage.FileStorage')
 _fs_magic_lock = threading.Lock()   # guards fsmodule.packed_version while opening
 
 
