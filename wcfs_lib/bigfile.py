@@ -25,7 +25,7 @@ from ZODB.TimeStamp import TimeStamp
 from ZODB.utils import p64
 
 from . import protocol, zformat
-from .channel import holds_open, process_start
+from .channel import count_open, process_start
 from .delta import DeltaHistory, blocks_to_ranges, compare_revisions, merge_ranges
 from .watcher import ALL, FileIndex
 
@@ -156,19 +156,47 @@ class BigFile:
         elif delta is not None:
             ranges = blocks_to_ranges(delta, new.blksize)
         self._zhead_head = new
+        if not ranges and self._move_at_once(new):
+            return
+        self._push_step(new, ranges, tid)
+
+    def _move_at_once(self, new):
+        """A transaction that changed nothing of the file moves its head at once,
+        unless steps wait for acks. -> whether it did."""
         with self.cond:
-            self.history.append(tid, ranges)
+            if self.steps or self._mover is not None:
+                return False
+            self.head = new
+            self.at = new.at
+            self._answer_waiting()
+            return True
+
+    def check_gone(self, zhead):
+        """After a pack: is the ZBigFile still in the database? (watcher thread)"""
+        old = self._zhead_head
+        if old.broken:
+            return
+        try:
+            self.loader.record(self.oid, zhead, fresh=True)
+        except zformat.ObjectMissing as e:
+            log.error('bigfile %s: cannot serve it any more: packed away: %s', self.name, e)
+            self._zhead_head = old._replace(broken='packed away: %s' % e)
+            self._push_step(self._zhead_head, [(0, old.size)] if old.size else [], None)
+
+    def _push_step(self, new, ranges, tid):
+        with self.cond:
+            if tid is not None:
+                self.history.append(tid, ranges)
             self.steps.append((new, ranges))
             if self._mover is not None:
                 return
-            if not any(ch.state.subscribed for ch in self.channels):
-                inline = True
+            inline = not any(ch.state.subscribed for ch in self.channels)
+            if inline:
+                self._mover = threading.current_thread()
             else:
-                inline = False
                 self._mover = threading.Thread(target=self._apply_steps, daemon=True,
                                                name='mover-' + self.name)
         if inline:
-            self._mover = threading.current_thread()
             self._apply_steps()
         else:
             self._mover.start()
@@ -239,7 +267,17 @@ class BigFile:
         """δR(a, b) with a <= b <= zhead; cond held."""
         if self.history.covers(a):
             return self.history.ranges(a, b)
-        return compare_revisions(self.loader, self.oid, a, b)
+        return self._compare(a, b)
+
+    def _compare(self, a, b):
+        """δR(a, b) from the database; the whole file where it cannot be read."""
+        try:
+            return compare_revisions(self.loader, self.oid, a, b)
+        except (zformat.FormatError, zformat.ObjectMissing, zformat.NotZBigFile) as e:
+            log.warning('bigfile %s: δR(%016x, %016x): %s; reporting the whole file',
+                        self.name, a, b, e)
+            size = max(self.head.size, self._zhead_head.size)
+            return [(0, size)] if size else []
 
     def _answer_waiting(self):
         """Channels waiting for a head at or after their Cat get it. cond held."""
@@ -255,9 +293,7 @@ class BigFile:
         """SPEC 4.4: kill the process holding up an update, if it is sure to be
         the one that subscribed and still has the channel open; drop it."""
         owner = ch.owner
-        path = os.path.join(self.ctx.mountpoint, ch.path)
-        if (owner is not None and owner.pid != os.getpid()
-                and process_start(owner.pid) == owner.start and holds_open(owner.pid, path)):
+        if owner is not None and owner.pid != os.getpid() and self._holds_only(owner, ch):
             try:
                 os.kill(owner.pid, signal.SIGKILL)
                 log.warning('%s: killed pid %d (%s): no ack within %gs',
@@ -270,6 +306,18 @@ class BigFile:
                         'cannot be identified for sure, not killed)', ch.path, self.ctx.kill_timeout)
         ch.drop()
         self.channels.discard(ch)
+
+    def _holds_only(self, owner, ch):
+        """Is `owner` alive and sure to hold `ch`? /proc shows paths, not open
+        files: be sure only when the process opened one channel of this file
+        and has one descriptor open on it. cond held."""
+        if process_start(owner.pid) != owner.start:
+            return False
+        opened = sum(1 for c in self.channels
+                     if c.opener is not None and (c.opener.pid, c.opener.start) == (owner.pid, owner.start))
+        if ch.opener is None or (ch.opener.pid, ch.opener.start) != (owner.pid, owner.start):
+            return False
+        return opened == 1 and count_open(owner.pid, os.path.join(self.ctx.mountpoint, ch.path)) == 1
 
     # ---- the protocol (FUSE threads) ----
 
@@ -305,7 +353,7 @@ class BigFile:
                 if self.history.covers(cat):
                     self._send_have(ch, head.at, self.history.ranges(cat, head.at))
                     return
-            ranges = compare_revisions(self.loader, self.oid, cat, head.at)
+            ranges = self._compare(cat, head.at)
             with self.cond:
                 if self.head is head and not self._invalidating:
                     self._send_have(ch, head.at, ranges)

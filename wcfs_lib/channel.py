@@ -51,6 +51,7 @@ class Channel:
         self.state = protocol.ChannelState()
         self.lines = protocol.LineBuffer()
         self.owner = None           # Owner of the subscription, if known
+        self.opener = None          # Owner of the process that opened the channel
         self.have_time = None       # monotonic time of the last have without wait
         self.lock = threading.Lock()    # guards _out, _ph, dropped, closed
         self._readable = threading.Condition(self.lock)
@@ -199,17 +200,17 @@ def process_start(pid):
     return int(stat.rsplit(')', 1)[1].split()[19])
 
 
-def holds_open(pid, path):
-    """Does process `pid` have `path` open?"""
+def count_open(pid, path):
+    """How many descriptors of process `pid` are open on `path`."""
     fddir = '/proc/%d/fd' % pid
     try:
         names = os.listdir(fddir)
     except OSError:
-        return False
+        return 0
+    n = 0
     for name in names:
         try:
-            if os.readlink(os.path.join(fddir, name)) == path:
-                return True
+            n += os.readlink(os.path.join(fddir, name)) == path
         except OSError:
             continue
-    return False
+    return n

@@ -213,7 +213,7 @@ class WCFS(fuse.Operations):
         if node.kind in DIRS:
             raise err(errno.EISDIR)
         if node.kind == INVAL:
-            channel = self.srv.open_channel(node.bf)
+            channel = self.srv.open_channel(node.bf, fuse.fuse_get_context()[2])
             if channel is None:
                 raise err(errno.EMFILE)
             fi.direct_io = 1
@@ -335,7 +335,7 @@ class WCFS(fuse.Operations):
 
     def _head_at(self, oid, tid):
         loader = self.srv.loader
-        zh = loader.zbigfile(oid, tid)
+        zh = loader.zbigfile(oid, tid, fresh=True)     # packed away: ENOENT
         return head_of(_IndexView(oid, tid, zh, loader.size(zh)))
 
     # ---- everything else is refused ----

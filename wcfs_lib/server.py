@@ -15,7 +15,7 @@ import time
 
 from . import fs, mount, zformat, zstorage
 from .bigfile import BigFileTable, BlockCache
-from .channel import Channel
+from .channel import Channel, owner_of
 from .fs_binding import libfuse
 from .kcache import KernelCache
 from .stats import Stats
@@ -180,7 +180,7 @@ class Server:
         counts = [bf.count_channels() for bf in self.table.files()]
         return sum(c[0] for c in counts), sum(c[1] for c in counts)
 
-    def open_channel(self, bf):
+    def open_channel(self, bf, caller_tid):
         """A new channel of `bf`; None when MAX_CHANNELS are open (EMFILE)."""
         with self._channels_lock:
             if self._nchannels >= MAX_CHANNELS:
@@ -189,6 +189,7 @@ class Server:
                 return None
             self._nchannels += 1
         ch = Channel(bf, self.shutdown, debug=self.opts.debug)
+        ch.opener = owner_of(caller_tid)
         bf.add_channel(ch)
         return ch
 

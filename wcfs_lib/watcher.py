@@ -25,6 +25,7 @@ reconnection): the same rules hold for the union of their oids.
 import collections
 import logging
 import threading
+import time
 
 from ZODB.utils import u64
 
@@ -33,7 +34,8 @@ from .delta import resized_blocks
 
 log = logging.getLogger('wcfs.watcher')
 
-ALL = 'all'     # δ of a change to the ZBigFile object: every block
+ALL = 'all'
+RETRY_PAUSE = 0.5   # seconds between tries of a step while the database is unreachable     # δ of a change to the ZBigFile object: every block
 
 
 class FileIndex:
@@ -57,8 +59,11 @@ class FileIndex:
             nodes[oid] = node
 
         blocks = {}
-        for blk, ref in self._walk(self.head.blktab, at, reuse or {}, changed, visit):
+        for blk, ref in self._walk(self.head.blktab, at, reuse or {}, changed, visit, set()):
             blocks[blk] = zformat._ref_oid(ref, self.head.blktab, at)
+        if blocks:
+            zformat.file_size(min(blocks), self.head)
+            zformat.file_size(max(blocks), self.head)
         self.at = at
         self.nodes = nodes                      # blktab node oid -> node
         self.blocks = blocks                    # blk -> ZBlk oid
@@ -68,10 +73,13 @@ class FileIndex:
             for blk, zblk in blocks.items():
                 self._add_parts(blk, (zblk,))
 
-    def _walk(self, oid, at, reuse, changed, visit, depth=0):
+    def _walk(self, oid, at, reuse, changed, visit, seen, depth=0):
         """Items of the BTree at `oid`; nodes not in `changed` come from `reuse`."""
         if depth > 64:
             raise zformat.FormatError(oid, at, 'BTree deeper than 64 levels')
+        if oid in seen:
+            raise zformat.FormatError(oid, at, 'BTree node reached twice')
+        seen.add(oid)
         node = reuse.get(oid) if oid not in changed else None
         if node is None:
             node, _ = self.loader.node(oid, at)
@@ -83,7 +91,7 @@ class FileIndex:
             if isinstance(child, zformat.Bucket):
                 yield from child.items
             else:
-                yield from self._walk(child.oid, at, reuse, changed, visit, depth + 1)
+                yield from self._walk(child.oid, at, reuse, changed, visit, seen, depth + 1)
 
     @property
     def size(self):
@@ -144,6 +152,7 @@ class Watcher:
     """
 
     RESYNC = object()
+    PACKED = object()
 
     def __init__(self, storage, loader, table, stats):
         self.storage = storage
@@ -166,6 +175,12 @@ class Watcher:
     def invalidateCache(self):
         self._push(self.RESYNC)
 
+    def _on_info(self, info):
+        # A read-only client gets `info` only when the server packed: packs
+        # send no invalidations, and objects may be gone.
+        self._storage_info(info)
+        self._push(self.PACKED)
+
     def transform_record_data(self, data):
         return data
 
@@ -180,6 +195,11 @@ class Watcher:
 
     def start(self):
         self.storage.registerDB(self)
+        # ZEO's I/O object bound storage.info when it was made: hook there.
+        zio = getattr(getattr(self.storage, '_server', None), 'client', None)
+        self._storage_info = getattr(zio, 'info', None)
+        if self._storage_info is not None:
+            zio.info = self._on_info
         self._thread.start()
 
     def stop(self):
@@ -200,6 +220,8 @@ class Watcher:
             try:
                 if item is self.RESYNC:
                     self._resync()
+                elif item is self.PACKED:
+                    self._check_packed()
                 else:
                     self._apply(*item)
             except Exception:
@@ -211,16 +233,34 @@ class Watcher:
                 return
             self.zhead = tid
             self.stats.set('zhead', '%016x' % tid)
-            for bf in self.table.files():
-                bf.on_transaction(tid, oids)
+            self._each_file(lambda bf: bf.on_transaction(tid, oids))
         with self._zhead_cond:
             self._zhead_cond.notify_all()
+
+    def _each_file(self, step):
+        """step(bf) for every visible file; a step that needs the database
+        while it is unreachable is retried, never skipped: skipping would
+        lose that transaction's δ for the file."""
+        for bf in self.table.files():
+            while True:
+                try:
+                    step(bf)
+                    break
+                except zformat.DatabaseUnavailable as e:
+                    if self._stop:
+                        return
+                    log.warning('bigfile/%s: waiting for the database: %s', bf.name, e)
+                    time.sleep(RETRY_PAUSE)
 
     def wait_zhead(self, tid, timeout):
         """Wait until zhead >= tid; TimeoutError after `timeout` seconds."""
         with self._zhead_cond:
             if not self._zhead_cond.wait_for(lambda: self.zhead >= tid, timeout):
                 raise TimeoutError('the watcher is at %016x, behind %016x' % (self.zhead, tid))
+
+    def _check_packed(self):
+        with self.zhead_lock:
+            self._each_file(lambda bf: bf.check_gone(self.zhead))
 
     def _resync(self):
         """After a reconnection: the storage may have lost invalidations."""
@@ -231,7 +271,6 @@ class Watcher:
             log.info('resync after reconnection: %016x -> %016x', self.zhead, tid)
             self.zhead = tid
             self.stats.set('zhead', '%016x' % tid)
-            for bf in self.table.files():
-                bf.on_transaction(tid, None)
+            self._each_file(lambda bf: bf.on_transaction(tid, None))
         with self._zhead_cond:
             self._zhead_cond.notify_all()

@@ -19,7 +19,9 @@ back; keeping it is the caller's business (the kernel's page cache).
 
 import codecs
 import collections
+import functools
 import io
+import pickletools
 import threading
 import time
 
@@ -35,6 +37,8 @@ ZDATA = ZMODULE + '.ZData'
 LOBTREE = ('BTrees.LOBTree.LOBTree', 'BTrees.LOBTree.LOBucket')
 IOBTREE = ('BTrees.IOBTree.IOBTree', 'BTrees.IOBTree.IOBucket')
 PAGE_SIZE = 4096
+MAX_BLKSIZE = 1 << 30       # a block is decoded whole in memory
+MAX_FILE_SIZE = 1 << 63     # st_size is a signed 64-bit integer
 
 
 class FormatError(Exception):
@@ -96,11 +100,18 @@ class Ref:
         return 'Ref(%016x)' % self.oid
 
 
+def _bytes(*args):
+    """bytes() as protocol 2 pickles an empty byte string; bytes(n) refused."""
+    if args:
+        raise ValueError('bytes%r in a pickle' % (args,))
+    return b''
+
+
 # globals that byte strings are pickled through by protocol 2 on Python 3.
 _SAFE_GLOBALS = {
     ('_codecs', 'encode'): codecs.encode,
-    ('builtins', 'bytes'): bytes,
-    ('__builtin__', 'bytes'): bytes,
+    ('builtins', 'bytes'): _bytes,
+    ('__builtin__', 'bytes'): _bytes,
 }
 
 
@@ -129,8 +140,23 @@ def _pid_oid(pid):
     raise ValueError('unsupported persistent reference %r' % (pid,))
 
 
+_MEMO_OPS = frozenset(('PUT', 'BINPUT', 'LONG_BINPUT', 'GET', 'BINGET', 'LONG_BINGET'))
+
+
+def _check_memo(data):
+    """Refuse memo indices past the record's length: the C unpickler sizes its
+    memo by the largest index, so 14 hostile bytes could take gigabytes."""
+    f = io.BytesIO(data)
+    for _pickle in ('class', 'state'):
+        for op, arg, _ in pickletools.genops(f):
+            if op.name in _MEMO_OPS and isinstance(arg, int) and arg > len(data):
+                raise ValueError('pickle memo index %d in a record of %d bytes'
+                                 % (arg, len(data)))
+
+
 def decode_record(data):
     """-> (class name, state) of a raw ZODB record."""
+    _check_memo(data)
     unpickler = _Unpickler(io.BytesIO(data), encoding='bytes')
     meta = unpickler.load()
     state = unpickler.load()
@@ -249,15 +275,26 @@ class ZLoader:
         self._nodes = collections.OrderedDict()     # (oid, serial) -> node
         self._nodes_max = node_cache_size
         self._nodes_lock = threading.Lock()         # guards _nodes
+        self._unreachable = False   # a request gave up on the database
 
     # records
 
-    def record(self, oid, at):
-        """-> (data, serial) of `oid` as of `at`."""
+    def record(self, oid, at, fresh=False):
+        """-> (data, serial) of `oid` as of `at`.
+
+        fresh: ask the server, not the client cache (which does not learn
+        of packs).
+        """
+        load = self.storage.loadBefore
+        call = getattr(self.storage, '_call', None)         # ZEO: bypass the client cache
+        if fresh and call is not None:
+            load = functools.partial(call, 'loadBefore')
+        if self._unreachable and not self._connected():
+            raise DatabaseUnavailable('oid %016x @%016x: database unreachable' % (oid, at))
         deadline = time.monotonic() + self.db_timeout
         while True:
             try:
-                r = self.storage.loadBefore(p64(oid), p64(at + 1))
+                r = load(p64(oid), p64(at + 1))
                 break
             except POSKeyError:
                 r = None
@@ -266,16 +303,23 @@ class ZLoader:
                 if not _is_disconnect(e):
                     raise
                 if time.monotonic() >= deadline:
+                    # later requests fail at once until the storage reconnects
+                    self._unreachable = True
                     raise DatabaseUnavailable(
                         'oid %016x @%016x: database unreachable: %s' % (oid, at, e))
                 time.sleep(0.1)
+        self._unreachable = False
         if r is None or r[0] is None:
             raise ObjectMissing(oid, at)
         return r[0], u64(r[1])
 
-    def decode(self, oid, at):
+    def _connected(self):
+        is_connected = getattr(self.storage, 'is_connected', None)
+        return is_connected is None or is_connected()
+
+    def decode(self, oid, at, fresh=False):
         """-> (class name, state, serial) of `oid` as of `at`."""
-        data, serial = self.record(oid, at)
+        data, serial = self.record(oid, at, fresh)
         try:
             klass, state = decode_record(data)
         except Exception as e:
@@ -284,9 +328,9 @@ class ZLoader:
 
     # the ZBigFile object
 
-    def zbigfile(self, oid, at):
+    def zbigfile(self, oid, at, fresh=False):
         """-> ZBigFileHead; NotZBigFile when wcfs cannot serve `oid`."""
-        klass, state, serial = self.decode(oid, at)
+        klass, state, serial = self.decode(oid, at, fresh)
         if klass != ZBIGFILE:
             raise NotZBigFile('object %016x is a %s, not a ZBigFile' % (oid, klass))
         if not (isinstance(state, tuple) and len(state) == 2
@@ -294,9 +338,9 @@ class ZLoader:
             raise NotZBigFile('object %016x @%016x: ZBigFile state is not (blksize, blktab)'
                               % (oid, at))
         blksize, blktab = state
-        if blksize <= 0 or blksize % PAGE_SIZE:
-            raise NotZBigFile('object %016x: blksize %d is not a multiple of %d'
-                              % (oid, blksize, PAGE_SIZE))
+        if blksize <= 0 or blksize % PAGE_SIZE or blksize > MAX_BLKSIZE:
+            raise NotZBigFile('object %016x: blksize %d is not a multiple of %d up to %d'
+                              % (oid, blksize, PAGE_SIZE, MAX_BLKSIZE))
         return ZBigFileHead(oid, at, serial, blksize, blktab.oid)
 
     # BTrees
@@ -343,15 +387,18 @@ class ZLoader:
         for blk, _ in self.walk(head.blktab, head.at, reverse=True):
             last = blk
             break
-        return 0 if last is None else (last + 1) * head.blksize
+        return 0 if last is None else file_size(last, head)
 
     def walk(self, root, at, kinds=LOBTREE, reverse=False, visit=None):
         """Yield (key, value) of a BTree in key order; visit(oid, node) per node."""
-        yield from self._walk(root, at, kinds, reverse, visit, 0)
+        yield from self._walk(root, at, kinds, reverse, visit, 0, set())
 
-    def _walk(self, oid, at, kinds, reverse, visit, depth):
+    def _walk(self, oid, at, kinds, reverse, visit, depth, seen):
         if depth > 64:
             raise FormatError(oid, at, 'BTree deeper than 64 levels')
+        if oid in seen:
+            raise FormatError(oid, at, 'BTree node reached twice')
+        seen.add(oid)
         node, _ = self.node(oid, at, kinds)
         if visit is not None:
             visit(oid, node)
@@ -363,7 +410,7 @@ class ZLoader:
             if isinstance(child, Bucket):
                 yield from (reversed(child.items) if reverse else child.items)
             else:
-                yield from self._walk(child.oid, at, kinds, reverse, visit, depth + 1)
+                yield from self._walk(child.oid, at, kinds, reverse, visit, depth + 1, seen)
 
     # blocks
 
@@ -401,6 +448,15 @@ class ZLoader:
             buf[off:off + len(chunk)] = chunk
             end = off + len(chunk)
         return bytes(buf), tuple(oids)
+
+
+def file_size(last_blk, head):
+    """Size of a file whose last block is `last_blk`; FormatError past the
+    sizes a file can have (negative blocks, over 2**63 bytes)."""
+    size = (last_blk + 1) * head.blksize
+    if last_blk < 0 or size >= MAX_FILE_SIZE:
+        raise FormatError(head.blktab, head.at, 'block number %d out of range' % last_blk)
+    return size
 
 
 def _ref_oid(value, oid, at):

@@ -13,6 +13,8 @@ import threading
 import zodburi
 from ZODB.utils import u64
 
+from . import zformat
+
 
 class UsageError(Exception):
     """The ZURL cannot be parsed or names an unknown scheme; exit 2."""
@@ -76,7 +78,10 @@ def last_tid(storage):
     first where there is one, so that a tid a client saw is never 'future'."""
     ping = getattr(storage, 'ping', None)     # ZEO: a round trip after which the
     if ping is not None:                        # invalidations sent before are in
-        ping()
+        try:
+            ping()
+        except Exception as e:
+            raise zformat.DatabaseUnavailable('%s: %s' % (type(e).__name__, e)) from None
     return u64(storage.lastTransaction())
 
 
