@@ -1,0 +1,87 @@
+"""Cold read (SPEC §6): a whole file through a fresh wcfs mount vs an in-process
+ZODB client reading the same blocks from the same ZEO server on loopback.
+Target: wcfs / in-process throughput >= 0.7.
+
+wcfs: a fresh mount each run (nothing of the file in the page cache or in a
+ZEO client cache); timed from mkdir bigfile/<oid> to the end of a sequential
+read of head/data in 1 MiB pieces. In-process: a fresh ZODB.DB(ClientStorage)
+each run (fresh client cache); timed from loading the ZBigFile to having
+loaded every ZBlk0's data. The runs alternate; the best of 3 of each counts.
+"""
+
+import os
+import time
+
+import ZEO.ClientStorage
+import ZODB
+from ZODB.utils import p64
+
+import common
+from common import BLKSIZE, CHUNK, MiB
+
+RUNS = 3
+TARGET = 0.7
+
+
+def read_wcfs(b, oid, size):
+    """-> seconds to read the file through a fresh wcfs mount (which should load
+    each block once)."""
+    mnt = b.mount()
+    try:
+        buf = bytearray(CHUNK)
+        t0 = time.perf_counter()
+        path = os.path.join(mnt.bigfile(oid), 'head', 'data')
+        n, _ = common.read_all(path, buf)
+        t = time.perf_counter() - t0
+        assert n == size, 'head/data: read %d bytes, want %d' % (n, size)
+        loaded = common.read_stats(mnt.path)['blocks_loaded']
+        if loaded != size // BLKSIZE:
+            print('wcfs loaded %d blocks for a file of %d' % (loaded, size // BLKSIZE))
+        return t
+    finally:
+        b.unmount(mnt)
+
+
+def read_inprocess(addr, oid, size):
+    """-> seconds for a fresh ZODB client to load the data of every block."""
+    db = ZODB.DB(ZEO.ClientStorage.ClientStorage(addr))
+    try:
+        conn = db.open()
+        t0 = time.perf_counter()
+        f = conn.get(p64(oid))
+        nblk = 0
+        for zblk in f.blktab.values():
+            assert len(zblk.data) <= BLKSIZE
+            zblk._p_deactivate()
+            nblk += 1
+        t = time.perf_counter() - t0
+        assert nblk == size // BLKSIZE, 'in-process: %d blocks, want %d' % (nblk, size // BLKSIZE)
+        conn.close()
+        return t
+    finally:
+        db.close()
+
+
+def main():
+    args = common.parse_args(__doc__.splitlines()[0], default_size=1024)
+    size = args.size * MiB
+    with common.Bench('cold read') as b:
+        oid = b.write_bigfile(size)
+        b.close_db()
+        best = {'wcfs': 0.0, 'in-process': 0.0}
+        for run in range(RUNS):
+            for name, read in (('wcfs', lambda: read_wcfs(b, oid, size)),
+                               ('in-process', lambda: read_inprocess(b.addr, oid, size))):
+                speed = common.mibps(size, read())
+                best[name] = max(best[name], speed)
+                print('run %d %-10s %6.0f MiB/s' % (run + 1, name, speed))
+
+    ratio = best['wcfs'] / best['in-process']
+    print('cold read: %d MiB, best of %d: wcfs %.0f MiB/s, in-process ZODB %.0f MiB/s, '
+          'ratio %.2f (target >= %.1f: %s); kernel %s'
+          % (args.size, RUNS, best['wcfs'], best['in-process'], ratio, TARGET,
+             common.verdict(ratio >= TARGET), common.kernel()))
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,338 @@
+"""What every benchmark of bench/ shares: a ZEO server, a ZBigFile, wcfs mounts.
+
+    with Bench('warm read') as b:
+        oid = b.write_bigfile(size)     # runzeo started on first use
+        mnt = b.mount()                 # wcfs.py ZURL MNT, serving
+        ...
+        b.unmount(mnt)                  # or left to close()
+
+`Bench.close()` (the end of the `with`) always ends what was started, by pid:
+every wcfs (SIGTERM, then SIGKILL; then `fusermount3 -u -z` if its mount is
+still there), then runzeo, then removes the temporary directory.
+"""
+
+import argparse
+import ctypes
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import transaction                                          # noqa: E402
+import ZEO.ClientStorage                                    # noqa: E402
+import ZODB                                                 # noqa: E402
+from ZODB.utils import u64                                  # noqa: E402
+
+from wcfs_lib import zwriter                                # noqa: E402
+
+MiB = 1 << 20
+BLKSIZE = 2 * MiB
+CHUNK = 1 * MiB                 # read size of the benchmarks
+RUNZEO = Path(sys.executable).parent / 'runzeo'
+START_TIMEOUT = 30              # seconds for runzeo or wcfs to serve
+STOP_TIMEOUT = 15               # seconds for a process to exit after SIGTERM
+COMMIT_EVERY = 64 * MiB         # bytes of blocks per transaction while writing
+
+
+def parse_args(description, default_size):
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument('--size', type=int, default=default_size, metavar='MiB',
+                   help='size of the file in MiB (default %d)' % default_size)
+    args = p.parse_args()
+    if args.size <= 0 or args.size * MiB % BLKSIZE:
+        p.error('--size must be a positive multiple of %d' % (BLKSIZE // MiB))
+    return args
+
+
+def kernel():
+    return os.uname().release
+
+
+def mibps(nbytes, seconds):
+    return nbytes / MiB / seconds
+
+
+def verdict(ok):
+    return 'OK' if ok else 'MISS'
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def wait_for(cond, timeout, what):
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            raise RuntimeError('timed out after %s s waiting for %s' % (timeout, what))
+        time.sleep(0.02)
+
+
+def is_mounted(path):
+    path = os.path.realpath(path)
+    with open('/proc/mounts') as f:
+        return any(line.split()[1] == path for line in f)
+
+
+def terminate(proc):
+    """End proc by its pid: SIGTERM, then SIGKILL."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
+def block_data():
+    """The content of a block of a benchmark file: random, so incompressible."""
+    return os.urandom(BLKSIZE)
+
+
+def read_all(path, buf):
+    """Read path sequentially in len(buf) pieces; -> (bytes read, seconds)."""
+    view = memoryview(buf)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        n = 0
+        t0 = time.perf_counter()
+        while True:
+            k = os.readv(fd, [view])
+            if k == 0:
+                break
+            n += k
+        return n, time.perf_counter() - t0
+    finally:
+        os.close(fd)
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mmap.restype = ctypes.c_void_p
+_libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
+                       ctypes.c_int, ctypes.c_long]
+_libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+_libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_ubyte)]
+MAP_FAILED = ctypes.c_void_p(-1).value
+PAGE = os.sysconf('SC_PAGE_SIZE')
+
+
+def uncached_blocks(path, blksize=BLKSIZE):
+    """Blocks of path that are not wholly in the kernel's page cache (mincore
+    of a shared read-only mapping: nothing is read, nothing is faulted in)."""
+    size = os.path.getsize(path)
+    if size == 0:
+        return set()
+    npages = -(-size // PAGE)
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        addr = _libc.mmap(None, size, 1, 1, fd, 0)      # PROT_READ, MAP_SHARED
+        if addr in (None, MAP_FAILED):
+            raise OSError(ctypes.get_errno(), 'mmap %s' % path)
+        try:
+            vec = (ctypes.c_ubyte * npages)()
+            if _libc.mincore(addr, size, vec) != 0:
+                raise OSError(ctypes.get_errno(), 'mincore %s' % path)
+        finally:
+            _libc.munmap(addr, size)
+    finally:
+        os.close(fd)
+    per_blk = blksize // PAGE
+    return {i // per_blk for i in range(npages) if not vec[i] & 1}
+
+
+def warm_up(path, buf, passes=5):
+    """Read path until all of it is in the page cache (this machine drops a
+    little of every file's cache now and then); -> blocks still not cached."""
+    for _ in range(passes):
+        read_all(path, buf)
+        missing = uncached_blocks(path)
+        if not missing:
+            break
+    return missing
+
+
+def read_stats(mountpoint):
+    """.wcfs/stats as {name: value}, numbers as int."""
+    stats = {}
+    with open(os.path.join(mountpoint, '.wcfs', 'stats')) as f:
+        for line in f:
+            name, _, value = line.rstrip('\n').partition(': ')
+            stats[name] = int(value) if value.isdigit() else value
+    return stats
+
+
+class Mount:
+    """One wcfs.py process serving one mount point."""
+
+    def __init__(self, zurl, path, logpath, args):
+        self.path = str(path)
+        self.logpath = logpath
+        os.mkdir(self.path)
+        with open(logpath, 'ab') as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, str(ROOT / 'wcfs.py'), *args, zurl, self.path],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+
+    def log(self):
+        try:
+            return Path(self.logpath).read_text(errors='replace')
+        except FileNotFoundError:
+            return ''
+
+    def serving(self):
+        if self.proc.poll() is not None:
+            raise RuntimeError('wcfs exited with %s:\n%s' % (self.proc.returncode, self.log()))
+        try:
+            with open(os.path.join(self.path, '.wcfs', 'zurl')) as f:
+                return f.read() != ''
+        except OSError:
+            return False
+
+    def bigfile(self, oid):
+        """mkdir bigfile/<oid> unless it is there; -> its path."""
+        path = os.path.join(self.path, 'bigfile', '%016x' % oid)
+        if not os.path.isdir(path):
+            os.mkdir(path)
+        return path
+
+    def stop(self):
+        terminate(self.proc)
+        if is_mounted(self.path):
+            subprocess.run(['fusermount3', '-u', '-z', self.path], capture_output=True)
+
+
+class Bench:
+    """Temporary directory, runzeo, wcfs mounts of one benchmark run; see the module doc."""
+
+    def __init__(self, name):
+        self.name = name
+        self.dir = Path(tempfile.mkdtemp(prefix='wcfs-bench-'))
+        self.addr = None
+        self.zurl = None
+        self.zeo = None
+        self._db = None
+        self.mounts = []
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # ---- ZEO ----
+
+    def start_zeo(self):
+        self.addr = ('127.0.0.1', free_port())
+        self.zurl = 'zeo://%s:%d' % self.addr
+        with open(self.dir / 'runzeo.log', 'ab') as log:
+            self.zeo = subprocess.Popen(
+                [str(RUNZEO), '-a', '%s:%d' % self.addr, '-f', str(self.dir / 'Data.fs')],
+                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+
+        def accepting():
+            if self.zeo.poll() is not None:
+                raise RuntimeError('runzeo exited with %s' % self.zeo.returncode)
+            try:
+                socket.create_connection(self.addr, timeout=1).close()
+            except OSError:
+                return False
+            return True
+
+        wait_for(accepting, START_TIMEOUT, 'runzeo on %s' % self.zurl)
+        return self.zurl
+
+    def db(self):
+        """The writer's ZODB.DB on the ZEO server (started on first use)."""
+        if self._db is None:
+            if self.zeo is None:
+                self.start_zeo()
+            self._db = ZODB.DB(ZEO.ClientStorage.ClientStorage(self.addr))
+        return self._db
+
+    def close_db(self):
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+
+    def write_bigfile(self, size, copy_to=None):
+        """Commit root['f'] = a ZBigFile of size bytes in BLKSIZE ZBlk0 blocks
+        of `block_data`; also write the same bytes to the file copy_to if given.
+        -> the ZBigFile's oid."""
+        db = self.db()
+        conn = db.open()
+        out = open(copy_to, 'wb') if copy_to else None
+        try:
+            f = conn.root()['f'] = zwriter.ZBigFile(BLKSIZE)
+            transaction.commit()
+            pending = 0
+            for blk in range(size // BLKSIZE):
+                data = block_data()
+                f.write_block(blk, data)
+                if out:
+                    out.write(data)
+                pending += len(data)
+                if pending >= COMMIT_EVERY:
+                    transaction.commit()
+                    conn.cacheMinimize()
+                    pending = 0
+            transaction.commit()
+            conn.cacheMinimize()
+            return u64(f._p_oid)
+        finally:
+            if out:
+                out.close()
+            conn.close()
+
+    def write_block(self, blk, data):
+        """Commit new content for block blk of root['f']; -> the transaction's tid."""
+        db = self.db()
+        conn = db.open()
+        try:
+            conn.root()['f'].write_block(blk, data)
+            transaction.commit()
+            return u64(db.storage.lastTransaction())
+        finally:
+            conn.close()
+
+    # ---- wcfs ----
+
+    def mount(self, *args):
+        """Start wcfs.py on a fresh mount point; -> Mount once it serves."""
+        n = len(self.mounts)
+        mnt = Mount(self.zurl, self.dir / ('mnt%d' % n), self.dir / ('wcfs%d.log' % n), args)
+        self.mounts.append(mnt)
+        wait_for(mnt.serving, START_TIMEOUT, 'wcfs to serve at %s' % mnt.path)
+        return mnt
+
+    def unmount(self, mnt):
+        mnt.stop()
+
+    # ---- the end ----
+
+    def close(self):
+        for mnt in self.mounts:
+            try:
+                mnt.stop()
+            except Exception as e:
+                print('%s: stopping wcfs %d: %s' % (self.name, mnt.proc.pid, e), file=sys.stderr)
+        try:
+            self.close_db()
+        finally:
+            if self.zeo is not None:
+                terminate(self.zeo)
+            if not any(is_mounted(m.path) for m in self.mounts):
+                shutil.rmtree(self.dir, ignore_errors=True)
+            else:
+                print('%s: left %s: still mounted' % (self.name, self.dir), file=sys.stderr)
