@@ -26,18 +26,30 @@ log = logging.getLogger('wcfs')
 MAX_CHANNELS = 1100         # open head/invalidations; beyond: EMFILE
 MAX_THREADS = 1300          # every channel blocked in read, and data reads beside them
 READ_AHEAD_KB = 1024        # lets the kernel send 1 MiB reads
-M_MMAP_THRESHOLD = -3       # mallopt parameter, from malloc.h
 
 
-def limit_malloc_arenas():
-    """Serve 2 MiB block buffers from mmap, not from the heap: glibc's dynamic
-    mmap threshold otherwise grows past them after the first frees, and
-    the heap then keeps the freed blocks (RSS grows with the data read)."""
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library('c'))
-        libc.mallopt(M_MMAP_THRESHOLD, 256 * 1024)
-    except (OSError, AttributeError) as e:
-        log.info('mallopt: %s', e)
+class Malloc:
+    """Give freed block buffers back to the system.
+
+    Decoded 2 MiB blocks and ZEO's message buffers come from the heap once
+    glibc's dynamic mmap threshold has grown past them (serving them from
+    fresh mmaps instead halves cold reads: every page faults in again), and
+    the heap keeps what was freed: trim it on the timer, and keep to two
+    arenas so that the worker threads do not each hold one."""
+
+    M_ARENA_MAX = -8    # mallopt parameter, from malloc.h
+
+    def __init__(self):
+        try:
+            self._libc = ctypes.CDLL(ctypes.util.find_library('c'))
+            self._libc.mallopt(self.M_ARENA_MAX, 2)
+        except (OSError, AttributeError) as e:
+            log.info('mallopt: %s', e)
+            self._libc = None
+
+    def trim(self):
+        if self._libc is not None:
+            self._libc.malloc_trim(0)
 
 
 class StartError(Exception):
@@ -79,7 +91,7 @@ class Server:
 
     def start(self):
         """Open the database and mount; -> once the mount serves."""
-        limit_malloc_arenas()
+        self.malloc = Malloc()
         mount.check_mountpoint(self.mountpoint)
         self.storage = zstorage.open_storage(self.zurl, self.opts.db_timeout)
         self.loader = zformat.ZLoader(self.storage, db_timeout=self.opts.db_timeout)
@@ -124,6 +136,7 @@ class Server:
         while not self.shutdown.wait(1.0):
             self._expire_revdirs()
             self._check_database()
+            self.malloc.trim()
             if self._idle_too_long():
                 log.info('nothing open under %s for %gs: exiting (--autoexit)',
                          self.mountpoint, self.opts.autoexit)
