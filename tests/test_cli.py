@@ -25,6 +25,7 @@ from ZODB.utils import u64
 from conftest import (ROOT, START_TIMEOUT, free_port, is_mounted, read_text, spawn,
                       terminate, unmount, wait_for)
 from wcfs_lib import zwriter
+from zhelp import read_head
 
 import wcfs
 
@@ -88,14 +89,6 @@ def write_bigfile(db, data, py2str=False):
     finally:
         conn.close()
 
-
-def read_head(mountpoint, oid):
-    """mkdir bigfile/<oid> (unless there) and read its head/data."""
-    d = os.path.join(mountpoint, 'bigfile', '%016x' % oid)
-    if not os.path.isdir(d):
-        os.mkdir(d)
-    with open(os.path.join(d, 'head', 'data'), 'rb') as f:
-        return f.read()
 
 
 def make_filestorage(path, data, py2str=False):

@@ -32,6 +32,7 @@ from ZODB.utils import u64
 from conftest import ROOT, START_TIMEOUT, STOP_TIMEOUT, free_port, is_mounted, read_text, \
     unmount, wait_for
 from wcfs_lib import zwriter
+from zhelp import read_head
 
 RUN_TIMEOUT = 60        # seconds for a `wcfs -d` command to return
 AUTOEXIT = 2            # seconds of --autoexit in these tests
@@ -185,14 +186,6 @@ def commit_bigfile(db, data):
     finally:
         conn.close()
 
-
-def read_head(mountpoint, oid):
-    """mkdir bigfile/<oid> (unless there) and read its head/data."""
-    d = os.path.join(mountpoint, 'bigfile', '%016x' % oid)
-    if not os.path.isdir(d):
-        os.mkdir(d)
-    with open(os.path.join(d, 'head', 'data'), 'rb') as f:
-        return f.read()
 
 
 def sample_data():

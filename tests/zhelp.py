@@ -77,6 +77,15 @@ def read_bytes(path):
         return f.read()
 
 
+def read_head(mountpoint, oid):
+    """mkdir bigfile/<oid> (unless there) and read its head/data."""
+    d = os.path.join(mountpoint, 'bigfile', '%016x' % oid)
+    if not os.path.isdir(d):
+        os.mkdir(d)
+    with open(os.path.join(d, 'head', 'data'), 'rb') as f:
+        return f.read()
+
+
 def stats(mnt):
     """`.wcfs/stats` of mount mnt -> {name: value (str)}."""
     out = {}
