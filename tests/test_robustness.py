@@ -262,7 +262,11 @@ _BYSTANDER = textwrap.dedent('''
     time.sleep(3600)
 ''')
 
-AS_NOBODY = dict(user='nobody', group='nogroup', extra_groups=[])
+AS_NOBODY = dict(user='nobody', group='nogroup', extra_groups=[], cwd='/')
+# The clients run as nobody use only the standard library: run them with the
+# system's python, since nobody may not reach the virtual environment (CI's
+# clone sits in a directory only root can enter).
+NOBODY_PYTHON = os.path.realpath(sys.executable)
 SETPRIV_NOBODY = ['setpriv', '--reuid=nobody', '--regid=nogroup', '--clear-groups']
 
 
@@ -273,7 +277,8 @@ class ProcClient(Client):
     def __init__(self, fdir, cat, mode, nobody=False):
         path = os.path.join(fdir, 'head', 'invalidations')
         self.proc = subprocess.Popen(
-            [sys.executable, '-c', _CLIENT, CLIENT_MARK, path, '%016x' % cat, mode],
+            [NOBODY_PYTHON if nobody else sys.executable, '-c', _CLIENT, CLIENT_MARK, path,
+             '%016x' % cat, mode],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, **(AS_NOBODY if nobody else {}))
         self.pid = self.proc.pid
         self._buf = b''
@@ -898,7 +903,7 @@ _NOBODY_USES = textwrap.dedent('''
 
 def test_allow_other_nobody_reads_makes_directories_and_cannot_write(shared):
     s = shared
-    r = subprocess.run([sys.executable, '-c', _NOBODY_USES, s.mnt.path, hex16(s.oid['a']),
+    r = subprocess.run([NOBODY_PYTHON, '-c', _NOBODY_USES, s.mnt.path, hex16(s.oid['a']),
                         hex16(s.oid['b']), hex16(s.tid)],
                        capture_output=True, text=True, timeout=60, **AS_NOBODY)
     assert r.returncode == 0, r.stderr
@@ -933,7 +938,7 @@ def test_allow_other_nobody_uses_a_channel_and_is_killed_when_it_never_acks(shar
     good = ProcClient(s.dir, old, 'ack', nobody=True)
     bad = ProcClient(s.dir, old, 'noack', nobody=True)
     bystander = subprocess.Popen(
-        [sys.executable, '-c', _BYSTANDER, CLIENT_MARK, os.path.join(s.dir, 'head', 'data'),
+        [NOBODY_PYTHON, '-c', _BYSTANDER, CLIENT_MARK, os.path.join(s.dir, 'head', 'data'),
          os.path.join(s.dir, 'head', 'invalidations')], stdout=subprocess.PIPE, **AS_NOBODY)
     try:
         assert bystander.stdout.readline() == b'open\n'
