@@ -6,7 +6,8 @@ EINTR when the kernel interrupts the request, and EIO once the channel was
 dropped or wcfs shuts down. `poll` reports POLLIN exactly when a reply is
 pending, and remembers the kernel's poll handle to notify when one arrives.
 
-A channel whose unread replies pass MAX_UNREAD is dropped: a client that
+A channel whose unread replies pass MAX_UNREAD is dropped (one reply, however
+long, always fits): a client that
 writes and never reads cannot make wcfs hold unbounded memory.
 
 Locks: the file's `cond` (bigfile.BigFile) > `Channel.lock`. `send` is called
@@ -104,7 +105,7 @@ class Channel:
     def _queue(self, line):
         if self.dropped:
             return
-        if len(self._out) + len(line) > MAX_UNREAD:
+        if self._out and len(self._out) + len(line) > MAX_UNREAD:   # one reply always fits
             log.warning('%s: client does not read its replies (over %d bytes); dropping the channel',
                         self.path, MAX_UNREAD)
             self._drop()

@@ -91,23 +91,22 @@ def _mapping(loader, head):
 
 
 def _touched(loader, zblk, a, b):
-    """Did a transaction in (a, b] modify the ZBlk `zblk` or its chunks?"""
-    if loader.record(zblk, a)[1] != loader.record(zblk, b)[1]:
+    """Did a transaction in (a, b] modify the ZBlk `zblk` or its chunks?
+
+    An object was modified in (a, b] exactly when its record as of b was
+    written after a: one load per object, as of b only.
+    """
+    klass, state, serial = loader.decode(zblk, b)
+    if serial > a:
         return True
-    klass, state, _ = loader.decode(zblk, b)
     if klass != zformat.ZBLK1 or not isinstance(state, zformat.Ref):
         return False
-    return _parts(loader, state.oid, a) != _parts(loader, state.oid, b)
-
-
-def _parts(loader, chunktab, at):
-    """(oid, serial) of every node and ZData of a chunk tree as of `at`."""
-    parts = []
+    chunktab = state.oid
+    touched = []
 
     def visit(oid, _node):
-        parts.append((oid, loader.record(oid, at)[1]))
+        touched.append(loader.record(oid, b)[1] > a)
 
-    for off, ref in loader.walk(chunktab, at, zformat.IOBTREE, visit=visit):
-        zdata = zformat._ref_oid(ref, chunktab, at)
-        parts.append((off, zdata, loader.record(zdata, at)[1]))
-    return parts
+    for _off, ref in loader.walk(chunktab, b, zformat.IOBTREE, visit=visit):
+        touched.append(loader.record(zformat._ref_oid(ref, chunktab, b), b)[1] > a)
+    return any(touched)

@@ -119,8 +119,9 @@ class _Unpickler(zodbpickle.pickle.Unpickler):
     def find_class(self, module, name):
         return _SAFE_GLOBALS.get((module, name)) or Global(module, name)
 
-    def persistent_load(self, pid):
-        return Ref(_pid_oid(pid))
+
+def _persistent_load(pid):
+    return Ref(_pid_oid(pid))
 
 
 def _pid_oid(pid):
@@ -158,6 +159,9 @@ def decode_record(data):
     """-> (class name, state) of a raw ZODB record."""
     _check_memo(data)
     unpickler = _Unpickler(io.BytesIO(data), encoding='bytes')
+    # An attribute, not a method: zodbpickle keeps the bound method, and the
+    # cycle would keep every record and its state until a full collection.
+    unpickler.persistent_load = _persistent_load
     meta = unpickler.load()
     state = unpickler.load()
     return _class_name(meta), state

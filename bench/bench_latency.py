@@ -1,0 +1,208 @@
+"""Latency (SPEC §6): commit to `have` at a subscribed client, ZEO on loopback.
+Target: median <= 50 ms.
+
+One client process subscribes to head/invalidations of the file (`want` of
+head/at, `ack`) and then, in poll(2), acks every `have` it reads at once and
+tells the time it read it (CLOCK_MONOTONIC and CLOCK_REALTIME, the same
+clocks in every process). The writer commits new content for one block, N
+times, each after the client reported the previous `have` and a short pause.
+
+Three latencies of each commit end at the moment the client read its `have`:
+
+- from the tid: the wall-clock time the ZEO server put in the tid when it
+  took the commit lock, before it stored the data; the server's commit is
+  after it, so this is an upper bound of commit -> `have`. The verdict.
+- from `transaction.commit()` returning in the writer. The writer's ZEO
+  client returns only after it has also stored the new block in its own
+  client cache (ZEO's tpc_finish_co), and with 2 MiB blocks the `have`
+  usually comes before that: negative values.
+- from `transaction.commit()` being called: includes pickling and sending
+  the block (2 MiB of random bytes unless `--random` says fewer).
+
+Median and p99 (nearest rank) of each are printed.
+
+This file run with `--client PATH CAT` is the client process: it prints
+`ready`, then `have TID MONOTONIC REALTIME` for every `have`, and ends when
+its stdin closes.
+"""
+
+import argparse
+import os
+import select
+import statistics
+import subprocess
+import sys
+import time
+
+import transaction
+from ZODB.TimeStamp import TimeStamp
+from ZODB.utils import p64, u64
+
+import common
+from common import BLKSIZE, MiB
+
+TARGET_MS = 50
+REPLY_TIMEOUT = 10      # seconds a `have` may take before the run fails
+
+
+# ---- the client process ----
+
+def client_main(path, cat):
+    fd = os.open(path, os.O_RDWR | os.O_NONBLOCK)
+    out = sys.stdout
+    os.write(fd, b'want %s\n' % cat.encode())
+    p = select.poll()
+    p.register(fd, select.POLLIN)
+    p.register(0, select.POLLIN)
+    buf = b''
+    subscribed = False
+    while True:
+        events = p.poll(1000)
+        now, wall = time.monotonic(), time.time()
+        for efd, _ in events:
+            if efd == 0:
+                if not os.read(0, 100):
+                    return
+                continue
+            try:
+                data = os.read(fd, 1 << 20)
+            except BlockingIOError:
+                continue
+            if not data:
+                raise RuntimeError('client: EOF on %s' % path)
+            buf += data
+            while b'\n' in buf:
+                line, _, buf = buf.partition(b'\n')
+                words = line.decode('ascii').split(' ')
+                if words[0] != 'have':
+                    raise RuntimeError('client: unexpected reply %r' % line)
+                if words[2:] == ['wait']:
+                    continue
+                os.write(fd, b'ack\n')
+                if not subscribed:
+                    subscribed = True
+                    out.write('ready\n')
+                else:
+                    out.write('have %s %.6f %.6f\n' % (words[1], now, wall))
+                out.flush()
+
+
+class Client:
+    """The client process, with a line reader of its stdout that never blocks for good."""
+
+    def __init__(self, path, cat):
+        self.proc = subprocess.Popen(
+            [sys.executable, os.path.abspath(__file__), '--client', path, '%016x' % cat],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        self._buf = b''
+
+    def line(self, timeout=REPLY_TIMEOUT):
+        deadline = time.monotonic() + timeout
+        fd = self.proc.stdout.fileno()
+        while b'\n' not in self._buf:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                raise RuntimeError('client %d: nothing within %s s' % (self.proc.pid, timeout))
+            data = os.read(fd, 4096)
+            if not data:
+                raise RuntimeError('client %d exited with %s' % (self.proc.pid, self.proc.wait()))
+            self._buf += data
+        line, _, self._buf = self._buf.partition(b'\n')
+        return line.decode()
+
+    def stop(self):
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(5)
+        except Exception:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc.stdout.close()
+
+
+# ---- the benchmark ----
+
+def percentile(values, p):
+    """Nearest-rank percentile."""
+    s = sorted(values)
+    return s[max(0, min(len(s) - 1, -(-len(s) * p // 100) - 1))]
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument('-n', type=int, default=200, help='commits (default 200)')
+    p.add_argument('--size', type=int, default=16, metavar='MiB',
+                   help='size of the file in MiB, a multiple of 2 (default 16)')
+    p.add_argument('--pause', type=float, default=0.05, metavar='SECONDS',
+                   help='pause between a `have` and the next commit (default 0.05)')
+    p.add_argument('--random', type=int, default=BLKSIZE, metavar='BYTES',
+                   help='random bytes at the start of each new block, zeros after them '
+                        '(ZBlk0 stores them stripped: a smaller record); default the whole block')
+    args = p.parse_args()
+    if args.size <= 0 or args.size * MiB % BLKSIZE or args.n <= 0 or not 0 < args.random <= BLKSIZE:
+        p.error('-n must be positive, --size a positive multiple of 2, --random in 1..%d' % BLKSIZE)
+    size = args.size * MiB
+    nblk = size // BLKSIZE
+
+    lat = {'tid': [], 'return': [], 'call': []}
+    client = None
+    with common.Bench('latency') as b:
+        try:
+            oid = b.write_bigfile(size)
+            mnt = b.mount()
+            bigfile = mnt.bigfile(oid)
+            with open(os.path.join(bigfile, 'head', 'at')) as f:
+                at = int(f.read(), 16)
+            client = Client(os.path.join(bigfile, 'head', 'invalidations'), at)
+            line = client.line()
+            assert line == 'ready', 'client: %r' % line
+
+            db = b.db()
+            conn = db.open()
+            f = conn.root()['f']
+            for i in range(args.n):
+                data = os.urandom(args.random)
+                f.write_block(i % nblk, data)
+                t0 = time.monotonic()
+                transaction.commit()
+                t1 = time.monotonic()
+                tid = u64(db.storage.lastTransaction())
+                conn.cacheMinimize()
+                words = client.line().split(' ')
+                assert words[0] == 'have' and int(words[1], 16) == tid, \
+                    'commit %016x: client read %r' % (tid, words)
+                t_have, wall_have = float(words[2]), float(words[3])
+                lat['tid'].append(wall_have - TimeStamp(p64(tid)).timeTime())
+                lat['return'].append(t_have - t1)
+                lat['call'].append(t_have - t0)
+                time.sleep(args.pause)
+            conn.close()
+            sent = common.read_stats(mnt.path)['invalidations_sent']
+        finally:
+            if client is not None:
+                client.stop()
+
+    ms = {k: [x * 1000 for x in v] for k, v in lat.items()}
+    med = statistics.median(ms['tid'])
+    print('latency: %d one-block commits (%d MiB blocks, %d random bytes each) to a %d MiB file, '
+          '%d invalidations sent; ms until the client read the `have`:'
+          % (args.n, BLKSIZE // MiB, args.random, args.size, sent))
+    for k, what in (('tid', 'from the tid (server took the commit lock)'),
+                    ('return', 'from commit() returning in the writer'),
+                    ('call', 'from commit() being called')):
+        v = ms[k]
+        print('  %-45s median %7.1f  p99 %7.1f  min %7.1f  max %7.1f'
+              % (what, statistics.median(v), percentile(v, 99), min(v), max(v)))
+    print('latency: commit -> `have` at the client: median %.1f ms, p99 %.1f ms from the tid '
+          '(from commit() returning: median %.1f ms, p99 %.1f ms) (target median <= %d ms: %s); '
+          'kernel %s'
+          % (med, percentile(ms['tid'], 99), statistics.median(ms['return']),
+             percentile(ms['return'], 99), TARGET_MS, common.verdict(med <= TARGET_MS),
+             common.kernel()))
+
+
+if __name__ == '__main__':
+    if sys.argv[1:2] == ['--client']:
+        client_main(*sys.argv[2:4])
+    else:
+        main()
