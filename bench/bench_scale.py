@@ -26,7 +26,6 @@ import argparse
 import os
 import select
 import statistics
-import subprocess
 import sys
 import time
 
@@ -99,37 +98,15 @@ def client_main(bigfile, cat, n):
                     del got[words[1]]
 
 
-class Client:
-    """A client process, with a line reader of its stdout that never blocks for good."""
+class Client(common.ClientProcess):
+    """A client process."""
 
     def __init__(self, bigfile, cat, n):
-        self.proc = subprocess.Popen(
-            [sys.executable, os.path.abspath(__file__), '--client', bigfile, '%016x' % cat, str(n)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-        self._buf = b''
+        super().__init__([sys.executable, os.path.abspath(__file__), '--client', bigfile,
+                          '%016x' % cat, str(n)])
 
     def line(self, timeout=REPLY_TIMEOUT):
-        deadline = time.monotonic() + timeout
-        fd = self.proc.stdout.fileno()
-        while b'\n' not in self._buf:
-            left = deadline - time.monotonic()
-            if left <= 0 or not select.select([fd], [], [], left)[0]:
-                raise RuntimeError('client %d: nothing within %s s' % (self.proc.pid, timeout))
-            data = os.read(fd, 4096)
-            if not data:
-                raise RuntimeError('client %d exited with %s' % (self.proc.pid, self.proc.wait()))
-            self._buf += data
-        line, _, self._buf = self._buf.partition(b'\n')
-        return line.decode()
-
-    def stop(self):
-        self.proc.stdin.close()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.proc.stdout.close()
+        return super().line(timeout)
 
 
 # ---- the benchmark ----

@@ -14,6 +14,7 @@ still there), then runzeo, then removes the temporary directory.
 import argparse
 import ctypes
 import os
+import select
 import shutil
 import signal
 import socket
@@ -336,3 +337,35 @@ class Bench:
                 shutil.rmtree(self.dir, ignore_errors=True)
             else:
                 print('%s: left %s: still mounted' % (self.name, self.dir), file=sys.stderr)
+
+
+class ClientProcess:
+    """A client process (argv), with a line reader of its stdout that never
+    blocks for good; stop() closes its stdin and waits for it."""
+
+    def __init__(self, argv):
+        self.proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        self._buf = b''
+
+    def line(self, timeout):
+        deadline = time.monotonic() + timeout
+        fd = self.proc.stdout.fileno()
+        while b'\n' not in self._buf:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                raise RuntimeError('client %d: nothing within %s s' % (self.proc.pid, timeout))
+            data = os.read(fd, 4096)
+            if not data:
+                raise RuntimeError('client %d exited with %s' % (self.proc.pid, self.proc.wait()))
+            self._buf += data
+        line, _, self._buf = self._buf.partition(b'\n')
+        return line.decode()
+
+    def stop(self, timeout=10):
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc.stdout.close()
