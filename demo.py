@@ -12,8 +12,6 @@ Exit status 0 when every check passed, 1 otherwise.
 import os
 import shlex
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,6 +26,7 @@ import ZODB
 import ZODB.utils
 
 from wcfs_lib import zwriter
+from wcfs_lib.localproc import accepts, free_port, is_mounted, terminate
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 RUNZEO = os.path.join(os.path.dirname(sys.executable), 'runzeo')
@@ -80,34 +79,12 @@ def wait_until(cond, timeout, what):
         time.sleep(0.05)
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
 
 
-def accepts(addr):
-    try:
-        socket.create_connection(addr, timeout=1).close()
-    except OSError:
-        return False
-    return True
 
 
-def is_mounted(path):
-    with open('/proc/mounts') as f:
-        return any(line.split()[1] == path for line in f)
 
 
-def terminate(proc):
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    return proc.returncode
 
 
 def spawn(argv, logpath):

@@ -16,7 +16,6 @@ import ctypes
 import os
 import select
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -32,6 +31,7 @@ import ZEO.ClientStorage                                    # noqa: E402
 import ZODB                                                 # noqa: E402
 from ZODB.utils import u64                                  # noqa: E402
 
+from wcfs_lib.localproc import free_port, is_mounted, terminate  # noqa: E402
 from wcfs_lib import zwriter                                # noqa: E402
 
 MiB = 1 << 20
@@ -65,10 +65,6 @@ def verdict(ok):
     return 'OK' if ok else 'MISS'
 
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
 
 
 def wait_for(cond, timeout, what):
@@ -79,22 +75,8 @@ def wait_for(cond, timeout, what):
         time.sleep(0.02)
 
 
-def is_mounted(path):
-    path = os.path.realpath(path)
-    with open('/proc/mounts') as f:
-        return any(line.split()[1] == path for line in f)
 
 
-def terminate(proc):
-    """End proc by its pid: SIGTERM, then SIGKILL."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    return proc.returncode
 
 
 def block_data():

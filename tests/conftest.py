@@ -16,8 +16,6 @@ with a failing test.
 """
 
 import os
-import signal
-import socket
 import subprocess
 import sys
 import time
@@ -27,6 +25,9 @@ import pytest
 import ZEO.ClientStorage
 import ZODB
 import ZODB.utils
+
+from wcfs_lib.localproc import accepts, free_port, is_mounted, terminate  # noqa: F401
+from wcfs_lib.localproc import unmount_left as unmount  # noqa: F401
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNZEO = Path(sys.executable).parent / 'runzeo'  # installed beside this python
@@ -58,46 +59,14 @@ def wait_for_fixture():
     return wait_for
 
 
-def free_port():
-    """A TCP port of 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
 
 
-def accepts(addr):
-    """Whether something accepts TCP connections at addr."""
-    try:
-        socket.create_connection(addr, timeout=1).close()
-    except OSError:
-        return False
-    return True
 
 
-def terminate(proc, timeout=STOP_TIMEOUT):
-    """End proc by its pid: SIGTERM, then SIGKILL after timeout. Return its exit code."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    return proc.returncode
 
 
-def is_mounted(path):
-    path = os.path.realpath(path)
-    with open('/proc/mounts') as f:
-        return any(line.split()[1] == path for line in f)
 
 
-def unmount(path):
-    """Detach a mount left at path, if any: fusermount3 -u -z, else umount -l."""
-    for cmd in (['fusermount3', '-u', '-z', path], ['umount', '-l', path]):
-        if not is_mounted(path):
-            return
-        subprocess.run(cmd, stdin=subprocess.DEVNULL, capture_output=True)
 
 
 def spawn(argv, logpath):
