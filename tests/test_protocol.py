@@ -32,7 +32,7 @@ from chanhelp import Chan, Client, Have, ranges_of
 from conftest import wait_for
 from wcfs_lib import zwriter
 from wcfs_lib.server import MAX_CHANNELS
-from zhelp import KiB, MiB, Writer, head_at, hex16, read_bytes, stat_int, wait_head
+from zhelp import KiB, MiB, Writer, head_at, hex16, process_state, read_bytes, stat_int, wait_head
 
 BS = 64 * KiB
 SAFE = ('--kill-timeout', '1000')   # no client of this process is ever killed
@@ -543,14 +543,6 @@ def test_subscription_whose_process_is_gone_is_dropped_not_killed(serve):
         if heir is not None and process_state(heir) not in (None, 'Z'):
             os.kill(heir, signal.SIGKILL)
 
-
-def process_state(pid):
-    """The state letter of process pid (R, S, Z, ...), or None if it is gone."""
-    try:
-        with open('/proc/%d/stat' % pid) as f:
-            return f.read().rsplit(')', 1)[1].split()[0]
-    except FileNotFoundError:
-        return None
 
 
 # ---- §4.5 bad input ----

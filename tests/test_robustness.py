@@ -50,7 +50,7 @@ from chanhelp import Chan, Client, ranges_of
 from conftest import (ROOT, RUNZEO, START_TIMEOUT, WCFS, accepts, free_port, is_mounted,
                       spawn, terminate, wait_for)
 from wcfs_lib import zwriter
-from zhelp import (KiB, Holder, Writer, head_at, hex16, read_bytes, resident_blocks,
+from zhelp import (KiB, Holder, Writer, head_at, hex16, process_state, read_bytes, resident_blocks,
                    stat_int, stats, wait_head)
 
 BS = 64 * KiB
@@ -92,14 +92,6 @@ def assert_serving(mnt):
     log = mnt.log()
     assert 'Traceback' not in log and 'Logging error' not in log, log[-4000:]
 
-
-def process_state(pid):
-    """The state letter of process pid (R, S, Z, ...), or None if it is gone."""
-    try:
-        with open('/proc/%d/stat' % pid) as f:
-            return f.read().rsplit(')', 1)[1].split()[0]
-    except FileNotFoundError:
-        return None
 
 
 def alive(pid):

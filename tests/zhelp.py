@@ -86,6 +86,15 @@ def read_head(mountpoint, oid):
         return f.read()
 
 
+def process_state(pid):
+    """The state letter of process pid (R, S, Z, ...), or None if it is gone."""
+    try:
+        with open('/proc/%d/stat' % pid) as f:
+            return f.read().rsplit(')', 1)[1].split()[0]
+    except FileNotFoundError:
+        return None
+
+
 def stats(mnt):
     """`.wcfs/stats` of mount mnt -> {name: value (str)}."""
     out = {}

@@ -46,9 +46,9 @@ def tid_time(tid):
     return TimeStamp(p64(tid)).timeTime()
 
 
-def head_of(index, broken=None):
-    h = index.head
-    return Head(index.oid, index.at, h.blksize, h.blktab, index.size, broken)
+def head_of(zh, size):
+    """The Head of a ZBigFileHead whose file has `size` bytes."""
+    return Head(zh.oid, zh.at, zh.blksize, zh.blktab, size, None)
 
 
 class RevDir:
@@ -114,7 +114,7 @@ class BigFile:
         self.loader = loader
         self.ctx = ctx                  # Context: kcache, stats, blocks, options
         self.index = FileIndex(loader, oid, zhead)
-        self.head = head_of(self.index)
+        self.head = head_of(self.index.head, self.index.size)
         self.at = self.head.at          # what head/at shows: head.at once the kernel dropped δ
         self._zhead_head = self.head    # as of the index: head once steps are applied
         self.cond = threading.Condition()
@@ -145,7 +145,7 @@ class BigFile:
                 delta = ALL
             else:
                 delta = self.index.update(tid, oids)
-            new = head_of(self.index)
+            new = head_of(self.index.head, self.index.size)
         except (zformat.FormatError, zformat.ObjectMissing, zformat.NotZBigFile) as e:
             log.error('bigfile %s @%016x: cannot serve it any more: %s', self.name, tid, e)
             delta = ALL

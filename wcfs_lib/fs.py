@@ -336,7 +336,7 @@ class WCFS(fuse.Operations):
     def _head_at(self, oid, tid):
         loader = self.srv.loader
         zh = loader.zbigfile(oid, tid, fresh=True)     # packed away: ENOENT
-        return head_of(_IndexView(oid, tid, zh, loader.size(zh)))
+        return head_of(zh, loader.size(zh))
 
     # ---- everything else is refused ----
 
@@ -360,10 +360,3 @@ class WCFS(fuse.Operations):
             config.entry_timeout = 1.0
             config.negative_timeout = 0.0   # bigfile/<oid> appears on mkdir
         self.srv.on_mounted()
-
-
-class _IndexView:
-    """The fields head_of() needs, for a revision that has no FileIndex."""
-
-    def __init__(self, oid, at, head, size):
-        self.oid, self.at, self.head, self.size = oid, at, head, size

@@ -52,19 +52,19 @@ class FileIndex:
         self._load(at)
 
     def _load(self, at, reuse=None, changed=frozenset()):
-        self.head = self.loader.zbigfile(self.oid, at)
+        head = self.loader.zbigfile(self.oid, at)
         nodes = {}
 
         def visit(oid, node):
             nodes[oid] = node
 
         blocks = {}
-        for blk, ref in self._walk(self.head.blktab, at, reuse or {}, changed, visit, set()):
-            blocks[blk] = zformat._ref_oid(ref, self.head.blktab, at)
+        for blk, ref in self._walk(head.blktab, at, reuse or {}, changed, visit, set()):
+            blocks[blk] = zformat._ref_oid(ref, head.blktab, at)
         if blocks:
-            zformat.file_size(min(blocks), self.head)
-            zformat.file_size(max(blocks), self.head)
-        self.at = at
+            zformat.file_size(min(blocks), head)
+            zformat.file_size(max(blocks), head)
+        self.head = head                        # the index moves as a whole, or not at all
         self.nodes = nodes                      # blktab node oid -> node
         self.blocks = blocks                    # blk -> ZBlk oid
         with self.parts_lock:
@@ -92,6 +92,10 @@ class FileIndex:
                 yield from child.items
             else:
                 yield from self._walk(child.oid, at, reuse, changed, visit, seen, depth + 1)
+
+    @property
+    def at(self):
+        return self.head.at
 
     @property
     def size(self):
@@ -138,7 +142,6 @@ class FileIndex:
                 self._drop_parts(blk)
                 if zblk is not None:
                     self._add_parts(blk, (zblk,))
-        self.at = tid
         self.head.at = tid
         return delta
 
