@@ -25,7 +25,7 @@ from ZODB.TimeStamp import TimeStamp
 from ZODB.utils import p64
 
 from . import protocol, zformat
-from .channel import count_open, process_start
+from .procfs import count_open
 from .delta import DeltaHistory, blocks_to_ranges, compare_revisions, merge_ranges
 from .watcher import ALL, FileIndex
 
@@ -311,7 +311,7 @@ class BigFile:
         """Is `owner` alive and sure to hold `ch`? /proc shows paths, not open
         files: be sure only when the process opened one channel of this file
         and has one descriptor open on it. cond held."""
-        if process_start(owner.pid) != owner.start:
+        if not owner.alive():
             return False
         opened = sum(1 for c in self.channels
                      if c.opener is not None and (c.opener.pid, c.opener.start) == (owner.pid, owner.start))

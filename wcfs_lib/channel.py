@@ -21,7 +21,7 @@ import os
 import select
 import threading
 
-from . import protocol
+from . import procfs, protocol
 from .fs_binding import fuse, libfuse
 
 log = logging.getLogger('wcfs.channel')
@@ -37,22 +37,13 @@ libfuse.fuse_notify_poll.argtypes = [ctypes.c_void_p]
 libfuse.fuse_pollhandle_destroy.argtypes = [ctypes.c_void_p]
 
 
-class Owner:
-    """The process that wrote a channel's last `want`, by pid and start time."""
-
-    __slots__ = ('pid', 'start', 'comm')
-
-    def __init__(self, pid, start, comm):
-        self.pid, self.start, self.comm = pid, start, comm
-
-
 class Channel:
     def __init__(self, bf, shutdown, debug=False):
         self.bf = bf
         self.state = protocol.ChannelState()
         self.lines = protocol.LineBuffer()
-        self.owner = None           # Owner of the subscription, if known
-        self.opener = None          # Owner of the process that opened the channel
+        self.owner = None           # procfs.Process that made the subscription, if known
+        self.opener = None          # procfs.Process that opened the channel
         self.have_time = None       # monotonic time of the last have without wait
         self.lock = threading.Lock()    # guards _out, _ph, dropped, closed
         self._readable = threading.Condition(self.lock)
@@ -81,7 +72,7 @@ class Channel:
             try:
                 verb, tid = protocol.parse_request(item)
                 if verb == 'want':
-                    self.owner = owner_of(caller_tid)
+                    self.owner = procfs.thread_process(caller_tid)
                     self.bf.want(self, tid)
                 else:
                     self.bf.ack(self)
@@ -175,43 +166,3 @@ class Channel:
     def wake_shutdown(self):
         with self.lock:
             self._readable.notify_all()
-
-
-def owner_of(thread_id):
-    """The process of the thread that sent the current request, or None.
-
-    Read while the request is in flight, so the thread is still there.
-    """
-    try:
-        with open('/proc/%d/status' % thread_id) as f:
-            status = dict(line.split(':\t', 1) for line in f if ':\t' in line)
-        pid = int(status['Tgid'])
-        return Owner(pid, process_start(pid), status.get('Name', '?').strip())
-    except (OSError, KeyError, ValueError):
-        return None
-
-
-def process_start(pid):
-    """Start time of a process (clock ticks since boot), or None if gone."""
-    try:
-        with open('/proc/%d/stat' % pid) as f:
-            stat = f.read()
-    except OSError:
-        return None
-    return int(stat.rsplit(')', 1)[1].split()[19])
-
-
-def count_open(pid, path):
-    """How many descriptors of process `pid` are open on `path`."""
-    fddir = '/proc/%d/fd' % pid
-    try:
-        names = os.listdir(fddir)
-    except OSError:
-        return 0
-    n = 0
-    for name in names:
-        try:
-            n += os.readlink(os.path.join(fddir, name)) == path
-        except OSError:
-            continue
-    return n

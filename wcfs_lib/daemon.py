@@ -20,6 +20,8 @@ import logging.handlers
 import os
 import sys
 
+from . import procfs
+
 log = logging.getLogger('wcfs.daemon')
 
 SYSLOG_SOCKET = '/dev/log'
@@ -52,12 +54,8 @@ def read_pid(path):
 
 def is_wcfs(pid):
     """Is `pid` a live (not zombie) wcfs process?"""
-    try:
-        with open('/proc/%d/stat' % pid) as f:
-            state = f.read().rsplit(')', 1)[1].split()[0]
-        with open('/proc/%d/cmdline' % pid, 'rb') as f:
-            argv = f.read().split(b'\0')
-    except OSError:
+    state, argv = procfs.process_state(pid), procfs.cmdline(pid)
+    if state is None or argv is None:
         return False
     return state != 'Z' and any(b'wcfs' in os.path.basename(a) for a in argv[:3])
 

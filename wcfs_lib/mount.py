@@ -7,6 +7,8 @@ import logging
 import os
 import subprocess
 
+from . import procfs
+
 log = logging.getLogger('wcfs.mount')
 
 MNT_DETACH = 2
@@ -22,15 +24,7 @@ class MountError(Exception):
 def is_mounted(path):
     """Is `path` itself a mount point (per /proc/self/mountinfo)?"""
     path = os.path.realpath(path)
-    with open('/proc/self/mountinfo') as f:
-        for line in f:
-            if _unescape(line.split()[4]) == path:
-                return True
-    return False
-
-
-def _unescape(field):
-    return field.encode().decode('unicode_escape') if '\\' in field else field
+    return any(m.mountpoint == path for m in procfs.mounts())
 
 
 def check_mountpoint(path):
@@ -89,8 +83,7 @@ def abort_connection(dev):
 
 
 def _fusectl_mounted():
-    with open('/proc/self/mounts') as f:
-        return any(line.split()[2] == 'fusectl' for line in f)
+    return any(m.fstype == 'fusectl' for m in procfs.mounts())
 
 
 def set_read_ahead(path, kb):

@@ -13,9 +13,9 @@ import os
 import threading
 import time
 
-from . import fs, mount, zformat, zstorage
+from . import fs, mount, procfs, zformat, zstorage
 from .bigfile import BigFileTable, BlockCache
-from .channel import Channel, owner_of
+from .channel import Channel
 from .fs_binding import libfuse
 from .kcache import KernelCache
 from .stats import Stats
@@ -73,7 +73,7 @@ class Server:
     def __init__(self, opts):
         self.opts = opts
         self.zurl = opts.zurl
-        self.mountpoint = os.path.abspath(opts.mountpoint)
+        self.mountpoint = os.path.realpath(opts.mountpoint)
         self.shutdown = threading.Event()
         self._mounted = threading.Event()
         self._fuse_error = None
@@ -202,7 +202,7 @@ class Server:
                 return None
             self._nchannels += 1
         ch = Channel(bf, self.shutdown, debug=self.opts.debug)
-        ch.opener = owner_of(caller_tid)
+        ch.opener = procfs.thread_process(caller_tid)
         bf.add_channel(ch)
         return ch
 
