@@ -49,11 +49,11 @@ from ZODB.POSException import POSKeyError
 from ZODB.utils import p64, u64, z64
 
 from conftest import wait_for
-from wcfs_lib import zformat, zwriter
+from wcfs_lib import zformat, zstorage, zwriter
 from wcfs_lib.delta import compare_revisions
 from wcfs_lib.protocol import (MAX_LINE, ChannelState, LineBuffer, ProtocolError, format_error,
                                parse_request)
-from wcfs_lib.watcher import FileIndex
+from wcfs_lib.fileindex import FileIndex
 from chanhelp import Chan
 from zhelp import KiB, Writer, head_at, hex16, read_bytes, stats
 
@@ -237,6 +237,10 @@ class Records:
         return data, p64(AT), None
 
 
+def loader_of(storage):
+    return zformat.ZLoader(zstorage.Records(storage))
+
+
 def record(klass, state):
     """A raw ZODB record of class `klass` ('module.Name') and `state`;
     zformat.Ref in state are pickled as persistent references."""
@@ -387,7 +391,7 @@ class RealDB:
                 self.records[u64(rec.oid)] = rec.data
         conn.close()
         db.close()
-        loader = zformat.ZLoader(Records(self.records))
+        loader = loader_of(Records(self.records))
         self.parts = {oid: block_parts(loader, oid) for oid in self.files}
         self.tree = {}
         for oid in self.files:
@@ -397,7 +401,7 @@ class RealDB:
                 pass
 
     def loader(self, records=None):
-        return zformat.ZLoader(Records(self.records if records is None else records))
+        return loader_of(Records(self.records if records is None else records))
 
     def check_unaffected(self, loader, broken):
         """Every file: only ALLOWED errors; blocks not made of `broken` read right."""
@@ -475,7 +479,7 @@ def test_mutated_real_records_give_only_format_errors(mutation):
 @FAST
 @given(data=st.binary(max_size=200))
 def test_decode_of_arbitrary_bytes_is_format_error(data):
-    loader = zformat.ZLoader(Records({1: data}))
+    loader = loader_of(Records({1: data}))
     with memory_bound(), time_bound(10):
         for call in (lambda: loader.decode(1, AT), lambda: loader.zbigfile(1, AT),
                      lambda: loader.node(1, AT), lambda: loader.node(1, AT, zformat.IOBTREE),
@@ -526,7 +530,7 @@ def skeleton_loader(changes=()):
     """A loader of SKELETON with {oid: (klass, state) or None (gone)} changed."""
     objs = dict(SKELETON)
     objs.update(changes)
-    return zformat.ZLoader(Records({oid: record(*obj) for oid, obj in objs.items()
+    return loader_of(Records({oid: record(*obj) for oid, obj in objs.items()
                                     if obj is not None}))
 
 
@@ -697,10 +701,10 @@ TESTS = os.path.dirname(os.path.abspath(__file__))
 PROBE = textwrap.dedent('''
     import resource, sys, time
     sys.path[:0] = [%r, %r]
-    from test_fuzz import BOMB_CASES, Records
+    from test_fuzz import BOMB_CASES, Records, loader_of
     from wcfs_lib import zformat
     make, call = BOMB_CASES[sys.argv[1]]
-    loader = zformat.ZLoader(Records(make()))
+    loader = loader_of(Records(make()))
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     t = time.monotonic()
     try:

@@ -6,7 +6,7 @@ import ZODB
 import ZODB.FileStorage
 
 from test_zwriter import B, MiB, SCRIPTS, commit, oid, randbytes, store
-from wcfs_lib import zformat, zwriter
+from wcfs_lib import zformat, zstorage, zwriter
 
 
 @pytest.fixture
@@ -28,7 +28,7 @@ def snapshot(f):
 
 def reader_snapshot(db, f, at):
     """(size, blocks) of f as zformat reads it as of at."""
-    loader = zformat.ZLoader(db.storage)
+    loader = zformat.ZLoader(zstorage.Records(db.storage))
     head = loader.zbigfile(oid(f), at)
     size = loader.size(head)
     blocks = []
@@ -116,7 +116,7 @@ def test_malformed_block_is_FormatError(db, make):
     f.write_block(0, b'fine')
     f.blktab[1] = make()
     tid = store(db, f)
-    loader = zformat.ZLoader(db.storage)
+    loader = zformat.ZLoader(zstorage.Records(db.storage))
     head = loader.zbigfile(oid(f), tid)
     assert loader.load_block(loader.lookup(head, 0), tid, B)[0] == f.read_block(0)
     with pytest.raises(zformat.FormatError):

@@ -61,9 +61,13 @@ class Channel:
     # ---- client → wcfs ----
 
     def write(self, data, caller_tid):
-        if self.dropped:
-            raise fuse.FuseOSError(errno.EIO)
+        """Take every line of `data`; the database is asked at most a bounded
+        number of times for the whole write (SPEC 4.6), and lines after the
+        channel is dropped are not processed."""
+        request = WriteContext(caller_tid, self.bf.ctx.last_tid)
         for item in self.lines.feed(data):
+            if self.dropped:
+                raise fuse.FuseOSError(errno.EIO)
             if isinstance(item, protocol.ProtocolError):
                 self.reply_error(item)
                 continue
@@ -72,12 +76,13 @@ class Channel:
             try:
                 verb, tid = protocol.parse_request(item)
                 if verb == 'want':
-                    self.owner = procfs.thread_process(caller_tid)
-                    self.bf.want(self, tid)
+                    self.bf.want(self, tid, request)
                 else:
                     self.bf.ack(self)
             except protocol.ProtocolError as e:
                 self.reply_error(e)
+        if self.dropped:
+            raise fuse.FuseOSError(errno.EIO)
         return len(data)
 
     def reply_error(self, exc):
@@ -166,3 +171,31 @@ class Channel:
     def wake_shutdown(self):
         with self.lock:
             self._readable.notify_all()
+
+
+class WriteContext:
+    """What the requests of one write share, asked for once: the writer's
+    process (/proc) and the database's last transaction (a round trip)."""
+
+    def __init__(self, caller_tid, last_tid):
+        self._caller_tid = caller_tid
+        self._last_tid = last_tid
+        self._process = self._tid = self._error = None
+        self._asked = False
+
+    def process(self):
+        if self._process is None:
+            self._process = procfs.thread_process(self._caller_tid)
+        return self._process
+
+    def last_tid(self):
+        """Asked once: a failure is the answer for the rest of the write too."""
+        if not self._asked:
+            self._asked = True
+            try:
+                self._tid = self._last_tid()
+            except Exception as e:
+                self._error = e
+        if self._error is not None:
+            raise self._error
+        return self._tid

@@ -38,11 +38,12 @@ def merge_ranges(ranges):
     return out
 
 
-def resized_blocks(old, new):
-    """Blocks that appear or disappear as the size changes (holes included)."""
-    n_old = max(old) + 1 if old else 0
-    n_new = max(new) + 1 if new else 0
-    return set(range(min(n_old, n_new), max(n_old, n_new)))
+def resized_range(old_size, new_size):
+    """The bytes that appear or disappear as a file's size changes (holes
+    included): one range whatever the sizes, never a list of blocks."""
+    if old_size == new_size:
+        return []
+    return [(min(old_size, new_size), max(old_size, new_size))]
 
 
 class DeltaHistory:
@@ -77,12 +78,12 @@ def compare_revisions(loader, oid, a, b):
         return [(0, size)] if size else []
     map_a = _mapping(loader, ha)
     map_b = _mapping(loader, hb)
-    changed = resized_blocks(map_a, map_b)
+    changed = set()
     for blk in map_a.keys() | map_b.keys():
         za, zb = map_a.get(blk), map_b.get(blk)
         if za != zb or (za is not None and _touched(loader, za, a, b)):
             changed.add(blk)
-    return blocks_to_ranges(changed, hb.blksize)
+    return merge_ranges(blocks_to_ranges(changed, hb.blksize) + resized_range(size_a, size_b))
 
 
 def _mapping(loader, head):

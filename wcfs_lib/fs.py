@@ -17,8 +17,8 @@ import stat
 import threading
 import time
 
-from . import zformat
-from .bigfile import BigFile, MAX_REVDIRS, head_of, tid_time
+from . import zformat, zstorage
+from .bigfile import MAX_REVDIRS, head_of, tid_time
 from .fs_binding import fuse
 from .kcache import FUSE_CAP_AUTO_INVAL_DATA, FUSE_CAP_EXPLICIT_INVAL_DATA
 
@@ -111,7 +111,7 @@ class WCFS(fuse.Operations):
                     return Node(kind, bf)
             raise err(errno.ENOENT)
         name = parts[2]
-        rd = bf.revdir(int(name[1:], 16)) if name[:1] == '@' and is_hex16(name[1:]) else None
+        rd = bf.revdirs.get(int(name[1:], 16)) if name[:1] == '@' and is_hex16(name[1:]) else None
         if rd is None:
             raise err(errno.ENOENT)
         if n == 3:
@@ -158,7 +158,7 @@ class WCFS(fuse.Operations):
             ROOT: lambda: ['.wcfs', 'bigfile'],
             WCFSDIR: lambda: ['zurl', 'stats'],
             BIGFILES: lambda: sorted(bf.name for bf in self.srv.table.files()),
-            FILEDIR: lambda: ['head'] + node.bf.revdir_names(),
+            FILEDIR: lambda: ['head'] + node.bf.revdirs.names(),
             HEADDIR: lambda: ['data', 'at', 'invalidations'],
             REVDIR: lambda: ['data'],
         }.get(node.kind)
@@ -178,7 +178,7 @@ class WCFS(fuse.Operations):
             self._handles[fh] = h
             self.opens += 1
         if h.node.rd is not None:
-            h.node.bf.use_revdir(h.node.rd, +1)
+            h.node.bf.revdirs.use(h.node.rd, +1)
         return fh
 
     def _handle(self, fh):
@@ -195,7 +195,7 @@ class WCFS(fuse.Operations):
                 self.opens -= 1
                 self.last_close = time.monotonic()
         if h is not None and h.node.rd is not None:
-            h.node.bf.use_revdir(h.node.rd, -1)
+            h.node.bf.revdirs.use(h.node.rd, -1)
         return h
 
     def opendir(self, path):
@@ -240,7 +240,7 @@ class WCFS(fuse.Operations):
         head = node.bf.head if node.kind == DATA else node.rd.head
         try:
             return node.bf.read(head, offset, size)
-        except (zformat.FormatError, zformat.ObjectMissing, zformat.DatabaseUnavailable) as e:
+        except (zformat.FormatError, zformat.ObjectMissing, zstorage.DatabaseUnavailable) as e:
             log.error('read bigfile/%s @%016x [%d:+%d]: %s', node.bf.name, head.at, offset, size, e)
             raise err(errno.EIO)
 
@@ -290,20 +290,18 @@ class WCFS(fuse.Operations):
         except Exception as e:
             log.error('mkdir bigfile/%s: %s', name, e)
             raise err(errno.EIO)
-        with srv.watcher.zhead_lock:
-            if srv.table.get(oid) is not None:
-                raise err(errno.EEXIST)
-            try:
-                bf = BigFile(oid, srv.loader, srv.watcher.zhead, srv.ctx)
-            except zformat.ObjectMissing:
-                raise err(errno.ENOENT)
-            except (zformat.NotZBigFile, zformat.FormatError) as e:
-                log.warning('mkdir bigfile/%s: %s', name, e)
-                raise err(errno.EINVAL)
-            except zformat.DatabaseUnavailable as e:
-                log.error('mkdir bigfile/%s: %s', name, e)
-                raise err(errno.EIO)
-            srv.table.add(bf)
+        try:
+            bf = srv.watcher.add_file(oid, srv.ctx)
+        except zformat.ObjectMissing:
+            raise err(errno.ENOENT)
+        except (zformat.NotZBigFile, zformat.FormatError) as e:
+            log.warning('mkdir bigfile/%s: %s', name, e)
+            raise err(errno.EINVAL)
+        except zstorage.DatabaseUnavailable as e:
+            log.error('mkdir bigfile/%s: %s', name, e)
+            raise err(errno.EIO)
+        if bf is None:
+            raise err(errno.EEXIST)
         log.info('bigfile/%s: visible, head @%016x, size %d', name, bf.head.at, bf.head.size)
         return 0
 
@@ -311,7 +309,7 @@ class WCFS(fuse.Operations):
         if not is_hex16(name):
             raise err(errno.EINVAL)
         tid = int(name, 16)
-        if bf.revdir(tid) is not None:
+        if bf.revdirs.get(tid) is not None:
             raise err(errno.EEXIST)
         if self.srv.table.count_revdirs() >= MAX_REVDIRS:
             log.warning('mkdir bigfile/%s/@%s: %d revision directories exist already',
@@ -326,10 +324,10 @@ class WCFS(fuse.Operations):
         except (zformat.NotZBigFile, zformat.FormatError) as e:
             log.warning('mkdir bigfile/%s/@%s: %s', bf.name, name, e)
             raise err(errno.ENOENT)
-        except zformat.DatabaseUnavailable as e:
+        except zstorage.DatabaseUnavailable as e:
             log.error('mkdir bigfile/%s/@%s: %s', bf.name, name, e)
             raise err(errno.EIO)
-        if bf.add_revdir(tid, head) is None:
+        if bf.revdirs.add(tid, head) is None:
             raise err(errno.EEXIST)
         return 0
 

@@ -13,6 +13,10 @@ import os
 class Process(collections.namedtuple('Process', 'pid start comm')):
     """One process, identified for sure by its pid and start time."""
 
+    def same(self, other):
+        """Is `other` (a Process or None) this very process?"""
+        return other is not None and (other.pid, other.start) == (self.pid, self.start)
+
     def alive(self):
         """Is this very process (not a reuse of its pid) still there?"""
         return process_start(self.pid) == self.start

@@ -1,9 +1,31 @@
 """The server: opens the database, mounts, serves, unmounts.
 
 Threads: the main thread owns signals and runs `serve()` (timers, shutdown);
-one thread runs libfuse's loop (which starts its own workers); the watcher
-thread follows the database. Shutdown is one path, `request_shutdown()`,
-whatever asked for it (SIGTERM, SIGINT, autoexit, an external unmount).
+one thread runs libfuse's loop (which starts its own workers, the FUSE
+threads); the watcher thread follows the database; a mover thread per file
+applies a step that waits for acks. Shutdown is one path,
+`request_shutdown()`, whatever asked for it (SIGTERM, SIGINT, autoexit, an
+external unmount).
+
+Locks, every one of wcfs, and what each guards. A thread holding one may
+take only those below it in this list ("A > B": take A before B):
+
+    Watcher.zhead_lock        zhead, and which files are visible or loading
+    > BigFileTable.lock       the table: oid -> BigFile, oid -> Loading
+    BigFile.cond              a file's head, at, pending step, history,
+                              channels and their protocol states
+    > Channel.lock            a channel's unread replies, poll handle, flags
+    RevDirs.lock              a file's @<tid>/ directories and their use counts
+    FileIndex.parts_lock      which oids each read block was made of
+    BlockCache.lock           decoded blocks, loads in flight
+    ObjectRevisions.lock      verdicts on a ZBigFile object's revisions
+    ZLoader._nodes_lock       decoded BTree nodes
+    Server._channels_lock     the count of open channels
+    WCFS._handles_lock        open files and directories
+
+No lock is held across database I/O, /proc reads or kernel notifications
+(a notification waits for the read handler of the same page, and the lookup
+it needs is itself a request to this filesystem).
 """
 
 import ctypes
@@ -14,11 +36,13 @@ import threading
 import time
 
 from . import fs, mount, procfs, zformat, zstorage
-from .bigfile import BigFileTable, BlockCache
+from .bigfile import BigFileTable
+from .blockcache import BlockCache
 from .channel import Channel
 from .fs_binding import libfuse
 from .kcache import KernelCache
 from .stats import Stats
+from .subscription import KillPolicy
 from .watcher import Watcher
 
 log = logging.getLogger('wcfs')
@@ -64,8 +88,7 @@ class Context:
         self.stats = srv.stats
         self.blocks = BlockCache()
         self.shutdown = srv.shutdown
-        self.mountpoint = srv.mountpoint
-        self.kill_timeout = srv.opts.kill_timeout
+        self.kill = KillPolicy(srv.mountpoint, srv.opts.kill_timeout, srv.stats)
         self.last_tid = srv.last_tid
 
 
@@ -79,7 +102,7 @@ class Server:
         self._fuse_error = None
         self.stats = Stats()
         self.table = BigFileTable()
-        self.stats.gauge('bigfiles', lambda: len(self.table.files()))
+        self.stats.gauge('bigfiles', self.table.count)
         self.stats.gauge('revdirs', self.table.count_revdirs)
         self.stats.gauge('channels', lambda: self.count_channels()[0])
         self.stats.gauge('subscribed', lambda: self.count_channels()[1])
@@ -94,7 +117,8 @@ class Server:
         self.malloc = Malloc()
         mount.check_mountpoint(self.mountpoint)
         self.storage = zstorage.open_storage(self.zurl, self.opts.db_timeout)
-        self.loader = zformat.ZLoader(self.storage, db_timeout=self.opts.db_timeout)
+        self.records = zstorage.Records(self.storage, self.opts.db_timeout)
+        self.loader = zformat.ZLoader(self.records)
         kcache = KernelCache(libfuse, self.mountpoint)
         self.ctx = Context(self, kcache)
         self.watcher = Watcher(self.storage, self.loader, self.table, self.stats)
@@ -144,8 +168,7 @@ class Server:
         self.stop()
 
     def _check_database(self):
-        is_connected = getattr(self.storage, 'is_connected', None)
-        state = 'connected' if is_connected is None or is_connected() else 'unreachable'
+        state = 'connected' if self.records.connected() else 'unreachable'
         if state != self.stats.get('database'):
             (log.info if state == 'connected' else log.error)('database %s: %s', self.zurl, state)
             self.stats.set('database', state)
@@ -161,10 +184,10 @@ class Server:
 
     def _expire_revdirs(self):
         for bf in self.table.files():
-            for name in bf.expire_revdirs(self.opts.revdir_timeout):
-                log.debug('bigfile/%s/%s: removed after %ss unused', bf.name, name,
+            for rd in bf.revdirs.expire(self.opts.revdir_timeout):
+                log.debug('bigfile/%s/%s: removed after %ss unused', bf.name, rd.name,
                           self.opts.revdir_timeout)
-                self.ctx.kcache.forget_entry('bigfile/' + bf.name, name)
+                self.ctx.kcache.forget_entry('bigfile/' + bf.name, rd.name)
 
     def stop(self):
         self.shutdown.set()

@@ -1,25 +1,20 @@
-"""Following the database: zhead, and which blocks of each file changed.
+"""Following the database: zhead, and handing each visible file its steps.
 
 The storage tells us, for every committed transaction, its tid and the oids it
-modified: ZEO calls `invalidate(tid, oids)` on its I/O thread, where we only
-queue and wake the watcher thread (loading there would deadlock ZEO).
+modified (zstorage.follow): on the storage's I/O thread we only queue and
+wake the watcher thread (loading there would deadlock ZEO).
 
-The watcher thread applies transactions in order. For each visible bigfile it
-asks the file's `FileIndex` for δ: the blocks that transaction changed. The
-index knows what the file is made of as of zhead: the ZBigFile object, every
-node of `blktab`, the block → ZBlk mapping, and the chunk trees and ZData of
-ZBlk1 blocks that were read. From the changed oids:
+The watcher thread applies transactions in order: it moves zhead, then hands
+the transaction to every visible file (BigFile.on_transaction, which asks the
+file's index for δ and moves or queues the file's head). One file's step
+never costs another file its transaction: a step that fails marks only that
+file broken, and a step that needs the database while it is unreachable is
+retried for that file, never skipped.
 
-- the ZBigFile object itself changed: the whole file changed;
-- a node of `blktab` changed: walk `blktab` again, reusing every node the
-  transaction did not modify (its state is the same as before), and compare
-  block → ZBlk mappings, never nodes: moving entries between buckets changes
-  nothing;
-- a ZBlk, or a part of a ZBlk1 it was read from, changed: that block changed.
-
-A transaction that modifies no part of a file gives an empty δ. Several
-transactions may be folded into one `invalidate` (ZEO does so after a
-reconnection): the same rules hold for the union of their oids.
+Making a file visible (`add_file`, from mkdir) loads its index as of zhead
+without holding any lock the watcher needs; transactions that arrive
+meanwhile are kept in the file's backlog and applied to the index before the
+file is published, so that no transaction is lost or applied twice.
 """
 
 import collections
@@ -29,129 +24,21 @@ import time
 
 from ZODB.utils import u64
 
-from . import zformat
-from .delta import resized_blocks
+from . import zstorage
+from .bigfile import BigFile
+from .fileindex import FileIndex
 
 log = logging.getLogger('wcfs.watcher')
 
-ALL = 'all'
-RETRY_PAUSE = 0.5   # seconds between tries of a step while the database is unreachable     # δ of a change to the ZBigFile object: every block
-
-
-class FileIndex:
-    """What one ZBigFile is made of as of `at`, to turn oids into blocks.
-
-    Owned by the watcher thread; `note_parts` may be called by readers and
-    takes `parts_lock`.
-    """
-
-    def __init__(self, loader, oid, at):
-        self.loader = loader
-        self.oid = oid
-        self.parts_lock = threading.Lock()      # guards parts, blk_parts
-        self._load(at)
-
-    def _load(self, at, reuse=None, changed=frozenset()):
-        head = self.loader.zbigfile(self.oid, at)
-        nodes = {}
-
-        def visit(oid, node):
-            nodes[oid] = node
-
-        blocks = {}
-        for blk, ref in self._walk(head.blktab, at, reuse or {}, changed, visit, set()):
-            blocks[blk] = zformat._ref_oid(ref, head.blktab, at)
-        if blocks:
-            zformat.file_size(min(blocks), head)
-            zformat.file_size(max(blocks), head)
-        self.head = head                        # the index moves as a whole, or not at all
-        self.nodes = nodes                      # blktab node oid -> node
-        self.blocks = blocks                    # blk -> ZBlk oid
-        with self.parts_lock:
-            self.parts = {}                     # oid -> {blk}: ZBlk and its chunks
-            self.blk_parts = {}                 # blk -> oids registered for it
-            for blk, zblk in blocks.items():
-                self._add_parts(blk, (zblk,))
-
-    def _walk(self, oid, at, reuse, changed, visit, seen, depth=0):
-        """Items of the BTree at `oid`; nodes not in `changed` come from `reuse`."""
-        if depth > 64:
-            raise zformat.FormatError(oid, at, 'BTree deeper than 64 levels')
-        if oid in seen:
-            raise zformat.FormatError(oid, at, 'BTree node reached twice')
-        seen.add(oid)
-        node = reuse.get(oid) if oid not in changed else None
-        if node is None:
-            node, _ = self.loader.node(oid, at)
-        visit(oid, node)
-        if isinstance(node, zformat.Bucket):
-            yield from node.items
-            return
-        for child in node.children:
-            if isinstance(child, zformat.Bucket):
-                yield from child.items
-            else:
-                yield from self._walk(child.oid, at, reuse, changed, visit, seen, depth + 1)
-
-    @property
-    def at(self):
-        return self.head.at
-
-    @property
-    def size(self):
-        return (max(self.blocks) + 1) * self.head.blksize if self.blocks else 0
-
-    def _add_parts(self, blk, oids):
-        self.blk_parts[blk] = tuple(oids)
-        for oid in oids:
-            self.parts.setdefault(oid, set()).add(blk)
-
-    def _drop_parts(self, blk):
-        for oid in self.blk_parts.pop(blk, ()):
-            blks = self.parts.get(oid)
-            if blks is not None:
-                blks.discard(blk)
-                if not blks:
-                    del self.parts[oid]
-
-    def note_parts(self, blk, oids):
-        """Remember that `blk` was read from `oids` (its ZBlk first)."""
-        with self.parts_lock:
-            if self.blocks.get(blk) != oids[0] or self.blk_parts.get(blk) == tuple(oids):
-                return
-            self._drop_parts(blk)
-            self._add_parts(blk, oids)
-
-    def update(self, tid, changed):
-        """Move the index to `tid`; -> δ: set of changed blocks, or ALL."""
-        if self.oid in changed:
-            self._load(tid)
-            return ALL
-        delta = set()
-        if not changed.isdisjoint(self.nodes):
-            old = self.blocks
-            self._load(tid, reuse=self.nodes, changed=changed)
-            delta = {blk for blk in old.keys() | self.blocks.keys()
-                     if old.get(blk) != self.blocks.get(blk)}
-            delta |= resized_blocks(old, self.blocks)
-        with self.parts_lock:
-            for oid in changed.intersection(self.parts):
-                delta |= self.parts[oid]
-            for blk in delta:                   # chunks are registered again when read
-                zblk = self.blocks.get(blk)
-                self._drop_parts(blk)
-                if zblk is not None:
-                    self._add_parts(blk, (zblk,))
-        self.head.at = tid
-        return delta
+RETRY_PAUSE = 0.5   # seconds between tries of a step while the database is unreachable
 
 
 class Watcher:
     """The thread that follows the database and moves every file's head.
 
-    `zhead_lock` is held while a transaction is applied; take it to see the
-    table of files and zhead consistently (mkdir builds a file's index under
-    it). Lock order: zhead_lock > the bigfile table lock > a file's locks.
+    `zhead_lock` guards zhead together with the table's membership: a file
+    made visible at zhead gets every transaction after it, through its
+    backlog while it loads. It is held only for that, never across I/O.
     """
 
     RESYNC = object()
@@ -163,7 +50,7 @@ class Watcher:
         self.table = table
         self.stats = stats
         self.zhead = u64(storage.lastTransaction())
-        self.zhead_lock = threading.RLock()
+        self.zhead_lock = threading.Lock()
         self._queue = collections.deque()
         self._queue_cond = threading.Condition()    # guards _queue, _stop
         self._zhead_cond = threading.Condition()    # notified when zhead moves
@@ -178,12 +65,6 @@ class Watcher:
     def invalidateCache(self):
         self._push(self.RESYNC)
 
-    def _on_info(self, info):
-        # A read-only client gets `info` only when the server packed: packs
-        # send no invalidations, and objects may be gone.
-        self._storage_info(info)
-        self._push(self.PACKED)
-
     def transform_record_data(self, data):
         return data
 
@@ -197,12 +78,7 @@ class Watcher:
     # the watcher thread
 
     def start(self):
-        self.storage.registerDB(self)
-        # ZEO's I/O object bound storage.info when it was made: hook there.
-        zio = getattr(getattr(self.storage, '_server', None), 'client', None)
-        self._storage_info = getattr(zio, 'info', None)
-        if self._storage_info is not None:
-            zio.info = self._on_info
+        zstorage.follow(self.storage, self, lambda: self._push(self.PACKED))
         self._thread.start()
 
     def stop(self):
@@ -224,36 +100,46 @@ class Watcher:
                 if item is self.RESYNC:
                     self._resync()
                 elif item is self.PACKED:
-                    self._check_packed()
+                    self._each_file(self.table.files(), lambda bf: bf.check_gone(self.zhead))
                 else:
                     self._apply(*item)
             except Exception:
-                log.exception('watcher: applying %r failed', item)
+                log.exception('watcher: applying %s failed', _describe(item))
 
     def _apply(self, tid, oids):
+        """Transaction `tid` modified `oids` (None: unknown, compare all)."""
         with self.zhead_lock:
             if tid <= self.zhead:
                 return
             self.zhead = tid
-            self.stats.set('zhead', '%016x' % tid)
-            self._each_file(lambda bf: bf.on_transaction(tid, oids))
+            files = self.table.note_transaction(tid, oids)
+        self.stats.set('zhead', '%016x' % tid)
         with self._zhead_cond:
             self._zhead_cond.notify_all()
+        self._each_file(files, lambda bf: bf.on_transaction(tid, oids))
 
-    def _each_file(self, step):
-        """step(bf) for every visible file; a step that needs the database
-        while it is unreachable is retried, never skipped: skipping would
-        lose that transaction's δ for the file."""
-        for bf in self.table.files():
-            while True:
+    def _each_file(self, files, step):
+        """step(bf) for each file; a step that needs the database while it
+        is unreachable is retried, never skipped: skipping would lose that
+        transaction's δ for the file. Any other failure stays in its file."""
+        for bf in files:
+            while not self._stop:
                 try:
                     step(bf)
                     break
-                except zformat.DatabaseUnavailable as e:
-                    if self._stop:
-                        return
+                except zstorage.DatabaseUnavailable as e:
                     log.warning('bigfile/%s: waiting for the database: %s', bf.name, e)
                     time.sleep(RETRY_PAUSE)
+                except Exception:
+                    log.exception('bigfile/%s: step failed', bf.name)
+                    break
+
+    def _resync(self):
+        """After a reconnection: the storage may have lost invalidations."""
+        tid = u64(self.storage.lastTransaction())
+        if tid > self.zhead:
+            log.info('resync after reconnection: %016x -> %016x', self.zhead, tid)
+            self._apply(tid, None)
 
     def wait_zhead(self, tid, timeout):
         """Wait until zhead >= tid; TimeoutError after `timeout` seconds."""
@@ -261,19 +147,52 @@ class Watcher:
             if not self._zhead_cond.wait_for(lambda: self.zhead >= tid, timeout):
                 raise TimeoutError('the watcher is at %016x, behind %016x' % (self.zhead, tid))
 
-    def _check_packed(self):
-        with self.zhead_lock:
-            self._each_file(lambda bf: bf.check_gone(self.zhead))
+    # making a file visible (a FUSE thread)
 
-    def _resync(self):
-        """After a reconnection: the storage may have lost invalidations."""
-        with self.zhead_lock:
-            tid = u64(self.storage.lastTransaction())
-            if tid <= self.zhead:
-                return
-            log.info('resync after reconnection: %016x -> %016x', self.zhead, tid)
-            self.zhead = tid
-            self.stats.set('zhead', '%016x' % tid)
-            self._each_file(lambda bf: bf.on_transaction(tid, None))
-        with self._zhead_cond:
-            self._zhead_cond.notify_all()
+    def add_file(self, oid, ctx):
+        """Make the ZBigFile `oid` visible as of zhead; -> the BigFile, or
+        None if it is visible already. Raises what loading its index raises."""
+        while True:
+            with self.zhead_lock:
+                kind, there = self.table.start_loading(oid, self.zhead)
+            if kind == 'visible':
+                return None
+            if kind == 'new':
+                return self._load(there, ctx)
+            there.done.wait()           # another mkdir loads it: its outcome decides
+
+    def _load(self, loading, ctx):
+        """Load the index of `loading`, catch up on the transactions that
+        arrived meanwhile, publish the file. No notification to the kernel
+        here: this runs in mkdir's handler, and the file was never visible."""
+        oid = loading.oid
+        try:
+            index = FileIndex(self.loader, oid, loading.at)
+            while True:
+                bf, backlog = self.table.publish(loading, lambda: BigFile(oid, index, ctx))
+                if bf is not None:
+                    return bf
+                for tid, oids in backlog:
+                    index = self._catch_up(index, tid, oids)
+        except BaseException:
+            self.table.abandon(loading)
+            raise
+
+    def _catch_up(self, index, tid, oids):
+        """-> the index moved to `tid`."""
+        while True:
+            try:
+                if oids is None:
+                    return FileIndex(self.loader, index.oid, tid)
+                index.update(tid, oids)
+                return index
+            except zstorage.DatabaseUnavailable:
+                if self._stop:
+                    raise
+                time.sleep(RETRY_PAUSE)
+
+
+def _describe(item):
+    if isinstance(item, tuple):
+        return 'transaction %016x' % item[0]
+    return 'resync' if item is Watcher.RESYNC else 'pack check'

@@ -2,15 +2,16 @@
 
 Contract (see shared/ZBIGFILE.md for the format itself):
 
-- Every read is a pure function of (oid, at): records are fetched with
-  ``storage.loadBefore(oid, at+1)``, so a read as of one revision never sees
+- Every read is a pure function of (oid, at): records are fetched as of
+  ``at`` (``loadBefore(oid, at+1)``), so a read as of one revision never sees
   another, whatever the watcher does meanwhile.
 - Pickles are decoded with byte strings kept as bytes, so that state written by
   Python 2 (``str``) and by Python 3 (``bytes``) give the same block data.
   Classes are never imported: a pickled global becomes a `Global` name.
 - Malformed data raises `FormatError` naming the oid and revision; an object
-  that is not there at that revision raises `ObjectMissing`; a database that
-  does not answer within ``db_timeout`` raises `DatabaseUnavailable`.
+  that is not there at that revision raises `ObjectMissing`. The records come
+  from zstorage.Records, which does the I/O (and raises its
+  `DatabaseUnavailable`): this module only decodes.
 
 BTree nodes are decoded once per (oid, serial) and kept in a bounded cache:
 they make up the block index and are small. Block data is decoded and handed
@@ -19,15 +20,12 @@ back; keeping it is the caller's business (the kernel's page cache).
 
 import codecs
 import collections
-import functools
 import io
 import pickletools
 import threading
-import time
 
 import zodbpickle.pickle
-from ZODB.POSException import POSKeyError
-from ZODB.utils import p64, u64
+from ZODB.utils import u64
 
 ZMODULE = 'wendelin.bigfile.file_zodb'
 ZBIGFILE = ZMODULE + '.ZBigFile'
@@ -37,7 +35,7 @@ ZDATA = ZMODULE + '.ZData'
 LOBTREE = ('BTrees.LOBTree.LOBTree', 'BTrees.LOBTree.LOBucket')
 IOBTREE = ('BTrees.IOBTree.IOBTree', 'BTrees.IOBTree.IOBucket')
 PAGE_SIZE = 4096
-MAX_BLKSIZE = 1 << 30       # a block is decoded whole in memory
+MAX_BLKSIZE = 64 << 20      # ZBIGFILE.md: a block is decoded whole in memory
 MAX_FILE_SIZE = 1 << 63     # st_size is a signed 64-bit integer
 
 
@@ -61,10 +59,6 @@ class ObjectMissing(Exception):
 
 class NotZBigFile(Exception):
     """The object exists but wcfs cannot serve it as a file."""
-
-
-class DatabaseUnavailable(Exception):
-    """The storage did not answer within the database timeout."""
 
 
 class Global:
@@ -103,7 +97,7 @@ class Ref:
 def _bytes(*args):
     """bytes() as protocol 2 pickles an empty byte string; bytes(n) refused."""
     if args:
-        raise ValueError('bytes%r in a pickle' % (args,))
+        raise ValueError('bytes() with %d arguments in a pickle' % len(args))
     return b''
 
 
@@ -138,7 +132,7 @@ def _pid_oid(pid):
             return u64(args[idx])
     if isinstance(pid, list) and len(pid) == 1 and isinstance(pid[0], bytes):
         return u64(pid[0])
-    raise ValueError('unsupported persistent reference %r' % (pid,))
+    raise ValueError('unsupported persistent reference of type %s' % type(pid).__name__)
 
 
 _MEMO_OPS = frozenset(('PUT', 'BINPUT', 'LONG_BINPUT', 'GET', 'BINGET', 'LONG_BINGET'))
@@ -175,7 +169,7 @@ def _class_name(meta):
     if isinstance(meta, tuple) and len(meta) == 2:  # ((module, name), None)
         module, name = (x.decode() if isinstance(x, bytes) else x for x in meta)
         return '%s.%s' % (module, name)
-    raise ValueError('unsupported class metadata %r' % (meta,))
+    raise ValueError('unsupported class metadata of type %s' % type(meta).__name__)
 
 
 # ---- BTree nodes ----
@@ -271,55 +265,32 @@ class ZBigFileHead:
 
 
 class ZLoader:
-    """Reads ZBigFiles as of any revision from one storage; thread-safe."""
+    """Reads ZBigFiles as of any revision from raw records; thread-safe.
 
-    def __init__(self, storage, db_timeout=30.0, node_cache_size=4000):
-        self.storage = storage
-        self.db_timeout = db_timeout
+    `records` (zstorage.Records) does the I/O: record(oid, at, fresh) ->
+    (data, serial, end) or None.
+    """
+
+    def __init__(self, records, node_cache_size=4000):
+        self.records = records
         self._nodes = collections.OrderedDict()     # (oid, serial) -> node
         self._nodes_max = node_cache_size
         self._nodes_lock = threading.Lock()         # guards _nodes
-        self._unreachable = False   # a request gave up on the database
 
     # records
 
     def record(self, oid, at, fresh=False):
-        """-> (data, serial) of `oid` as of `at`.
+        """-> (data, serial) of `oid` as of `at`; ObjectMissing if it has none."""
+        data, serial, _end = self.record_span(oid, at, fresh)
+        return data, serial
 
-        fresh: ask the server, not the client cache (which does not learn
-        of packs).
-        """
-        load = self.storage.loadBefore
-        call = getattr(self.storage, '_call', None)         # ZEO: bypass the client cache
-        if fresh and call is not None:
-            load = functools.partial(call, 'loadBefore')
-        if self._unreachable and not self._connected():
-            raise DatabaseUnavailable('oid %016x @%016x: database unreachable' % (oid, at))
-        deadline = time.monotonic() + self.db_timeout
-        while True:
-            try:
-                r = load(p64(oid), p64(at + 1))
-                break
-            except POSKeyError:
-                r = None
-                break
-            except Exception as e:
-                if not _is_disconnect(e):
-                    raise
-                if time.monotonic() >= deadline:
-                    # later requests fail at once until the storage reconnects
-                    self._unreachable = True
-                    raise DatabaseUnavailable(
-                        'oid %016x @%016x: database unreachable: %s' % (oid, at, e))
-                time.sleep(0.1)
-        self._unreachable = False
-        if r is None or r[0] is None:
+    def record_span(self, oid, at, fresh=False):
+        """-> (data, serial, end): the record of `oid` as of `at`, valid for
+        every revision in [serial, end) (end None: up to now)."""
+        r = self.records.record(oid, at, fresh)
+        if r is None:
             raise ObjectMissing(oid, at)
-        return r[0], u64(r[1])
-
-    def _connected(self):
-        is_connected = getattr(self.storage, 'is_connected', None)
-        return is_connected is None or is_connected()
+        return r
 
     def decode(self, oid, at, fresh=False):
         """-> (class name, state, serial) of `oid` as of `at`."""
@@ -334,18 +305,8 @@ class ZLoader:
 
     def zbigfile(self, oid, at, fresh=False):
         """-> ZBigFileHead; NotZBigFile when wcfs cannot serve `oid`."""
-        klass, state, serial = self.decode(oid, at, fresh)
-        if klass != ZBIGFILE:
-            raise NotZBigFile('object %016x is a %s, not a ZBigFile' % (oid, klass))
-        if not (isinstance(state, tuple) and len(state) == 2
-                and type(state[0]) is int and isinstance(state[1], Ref)):
-            raise NotZBigFile('object %016x @%016x: ZBigFile state is not (blksize, blktab)'
-                              % (oid, at))
-        blksize, blktab = state
-        if blksize <= 0 or blksize % PAGE_SIZE or blksize > MAX_BLKSIZE:
-            raise NotZBigFile('object %016x: blksize %d is not a multiple of %d up to %d'
-                              % (oid, blksize, PAGE_SIZE, MAX_BLKSIZE))
-        return ZBigFileHead(oid, at, serial, blksize, blktab.oid)
+        data, serial = self.record(oid, at, fresh)
+        return zbigfile_of(oid, at, data, serial)
 
     # BTrees
 
@@ -454,6 +415,26 @@ class ZLoader:
         return bytes(buf), tuple(oids)
 
 
+def zbigfile_of(oid, at, data, serial):
+    """The ZBigFileHead of the record `data` of `oid` as of `at`; NotZBigFile
+    when wcfs cannot serve it (another class, bad state, blksize refused)."""
+    try:
+        klass, state = decode_record(data)
+    except Exception as e:
+        raise FormatError(oid, at, 'undecodable record: %s' % e) from None
+    if klass != ZBIGFILE:
+        raise NotZBigFile('object %016x is a %s, not a ZBigFile' % (oid, klass))
+    if not (isinstance(state, tuple) and len(state) == 2
+            and type(state[0]) is int and isinstance(state[1], Ref)):
+        raise NotZBigFile('object %016x @%016x: ZBigFile state is not (blksize, blktab)'
+                          % (oid, at))
+    blksize, blktab = state
+    if blksize <= 0 or blksize % PAGE_SIZE or blksize > MAX_BLKSIZE:
+        raise NotZBigFile('object %016x: blksize %d is not a multiple of %d up to %d'
+                          % (oid, blksize, PAGE_SIZE, MAX_BLKSIZE))
+    return ZBigFileHead(oid, at, serial, blksize, blktab.oid)
+
+
 def file_size(last_blk, head):
     """Size of a file whose last block is `last_blk`; FormatError past the
     sizes a file can have (negative blocks, over 2**63 bytes)."""
@@ -465,7 +446,9 @@ def file_size(last_blk, head):
 
 def _ref_oid(value, oid, at):
     if not isinstance(value, Ref):
-        raise FormatError(oid, at, 'BTree value %r is not a persistent reference' % (value,))
+        # a type name, never repr: a hostile value nested deep enough makes repr raise
+        raise FormatError(oid, at, 'BTree value is a %s, not a persistent reference'
+                          % type(value).__name__)
     return value.oid
 
 
@@ -473,9 +456,3 @@ def _as_bytes(state, oid, at):
     if isinstance(state, bytes):
         return state
     raise FormatError(oid, at, 'data state is a %s, not bytes' % type(state).__name__)
-
-
-def _is_disconnect(exc):
-    name = type(exc).__name__
-    return name in ('ClientDisconnected', 'ConnectionRefusedError') or \
-        isinstance(exc, (ConnectionError, TimeoutError))

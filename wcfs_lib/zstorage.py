@@ -1,19 +1,34 @@
-"""Opening the database a ZURL names, read-only.
+"""The storage: opening it, loading records from it, following it.
 
-`zeo://` gives a ZEO ClientStorage (read-only, waiting at most the database
-timeout for the server); `file://` a FileStorage opened read-only, also one
-written by Python 2 (magic FS21: same layout, Python 2 pickles inside), which
-ZODB on Python 3 refuses by itself.
+Every use of a storage kind's API, public or private, is here; the format
+module (zformat) decodes what `Records` loads and does no I/O itself.
+
+Opening: `zeo://` gives a ZEO ClientStorage (read-only, waiting at most the
+database timeout for the server); `file://` a FileStorage opened read-only,
+also one written by Python 2 (magic FS21: same layout, Python 2 pickles
+inside), which ZODB on Python 3 refuses by itself.
+
+Loading: `Records.record(oid, at)` is `loadBefore(oid, at+1)`, retried while
+the storage is disconnected, `DatabaseUnavailable` after the database
+timeout (and at once for later requests, until the storage reconnects).
+
+Following: `follow(storage, sink)` registers `sink` for ZEO's invalidations
+and hooks ZEO's `info` broadcast, the only sign of a pack a read-only client
+gets. Both arrive on ZEO's I/O thread: the sink only records and wakes.
 """
 
+import functools
 import importlib
+import logging
 import math
 import threading
+import time
 
 import zodburi
-from ZODB.utils import u64
+from ZODB.POSException import POSKeyError
+from ZODB.utils import p64, u64
 
-from . import zformat
+log = logging.getLogger('wcfs.zstorage')
 
 
 class UsageError(Exception):
@@ -73,6 +88,85 @@ def _open_filestorage(factory, zurl):
             fsmodule.packed_version = saved
 
 
+class DatabaseUnavailable(Exception):
+    """The storage did not answer within the database timeout."""
+
+
+class Records:
+    """Raw records of one storage as of any revision; thread-safe."""
+
+    def __init__(self, storage, db_timeout=30.0):
+        self.storage = storage
+        self.db_timeout = db_timeout
+        self._unreachable = False   # a request gave up on the database
+
+    def record(self, oid, at, fresh=False):
+        """-> (data, serial, end) of `oid` as of `at`; None when the object
+        does not exist then (or was packed away). `end` is the tid of the
+        next revision of the object, or None.
+
+        fresh: ask the server, not the client cache (which does not learn
+        of packs).
+        """
+        load = self.storage.loadBefore
+        call = getattr(self.storage, '_call', None)         # ZEO: bypass the client cache
+        if fresh and call is not None:
+            load = functools.partial(call, 'loadBefore')
+        if self._unreachable and not self.connected():
+            raise DatabaseUnavailable('oid %016x @%016x: database unreachable' % (oid, at))
+        deadline = time.monotonic() + self.db_timeout
+        while True:
+            try:
+                r = load(p64(oid), p64(at + 1))
+                break
+            except POSKeyError:
+                r = None
+                break
+            except Exception as e:
+                if not is_disconnect(e):
+                    raise
+                if time.monotonic() >= deadline:
+                    self._unreachable = True
+                    raise DatabaseUnavailable(
+                        'oid %016x @%016x: database unreachable: %s' % (oid, at, e)) from None
+                time.sleep(0.1)
+        self._unreachable = False
+        if r is None or r[0] is None:
+            return None
+        data, serial, end = r
+        return data, u64(serial), (None if end is None else u64(end))
+
+    def connected(self):
+        is_connected = getattr(self.storage, 'is_connected', None)
+        return is_connected is None or is_connected()
+
+
+def is_disconnect(exc):
+    """Does `exc` mean the storage is away for now (not that the request is bad)?"""
+    name = type(exc).__name__
+    return name in ('ClientDisconnected', 'ConnectionRefusedError') or \
+        isinstance(exc, (ConnectionError, TimeoutError))
+
+
+def follow(storage, sink, on_pack):
+    """Send the storage's invalidations to `sink` (sink.invalidate(tid, oids),
+    sink.invalidateCache()), and call on_pack() when the server packed."""
+    storage.registerDB(sink)
+    # ZEO's I/O object bound storage.info when it was made: hook there.
+    zio = getattr(getattr(storage, '_server', None), 'client', None)
+    info = getattr(zio, 'info', None)
+    if info is None:
+        return
+
+    def on_info(msg):
+        # A read-only client gets `info` only when the server packed: packs
+        # send no invalidations, and objects may be gone.
+        info(msg)
+        on_pack()
+
+    zio.info = on_info
+
+
 def last_tid(storage):
     """The last transaction the database has committed, asking the server
     first where there is one, so that a tid a client saw is never 'future'."""
@@ -81,7 +175,7 @@ def last_tid(storage):
         try:
             ping()
         except Exception as e:
-            raise zformat.DatabaseUnavailable('%s: %s' % (type(e).__name__, e)) from None
+            raise DatabaseUnavailable('%s: %s' % (type(e).__name__, e)) from None
     return u64(storage.lastTransaction())
 
 

@@ -1,0 +1,66 @@
+"""`bigfile/<oid>/@<tid>/` directories of one file: the file as of <tid>.
+
+A revdir never changes; it lives while something in it is open, and for the
+revdir timeout after its last use (Server's timer expires it).
+"""
+
+import threading
+import time
+
+
+class RevDir:
+    """`bigfile/<oid>/@<tid>/`: the file as of <tid>, never changing."""
+
+    def __init__(self, tid, head, uid=None):
+        self.tid = tid
+        self.head = head
+        self.uid = uid                  # who made it (its slot of the revdir bound)
+        self.opens = 0                  # guarded by RevDirs.lock
+        self.last_used = time.monotonic()
+
+    @property
+    def name(self):
+        return '@%016x' % self.tid
+
+
+class RevDirs:
+    """The revdirs of one file; `lock` guards the table and their counts."""
+
+    def __init__(self):
+        self.lock = threading.Lock()
+        self._dirs = {}                 # tid -> RevDir
+
+    def __len__(self):
+        return len(self._dirs)
+
+    def get(self, tid):
+        with self.lock:
+            return self._dirs.get(tid)
+
+    def add(self, tid, head, uid=None):
+        """-> the new RevDir, or None if it exists already."""
+        with self.lock:
+            if tid in self._dirs:
+                return None
+            rd = self._dirs[tid] = RevDir(tid, head, uid)
+            return rd
+
+    def names(self):
+        with self.lock:
+            return [rd.name for _, rd in sorted(self._dirs.items())]
+
+    def use(self, rd, delta):
+        """Count an open (+1) or a release (-1) of something in `rd`."""
+        with self.lock:
+            rd.opens += delta
+            rd.last_used = time.monotonic()
+
+    def expire(self, timeout):
+        """Remove the revdirs unused for `timeout` seconds; -> them."""
+        now = time.monotonic()
+        with self.lock:
+            old = [rd for rd in self._dirs.values()
+                   if rd.opens == 0 and now - rd.last_used >= timeout]
+            for rd in old:
+                del self._dirs[rd.tid]
+        return old

@@ -1,0 +1,93 @@
+"""Updates of a file's subscribed clients: haves, acks, deadlines, kills.
+
+An `Update` is one move of a file's head with subscribed clients (SPEC 4.3).
+The set of channels it waits for is fixed when it starts: a channel that
+subscribes later never holds it up, so whatever clients do, the update ends
+within the kill timeout of its start (SPEC 4.2 step 2, 4.4).
+
+For each channel of its set the update sends `have <target> δR(Sprev,
+target)` (once the channel acked what it was sent before), then waits until
+every one of them acked, closed or was dropped. At the deadline each channel
+still holding it up is dealt with by `KillPolicy`: its process is killed
+when it is sure to be the one that made the subscription and still holds the
+channel, and the channel is dropped in every case.
+
+Locks: the file's `cond` (BigFile) guards channel states and the update;
+δR from the database, /proc reads and kills happen with it released.
+"""
+
+import logging
+import os
+import signal
+import time
+
+from . import procfs
+
+log = logging.getLogger('wcfs.subscription')
+
+
+class Update:
+    """One move of a file's head to `target`, waiting for `waitset`."""
+
+    def __init__(self, target, waitset, kill_timeout):
+        self.target = target
+        self.waitset = set(waitset)
+        self.started = time.monotonic()
+        self.deadline = self.started + kill_timeout
+        self.ranges = {}        # channel -> δR(its Sprev, target), computed at start
+        self.sent = set()       # channels that were sent this update's have
+
+    def pending(self):
+        """Channels that still hold the update up. cond held."""
+        return [ch for ch in self.waitset
+                if not ch.dropped and not ch.closed and (ch not in self.sent or ch.state.unacked)]
+
+    def send_ready(self, send_have):
+        """Send the have to every channel of the set that acked its previous
+        one. cond held; send_have(ch, tid, ranges, update) sends one."""
+        tid = self.target.at
+        for ch in self.waitset:
+            if ch in self.sent or ch.dropped or ch.closed or ch.state.unacked:
+                continue
+            st = ch.state
+            # a want waiting for a tid this update reaches is answered by it
+            answers = st.waiting is not None and st.waiting <= tid
+            send_have(ch, tid, self.ranges[ch], update=not answers)
+            self.sent.add(ch)
+
+
+class KillPolicy:
+    """Who may be killed for holding up an update (SPEC 4.4)."""
+
+    def __init__(self, mountpoint, kill_timeout, stats):
+        self.mountpoint = mountpoint
+        self.kill_timeout = kill_timeout
+        self.stats = stats
+
+    def deal_with(self, ch, channels):
+        """Kill the process holding up an update through `ch`, if it is sure
+        to be the one that subscribed and still has `ch` open. `channels`:
+        the file's open channels. Called with no lock held (reads /proc)."""
+        owner = ch.owner
+        if owner is not None and self._holds_only(owner, ch, channels):
+            try:
+                os.kill(owner.pid, signal.SIGKILL)
+                log.warning('%s: killed pid %d (%s): no ack within %gs',
+                            ch.path, owner.pid, owner.comm, self.kill_timeout)
+                self.stats.add('clients_killed')
+                return
+            except OSError as e:
+                log.warning('%s: cannot kill pid %d (%s): %s', ch.path, owner.pid, owner.comm, e)
+                return
+        log.warning('%s: no ack within %gs; dropping the subscription (its process '
+                    'cannot be identified for sure, not killed)', ch.path, self.kill_timeout)
+
+    def _holds_only(self, owner, ch, channels):
+        """/proc shows paths, not open files: be sure only when the owner
+        opened this channel, opened no other channel of the file, has one
+        descriptor open on it, and is still the same process."""
+        if owner.pid == os.getpid() or not owner.same(ch.opener) or not owner.alive():
+            return False
+        opened = sum(1 for c in channels if owner.same(c.opener))
+        path = os.path.join(self.mountpoint, ch.path)
+        return opened == 1 and procfs.count_open(owner.pid, path) == 1
