@@ -119,6 +119,7 @@ class Server:
         self.storage = zstorage.open_storage(self.zurl, self.opts.db_timeout)
         self.records = zstorage.Records(self.storage, self.opts.db_timeout)
         self.loader = zformat.ZLoader(self.records)
+        self.stats.gauge('db_requests', lambda: self.records.requests)
         kcache = KernelCache(libfuse, self.mountpoint)
         self.ctx = Context(self, kcache)
         self.watcher = Watcher(self.storage, self.loader, self.table, self.stats)
@@ -209,7 +210,7 @@ class Server:
 
     def last_tid(self):
         """The database's last transaction, asking the server (never stale)."""
-        return max(self.watcher.zhead, zstorage.last_tid(self.storage))
+        return max(self.watcher.zhead, self.records.last_tid())
 
     def count_channels(self):
         """-> (open channels, subscribed channels) over all files."""

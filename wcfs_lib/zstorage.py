@@ -99,6 +99,7 @@ class Records:
         self.storage = storage
         self.db_timeout = db_timeout
         self._unreachable = False   # a request gave up on the database
+        self.requests = 0           # round trips asked of the storage (.wcfs/stats db_requests)
 
     def record(self, oid, at, fresh=False):
         """-> (data, serial, end) of `oid` as of `at`; None when the object
@@ -116,6 +117,7 @@ class Records:
             raise DatabaseUnavailable('oid %016x @%016x: database unreachable' % (oid, at))
         deadline = time.monotonic() + self.db_timeout
         while True:
+            self.requests += 1
             try:
                 r = load(p64(oid), p64(at + 1))
                 break
@@ -135,6 +137,12 @@ class Records:
             return None
         data, serial, end = r
         return data, u64(serial), (None if end is None else u64(end))
+
+    def last_tid(self):
+        """The last transaction the database has committed, asking the server
+        first where there is one, so that a tid a client saw is never 'future'."""
+        self.requests += 1
+        return last_tid(self.storage)
 
     def connected(self):
         is_connected = getattr(self.storage, 'is_connected', None)
