@@ -56,10 +56,14 @@ class FileIndex:
         self.blocks = blocks                    # blk -> ZBlk oid
         self.size = size
         with self.parts_lock:
+            # Walked again after a blktab change: a block that kept its ZBlk keeps
+            # the chunks it was read from (its pages may stay in the kernel's cache).
+            kept = self.blk_parts if reuse is not None else {}
             self.parts = {}                     # oid -> {blk}: ZBlk and its chunks
             self.blk_parts = {}                 # blk -> oids registered for it
             for blk, zblk in blocks.items():
-                self._add_parts(blk, (zblk,))
+                oids = kept.get(blk, ())
+                self._add_parts(blk, oids if oids[:1] == (zblk,) else (zblk,))
 
     def _walk(self, oid, at, reuse, changed, nodes, seen, depth=0):
         """Items of the BTree at `oid`; nodes not in `changed` come from `reuse`."""
@@ -114,17 +118,16 @@ class FileIndex:
             self._load(tid)
             size = max(old_size, self.size)
             return [(0, size)] if size else []
-        blocks = set()
+        with self.parts_lock:                   # before a walk of blktab registers parts anew
+            blocks = {blk for oid in changed.intersection(self.parts) for blk in self.parts[oid]}
         resized = []
         if not changed.isdisjoint(self.nodes):
             old, old_size = self.blocks, self.size
             self._load(tid, reuse=self.nodes, changed=changed)
-            blocks = {blk for blk in old.keys() | self.blocks.keys()
-                      if old.get(blk) != self.blocks.get(blk)}
+            blocks |= {blk for blk in old.keys() | self.blocks.keys()
+                       if old.get(blk) != self.blocks.get(blk)}
             resized = resized_range(old_size, self.size)
         with self.parts_lock:
-            for oid in changed.intersection(self.parts):
-                blocks |= self.parts[oid]
             for blk in blocks:                  # chunks are registered again when read
                 zblk = self.blocks.get(blk)
                 self._drop_parts(blk)
