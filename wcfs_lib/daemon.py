@@ -75,9 +75,10 @@ def _read_pidfile(path):
 
 
 def _parse_pid(text):
+    """The pid a pid file's text starts with, or None (no text, no pid)."""
     try:
-        return int(text.split()[0])
-    except (AttributeError, ValueError, IndexError):
+        return int(text.split()[0]) if text is not None else None
+    except (ValueError, IndexError):
         return None
 
 
