@@ -67,7 +67,8 @@ def make_parser():
     p.add_argument('-d', '--daemon', action='store_true',
                    help='detach once the filesystem serves; write a pid file')
     p.add_argument('--pidfile', metavar='PATH',
-                   help='pid file for -d (default /run/wcfs/<mount point, / as ->.pid as root)')
+                   help='pid file for -d, in a directory no other user owns or may write '
+                        '(default /run/wcfs/<real path of the mount point, / as ->.pid as root)')
     p.add_argument('--debug', action='store_true',
                    help='log every filesystem request and protocol message')
     p.add_argument('--logfile', metavar='PATH',
@@ -148,7 +149,9 @@ def main(argv=None):
         print('wcfs: %s (see wcfs --help)' % e, file=sys.stderr)
         return 2
     from wcfs_lib import daemon, zstorage
-    opts.mountpoint = os.path.abspath(opts.mountpoint)
+    # The real path: the default pid file and the /proc fd links of clients
+    # name the mount point so, whichever path to it was given.
+    opts.mountpoint = os.path.realpath(opts.mountpoint)
     if opts.logfile:
         opts.logfile = os.path.abspath(opts.logfile)
     try:
@@ -167,7 +170,7 @@ def main(argv=None):
     pidfile = os.path.abspath(opts.pidfile or daemon.default_pidfile(opts.mountpoint))
     try:
         daemon.claim_pidfile(pidfile)
-    except (daemon.PidFileBusy, OSError) as e:
+    except daemon.PidFileError as e:
         print('wcfs: %s' % e, file=sys.stderr)
         return 1
     return daemon.detach(pidfile, lambda report: serve(

@@ -11,18 +11,31 @@
   and not while a file or a directory there is open;
 - every failed start exits 1 (2 for a ZURL that cannot be parsed) with one
   line on stderr and no traceback, and leaves no daemon and no mount;
-- as root, the default pid file is /run/wcfs/<mount point, / as ->.pid.
+- as root, the default pid file is /run/wcfs/<mount point, / as ->.pid, named
+  after the real path of the mount point (also when given through a symlink);
+- a pid file whose directory another user owns or may write to is refused
+  (exit 1, one line naming it), as root with --pidfile and as a user other
+  than root (nobody) with the default pid file; a directory wcfs makes for
+  its pid file is 0700;
+- a pid file that is empty because its wcfs is still writing it is not taken
+  for stale: the start waits for the pid and refuses a live one.
 
 Every daemon started here is ended at teardown by the pid in its pid file
 (SIGTERM, then SIGKILL), and a mount left behind is unmounted.
 """
 
 import concurrent.futures
+import ctypes
 import errno
+import functools
 import os
+import pwd
+import select
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 import pytest
@@ -35,6 +48,8 @@ from wcfs_lib import zwriter
 from zhelp import read_head
 
 RUN_TIMEOUT = 60        # seconds for a `wcfs -d` command to return
+NOBODY = pwd.getpwnam('nobody')
+SETPRIV_NOBODY = ['setpriv', '--reuid=nobody', '--regid=nogroup', '--clear-groups']
 AUTOEXIT = 2            # seconds of --autoexit in these tests
 BLKSIZE = 64 << 10
 
@@ -104,11 +119,11 @@ def assert_one_line_error(start, status, *names):
 class Start:
     """One run of `wcfs.py -d ... ZURL MOUNTPOINT` to its end."""
 
-    def __init__(self, argv, pidfile, logfile):
+    def __init__(self, argv, pidfile, logfile, env=None, cwd=None):
         self.pidfile = str(pidfile)
         self.logfile = str(logfile)
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+                                stderr=subprocess.PIPE, text=True, env=env, cwd=cwd)
         self.command_pid = proc.pid
         try:
             self.stdout, self.stderr = proc.communicate(timeout=RUN_TIMEOUT)
@@ -124,30 +139,57 @@ class Start:
 
 
 @pytest.fixture
-def wcfs_d(tmp_path):
-    """start = wcfs_d(zurl, mountpoint, *args, pidfile=P, logfile=L, default_pidfile=False)
+def nobody_tmp():
+    """A fresh directory under /tmp that nobody may enter (root's 0755); removed at the end."""
+    path = tempfile.mkdtemp(prefix='wcfs-test-', dir='/tmp')
+    os.chmod(path, 0o755)
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path)
+
+
+@pytest.fixture
+def wcfs_d(tmp_path, nobody_tmp):
+    """start = wcfs_d(zurl, mountpoint, *args, pidfile=P, logfile=L, default_pidfile=False,
+                      as_nobody=False, xdg_runtime_dir=None)
 
     Runs `wcfs.py -d --pidfile P --logfile L *args ZURL MOUNTPOINT` to its end
     and returns a Start. P defaults to a file under tmp_path; with
     default_pidfile=True no --pidfile is passed and P must be the path wcfs
-    is expected to use. L defaults to a new file under tmp_path.
+    is expected to use. L defaults to a new file under tmp_path (under
+    nobody_tmp, owned by nobody, with as_nobody=True). wcfs runs without
+    XDG_RUNTIME_DIR in its environment unless xdg_runtime_dir is given; with
+    as_nobody=True it runs as nobody:nogroup from /.
 
     At teardown every daemon named by a pid file of a start (right after it
-    and now) is ended, and every mount point left mounted is unmounted.
+    and now) is ended, and every mount point left mounted is unmounted
+    (before nobody_tmp is removed).
     """
     starts = []
     mountpoints = []
 
-    def start(zurl, mountpoint, *args, pidfile=None, logfile=None, default_pidfile=False):
+    def start(zurl, mountpoint, *args, pidfile=None, logfile=None, default_pidfile=False,
+              as_nobody=False, xdg_runtime_dir=None):
         n = len(starts)
         pidfile = pidfile or tmp_path / 'wcfs.pid'
+        if logfile is None and as_nobody:
+            logfile = os.path.join(nobody_tmp, 'wcfs%d.log' % n)
+            with open(logfile, 'w'):
+                os.chown(logfile, NOBODY.pw_uid, NOBODY.pw_gid)
         logfile = logfile or tmp_path / ('wcfs%d.log' % n)
         argv = [sys.executable, str(ROOT / 'wcfs.py'), '-d', '--logfile', str(logfile)]
         if not default_pidfile:
             argv += ['--pidfile', str(pidfile)]
         argv += [*map(str, args), zurl, str(mountpoint)]
+        env = dict(os.environ)
+        env.pop('XDG_RUNTIME_DIR', None)
+        if xdg_runtime_dir is not None:
+            env['XDG_RUNTIME_DIR'] = str(xdg_runtime_dir)
+        if as_nobody:
+            argv = SETPRIV_NOBODY + argv
         mountpoints.append(str(mountpoint))
-        s = Start(argv, pidfile, logfile)
+        s = Start(argv, pidfile, logfile, env=env, cwd='/' if as_nobody else None)
         starts.append(s)
         return s
 
@@ -287,9 +329,13 @@ def test_stale_pidfile_of_another_program_is_taken_over(zeo, wcfs_d, tmp_path, m
         sleeper.wait()
 
 
+def default_pidfile_as_root(mountpoint):
+    return '/run/wcfs/%s.pid' % mountpoint.lstrip('/').replace('/', '-')
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason='the default pid file is under /run/wcfs as root')
 def test_default_pidfile_as_root(zeo, wcfs_d, mnt):
-    pidfile = '/run/wcfs/%s.pid' % mnt.lstrip('/').replace('/', '-')
+    pidfile = default_pidfile_as_root(mnt)
     assert not os.path.exists(pidfile)
 
     s = wcfs_d(zeo.zurl, mnt, pidfile=pidfile, default_pidfile=True)
@@ -300,6 +346,246 @@ def test_default_pidfile_as_root(zeo, wcfs_d, mnt):
 
     os.kill(s.pid, signal.SIGTERM)
     wait_for(lambda: not os.path.exists(pidfile), STOP_TIMEOUT, '%s to be removed' % pidfile)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason='the default pid file is under /run/wcfs as root')
+def test_default_pidfile_is_named_after_the_real_mount_point(zeo, wcfs_d, tmp_path, mnt):
+    """A mount point given through a symlink gets the pid file of its real path,
+    so that a second start through either path finds the first."""
+    link = tmp_path / 'link'
+    link.symlink_to(mnt)
+    pidfile = default_pidfile_as_root(mnt)
+    assert not os.path.exists(pidfile)
+
+    s = wcfs_d(zeo.zurl, link, pidfile=pidfile, default_pidfile=True)
+
+    assert s.returncode == 0, s.stderr
+    assert s.pid is not None, 'no pid in %s' % pidfile
+    assert not os.path.exists(default_pidfile_as_root(str(link)))
+    again = wcfs_d(zeo.zurl, mnt, pidfile=pidfile, default_pidfile=True)
+    assert_one_line_error(again, 1, pidfile)
+    assert wcfs_running(s.pid)
+    assert serving(mnt) == zeo.zurl
+
+
+# ---- the pid file's directory ----
+
+def impostor():
+    """A live process whose name says wcfs (sleep run as `wcfs`): what another
+    user would plant in a pid file to make wcfs believe it runs already."""
+    return subprocess.Popen(['wcfs', '300'], executable='/bin/sleep', stdin=subprocess.DEVNULL)
+
+
+def assert_refused_for_its_directory(s, pidfile, mountpoint):
+    """The start was refused because of the pid file's directory, and left nothing."""
+    assert_one_line_error(s, 1, str(pidfile), 'directory')
+    assert 'already running' not in s.stderr
+    assert_nothing_left(s, mountpoint)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason='makes a directory owned by nobody')
+@pytest.mark.parametrize('planted', [False, True], ids=['empty', 'planted'])
+def test_pidfile_in_directory_of_another_user_is_refused(zeo, wcfs_d, tmp_path, mnt, planted):
+    rundir = tmp_path / 'run'
+    rundir.mkdir(0o700)
+    os.chown(rundir, NOBODY.pw_uid, NOBODY.pw_gid)
+    pidfile = rundir / 'wcfs.pid'
+    planter = impostor() if planted else None
+    try:
+        if planted:
+            pidfile.write_text('%d\n' % planter.pid)
+            os.chown(pidfile, NOBODY.pw_uid, NOBODY.pw_gid)
+
+        s = wcfs_d(zeo.zurl, mnt, pidfile=pidfile)
+
+        assert_refused_for_its_directory(s, pidfile, mnt)
+        if planted:
+            assert read_pid(pidfile) == planter.pid
+            assert planter.poll() is None, 'wcfs must not touch the process of a pid file'
+        else:
+            assert not os.path.exists(pidfile)
+    finally:
+        if planter is not None:
+            planter.kill()
+            planter.wait()
+
+
+@pytest.mark.parametrize('mode', [0o777, 0o1777, 0o770, 0o702], ids=oct)
+def test_pidfile_in_directory_others_may_write_is_refused(zeo, wcfs_d, tmp_path, mnt, mode):
+    """World- or group-writable, even sticky like /tmp: another user could
+    create the pid file first."""
+    rundir = tmp_path / 'run'
+    rundir.mkdir()
+    os.chmod(rundir, mode)
+    pidfile = rundir / 'wcfs.pid'
+
+    s = wcfs_d(zeo.zurl, mnt, pidfile=pidfile)
+
+    assert_refused_for_its_directory(s, pidfile, mnt)
+    assert not os.path.exists(pidfile)
+    assert os.stat(rundir).st_mode & 0o7777 == mode, 'wcfs must leave the directory alone'
+
+
+def test_pidfile_directory_made_by_wcfs_is_0700(zeo, wcfs_d, tmp_path, mnt):
+    pidfile = tmp_path / 'run' / 'wcfs' / 'wcfs.pid'
+    old_umask = os.umask(0)     # wcfs must not rely on its caller's umask
+    try:
+        s = wcfs_d(zeo.zurl, mnt, pidfile=pidfile)
+    finally:
+        os.umask(old_umask)
+
+    assert s.returncode == 0, s.stderr
+    assert s.pid is not None
+    st = os.stat(pidfile.parent)
+    assert (st.st_mode & 0o7777, st.st_uid) == (0o700, os.geteuid())
+
+
+# ---- the pid file's directory, as a user other than root ----
+
+@functools.lru_cache(maxsize=None)
+def why_nobody_cannot_run_wcfs():
+    """None when nobody can run this wcfs.py with this python, else why not
+    (a clone in a directory only root may enter, as on CI)."""
+    imports = ('import sys; sys.path.insert(0, sys.argv[1]); '
+               'import daemon, mfusepy, ZODB, wcfs_lib.daemon')
+    r = subprocess.run(SETPRIV_NOBODY + [sys.executable, '-c', imports, str(ROOT)],
+                       cwd='/', capture_output=True, text=True, timeout=RUN_TIMEOUT)
+    return None if r.returncode == 0 else r.stderr.strip().splitlines()[-1]
+
+
+@pytest.fixture
+def as_nobody():
+    """Skip unless nobody can run wcfs.py; /dev/fuse 0666 (Debian's default)
+    for the test, so that nobody could mount."""
+    why = why_nobody_cannot_run_wcfs()
+    if why:
+        pytest.skip('nobody cannot run %s with %s: %s' % (ROOT / 'wcfs.py', sys.executable, why))
+    mode = os.stat('/dev/fuse').st_mode & 0o7777
+    os.chmod('/dev/fuse', 0o666)
+    try:
+        yield
+    finally:
+        os.chmod('/dev/fuse', mode)
+
+
+def nobody_dir(parent, name, mode=0o700):
+    """A directory parent/name owned by nobody."""
+    path = os.path.join(parent, name)
+    os.mkdir(path)
+    os.chmod(path, mode)
+    os.chown(path, NOBODY.pw_uid, NOBODY.pw_gid)
+    return path
+
+
+@pytest.mark.parametrize('planted', [False, True], ids=['empty', 'planted'])
+def test_default_pidfile_directory_made_by_another_user_is_refused_as_non_root(
+        zeo, wcfs_d, nobody_tmp, as_nobody, planted):
+    """Without XDG_RUNTIME_DIR a user's default pid file is in /tmp/wcfs-<uid>/,
+    which any user may make first: here root makes it, 1777 like /tmp."""
+    rundir = '/tmp/wcfs-%d' % NOBODY.pw_uid
+    if os.path.lexists(rundir):
+        pytest.skip('%s exists already; this test makes it and removes it' % rundir)
+    mnt = nobody_dir(nobody_tmp, 'mnt')
+    pidfile = os.path.join(rundir, mnt.lstrip('/').replace('/', '-') + '.pid')
+    os.mkdir(rundir)
+    planter = impostor() if planted else None
+    try:
+        os.chmod(rundir, 0o1777)
+        if planted:
+            with open(pidfile, 'w') as f:
+                f.write('%d\n' % planter.pid)
+
+        s = wcfs_d(zeo.zurl, mnt, pidfile=pidfile, default_pidfile=True, as_nobody=True)
+
+        assert_refused_for_its_directory(s, pidfile, mnt)
+        assert os.path.exists(pidfile) == planted
+    finally:
+        if planter is not None:
+            planter.kill()
+            planter.wait()
+        shutil.rmtree(rundir)
+
+
+def test_default_pidfile_directory_is_made_0700_as_non_root(zeo, wcfs_d, nobody_tmp, as_nobody):
+    runtime = nobody_dir(nobody_tmp, 'xdg')
+    mnt = nobody_dir(nobody_tmp, 'mnt')
+    pidfile = os.path.join(runtime, 'wcfs', mnt.lstrip('/').replace('/', '-') + '.pid')
+
+    s = wcfs_d(zeo.zurl, mnt, pidfile=pidfile, default_pidfile=True, as_nobody=True,
+               xdg_runtime_dir=runtime)
+
+    assert s.returncode == 0, s.stderr
+    assert s.pid is not None, 'no pid in %s' % pidfile
+    assert is_mounted(mnt)      # root may not look inside: no allow_other
+    st = os.stat(os.path.dirname(pidfile))
+    assert (st.st_mode & 0o7777, st.st_uid) == (0o700, NOBODY.pw_uid)
+
+
+# ---- a pid file being written ----
+
+class Inotify:
+    """Events of one file, through inotify(7) (the kernel tells us when another
+    process has read it)."""
+
+    IN_CLOSE_NOWRITE = 0x10
+
+    def __init__(self, path, mask):
+        libc = ctypes.CDLL(None, use_errno=True)
+        self.fd = libc.inotify_init1(os.O_CLOEXEC)
+        if self.fd < 0 or libc.inotify_add_watch(self.fd, str(path).encode(), mask) < 0:
+            raise OSError(ctypes.get_errno(), 'inotify on %s' % path)
+
+    def wait(self, timeout, what):
+        if not select.select([self.fd], [], [], timeout)[0]:
+            raise AssertionError('timed out after %s s waiting for %s' % (timeout, what))
+        os.read(self.fd, 4096)
+
+    def close(self):
+        os.close(self.fd)
+
+
+def test_pidfile_being_written_is_not_taken_for_stale(zeo, wcfs_d, tmp_path, mnt):
+    """python-daemon (lockfile) creates the pid file, then writes the pid: a
+    second start that reads it in between must wait for the pid, not break
+    the file and run beside the first."""
+    first = wcfs_d(zeo.zurl, mnt, pidfile=tmp_path / 'first.pid')
+    assert first.returncode == 0, first.stderr
+    other = tmp_path / 'other'
+    other.mkdir()
+    pidfile = tmp_path / 'wcfs.pid'
+    fd = os.open(pidfile, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)  # as lockfile does
+    watch = Inotify(pidfile, Inotify.IN_CLOSE_NOWRITE)
+    try:
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            started = pool.submit(wcfs_d, zeo.zurl, other, pidfile=pidfile)
+            watch.wait(RUN_TIMEOUT, 'the second wcfs to read the empty pid file')
+            os.write(fd, b'%d\n' % first.pid)
+            os.close(fd)
+            fd = None
+            second = started.result(timeout=RUN_TIMEOUT + 5)
+    finally:
+        watch.close()
+        if fd is not None:
+            os.close(fd)
+
+    assert_one_line_error(second, 1, str(pidfile), str(first.pid))
+    assert not is_mounted(other)
+    assert read_pid(pidfile) == first.pid
+    assert wcfs_running(first.pid)
+
+
+def test_empty_pidfile_that_stays_empty_is_taken_over(zeo, wcfs_d, tmp_path, mnt):
+    """A wcfs killed between creating its pid file and writing its pid leaves
+    it empty: after a bounded wait, that file is stale."""
+    pidfile = tmp_path / 'wcfs.pid'
+    pidfile.write_bytes(b'')
+
+    s = wcfs_d(zeo.zurl, mnt, pidfile=pidfile)
+
+    assert s.returncode == 0, s.stderr
+    assert s.pid is not None, 'no pid in %s' % pidfile
+    assert wcfs_running(s.pid)
+    assert serving(mnt) == zeo.zurl
 
 
 # ---- failed starts ----

@@ -23,25 +23,56 @@ class MountError(Exception):
 
 def is_mounted(path):
     """Is `path` itself a mount point (per /proc/self/mountinfo)?"""
+    return mount_at(path) is not None
+
+
+def mount_at(path):
+    """The topmost mount at `path` (a MountEntry), or None when it is not a mount point."""
     path = os.path.realpath(path)
-    return any(m.mountpoint == path for m in procfs.mounts())
+    found = [m for m in procfs.mounts() if m.mountpoint == path]
+    return found[-1] if found else None
+
+
+def is_wcfs_mount(entry):
+    """Is this mount a wcfs? (Our mounts show fstype fuse.wcfs, source wcfs;
+    `-o fsname=` may change the source, not the type.)"""
+    return entry.fstype == 'fuse.wcfs' or (entry.fstype.startswith('fuse')
+                                           and entry.source == 'wcfs')
 
 
 def check_mountpoint(path):
     """Refuse a missing or busy mount point; clean a stale wcfs mount."""
     try:
-        st = os.stat(path)
+        os.stat(path)
     except OSError as e:
         if e.errno != errno.ENOTCONN:
             raise MountError('mount point %s: %s' % (path, e.strerror)) from None
-        log.warning('mount point %s: cleaning up a stale mount (%s)', path, e.strerror)
-        _umount(path, MNT_DETACH)
-        st = os.stat(path)
+        _clean_stale_mount(path, e.strerror)
     if not os.path.isdir(path):
         raise MountError('mount point %s: not a directory' % path)
     if is_mounted(path):
         raise MountError('mount point %s: already mounted' % path)
-    del st
+
+
+def _clean_stale_mount(path, why):
+    """Detach the mount at `path` whose server is gone, if it is a wcfs; a
+    dead mount of another filesystem is not ours to touch."""
+    entry = mount_at(path)
+    if entry is None:
+        raise MountError('mount point %s: %s (it lies inside a dead mount)' % (path, why))
+    if not is_wcfs_mount(entry):
+        raise MountError('mount point %s: a dead %s mount (source %s), not a wcfs: left alone (%s)'
+                         % (path, entry.fstype, entry.source, why))
+    log.warning('mount point %s: cleaning up a stale wcfs mount (%s)', path, why)
+    err = _umount(path, MNT_DETACH)
+    if err:
+        raise MountError('mount point %s: cannot detach the stale wcfs mount: %s'
+                         % (path, os.strerror(err)))
+    try:
+        os.stat(path)
+    except OSError as e:
+        raise MountError('mount point %s: %s after detaching the stale wcfs mount'
+                         % (path, e.strerror)) from None
 
 
 def _umount(path, flags):
