@@ -69,7 +69,7 @@ def make_parser():
     p.add_argument('--pidfile', metavar='PATH',
                    help='pid file for -d (default /run/wcfs/<mount point, / as ->.pid as root)')
     p.add_argument('--debug', action='store_true',
-                   help='log every filesystem request and protocol message')
+                   help='log every filesystem request and protocol message, through the log')
     p.add_argument('--logfile', metavar='PATH',
                    help='log to this file instead of stderr, or syslog with -d (SIGHUP reopens it)')
     p.add_argument('--autoexit', metavar='SECONDS', type=positive, nargs='?', const=AUTOEXIT_DEFAULT,
@@ -103,8 +103,11 @@ def setup_logging(opts, handler):
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if opts.debug else logging.INFO)
-    for noisy in ('ZEO', 'mfusepy', 'txn'):
+    for noisy in ('ZEO', 'txn'):
         logging.getLogger(noisy).setLevel(logging.DEBUG if opts.debug else logging.WARNING)
+    # mfusepy ('fuse'): its DEBUG lines repeat the request lines of --debug,
+    # with a traceback for every errno; its errors still come through.
+    logging.getLogger('fuse').setLevel(logging.WARNING)
 
 
 def reopen_log(handler):

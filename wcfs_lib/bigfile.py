@@ -31,7 +31,7 @@ from .watcher import ALL, FileIndex
 
 log = logging.getLogger('wcfs.bigfile')
 
-MAX_REVDIRS = 10000     # @<tid>/ directories over all files; mkdir beyond: ENOSPC
+MAX_REVDIRS = 10000     # @<tid>/ directories over all files, half per uid; beyond: ENOSPC
 
 
 class Head(collections.namedtuple('Head', 'oid at blksize blktab size broken')):
@@ -54,8 +54,9 @@ def head_of(zh, size):
 class RevDir:
     """`bigfile/<oid>/@<tid>/`: the file as of <tid>, never changing."""
 
-    def __init__(self, head):
+    def __init__(self, head, uid):
         self.head = head
+        self.uid = uid                  # who made it: its slot of the server's revdir quota
         self.opens = 0                  # guarded by the file's revdirs_lock
         self.last_used = time.monotonic()
 
@@ -420,11 +421,11 @@ class BigFile:
         with self.revdirs_lock:
             return self.revdirs.get(tid)
 
-    def add_revdir(self, tid, head):
+    def add_revdir(self, tid, head, uid):
         with self.revdirs_lock:
             if tid in self.revdirs:
                 return None
-            rd = self.revdirs[tid] = RevDir(head)
+            rd = self.revdirs[tid] = RevDir(head, uid)
             return rd
 
     def revdir_names(self):
@@ -438,14 +439,12 @@ class BigFile:
             rd.last_used = time.monotonic()
 
     def expire_revdirs(self, timeout):
-        """Remove unused revdirs; -> names removed."""
+        """Remove unused revdirs; -> [(name, uid that made it)] of those removed."""
         now = time.monotonic()
         with self.revdirs_lock:
             old = [tid for tid, rd in self.revdirs.items()
                    if rd.opens == 0 and now - rd.last_used >= timeout]
-            for tid in old:
-                del self.revdirs[tid]
-        return ['@%016x' % tid for tid in old]
+            return [('@%016x' % tid, self.revdirs.pop(tid).uid) for tid in old]
 
 
 class BigFileTable:
