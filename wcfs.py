@@ -70,7 +70,7 @@ def make_parser():
                    help='pid file for -d, in a directory no other user owns or may write '
                         '(default /run/wcfs/<real path of the mount point, / as ->.pid as root)')
     p.add_argument('--debug', action='store_true',
-                   help='log every filesystem request and protocol message')
+                   help='log every filesystem request and protocol message, through the log')
     p.add_argument('--logfile', metavar='PATH',
                    help='log to this file instead of stderr, or syslog with -d (SIGHUP reopens it)')
     p.add_argument('--autoexit', metavar='SECONDS', type=positive, nargs='?', const=AUTOEXIT_DEFAULT,
@@ -104,8 +104,11 @@ def setup_logging(opts, handler):
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.DEBUG if opts.debug else logging.INFO)
-    for noisy in ('ZEO', 'mfusepy', 'txn'):
+    for noisy in ('ZEO', 'txn'):
         logging.getLogger(noisy).setLevel(logging.DEBUG if opts.debug else logging.WARNING)
+    # mfusepy ('fuse'): its DEBUG lines repeat the request lines of --debug,
+    # with a traceback for every errno; its errors still come through.
+    logging.getLogger('fuse').setLevel(logging.WARNING)
 
 
 def reopen_log(handler):

@@ -307,6 +307,6 @@ def test_debug_logs_fuse_requests(zeo, wcfs_mount):
 
     def logged_read():
         new = mnt.log()[before:]
-        return 'opcode: READ' in new and '/bigfile/%016x/head/data' % oid in new
+        return 'wcfs.fs DEBUG: read /bigfile/%016x/head/data' % oid in new
 
     wait_for(logged_read, what='the read of head/data in the --debug log')

@@ -6,6 +6,7 @@ import errno
 import mmap
 import os
 import random
+import re
 import stat
 import time
 
@@ -461,6 +462,40 @@ def test_uncached_file_st_size_is_its_content_length(served, what):
         if what != '.wcfs/stats' or size == len(content):
             break                   # stats may change between the stat and the read
     assert size == len(content) > 0
+
+
+def test_head_at_read_at_0_through_an_earlier_open_is_current(served):
+    at = os.path.join(served.dir, 'head', 'at')
+    fd = os.open(at, os.O_RDONLY)
+    try:
+        old = b'%016x\n' % served.tid
+        assert os.pread(fd, 5, 0) == old[:5]
+        served.f.write_block(0, b'new')
+        new = served.w.commit()
+        wait_for(lambda: read_bytes(at) == b'%016x\n' % new, 10, 'head/at to show the commit')
+        assert os.pread(fd, 100, 5) == old[5:]      # the rest of the content read at 0
+        assert os.pread(fd, 100, 0) == b'%016x\n' % new
+        assert os.pread(fd, 100, 17) == b''
+    finally:
+        os.close(fd)
+
+
+def test_stats_read_at_0_through_an_earlier_open_is_current(served):
+    path = served.path('.wcfs', 'stats')
+
+    def bytes_read(text):
+        return int(re.search(rb'^bytes_read: (\d+)$', text, re.M).group(1))
+
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        first = os.pread(fd, 10, 0)
+        read_bytes(served.data)
+        now = read_bytes(path)
+        rest = os.pread(fd, 1 << 16, 10)
+        assert bytes_read(first + rest) + 4 * BS <= bytes_read(now)    # one content, not mixed
+        assert bytes_read(os.pread(fd, 1 << 16, 0)) >= bytes_read(now)
+    finally:
+        os.close(fd)
 
 
 # ---- data ----

@@ -24,13 +24,12 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 
 import pytest
 from ZODB.Connection import TransactionMetaData
 from ZODB.utils import p64, u64
 
-from chanhelp import Client, ranges_of
+from chanhelp import Client
 from conftest import wait_for
 from test_protocol import BS, randbytes, serve, vmrss  # noqa: F401  (serve: a fixture)
 from wcfs_lib import zwriter

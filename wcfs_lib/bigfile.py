@@ -45,7 +45,7 @@ from .zstorage import DatabaseUnavailable
 
 log = logging.getLogger('wcfs.bigfile')
 
-MAX_REVDIRS = 10000     # @<tid>/ directories over all files; mkdir beyond: ENOSPC
+MAX_REVDIRS = 10000     # @<tid>/ directories over all files, half per uid; beyond: ENOSPC
 
 
 class Head(collections.namedtuple('Head', 'oid at blksize blktab size broken')):

@@ -86,13 +86,12 @@ class Channel:
         return len(data)
 
     def reply_error(self, exc):
-        with self.lock:
-            self._queue(protocol.format_error(exc))
+        self.send(protocol.format_error(exc))
 
     # ---- wcfs → client ----
 
     def send(self, line):
-        """Queue one reply line; called with the file's cond held."""
+        """Queue one reply line (updates and answers hold the file's cond)."""
         if self._debug:
             log.debug('%s: S: %s', self.path, line.decode().rstrip())
         with self.lock:

@@ -4,12 +4,18 @@
     bigfile/<oid>/head/{data,at,invalidations}
     bigfile/<oid>/@<tid>/data
 
-Handlers are thin: behaviour lives in bigfile, watcher and channel modules.
+Handlers are thin: behaviour lives in bigfile, watcher and channel modules;
+the errno of each failure of the model comes from the table in errors.
 Every handler runs on one of libfuse's worker threads; none of them may stat
 the mount or send a kernel notification (see kcache).
+
+With --debug, every request is logged (operation, path, caller, result or
+errno) through wcfs's log, whatever it is (SPEC §2); libfuse's own debug
+output would go to stderr, which a daemon does not have.
 """
 
 import errno
+import inspect
 import logging
 import os
 import re
@@ -17,8 +23,8 @@ import stat
 import threading
 import time
 
-from . import zformat, zstorage
-from .bigfile import MAX_REVDIRS, head_of, tid_time
+from . import errors
+from .bigfile import head_of, tid_time
 from .fs_binding import fuse
 from .kcache import FUSE_CAP_AUTO_INVAL_DATA, FUSE_CAP_EXPLICIT_INVAL_DATA
 
@@ -55,12 +61,75 @@ def is_hex16(name):
 class Handle:
     """An open file or directory (fi.fh indexes these)."""
 
-    __slots__ = ('node', 'content', 'channel')
+    __slots__ = ('node', 'content', 'channel', 'uid')
 
-    def __init__(self, node, content=None, channel=None):
+    def __init__(self, node, channel=None, uid=None):
         self.node = node
-        self.content = content  # bytes snapshot of a one-line/stats file
+        self.content = None     # of an UNCACHED file, as its last read at offset 0 took it
         self.channel = channel
+        self.uid = uid          # who opened the channel: its slot of the channel quota
+
+
+def handlers(cls):
+    """Names of the FUSE requests that `cls` serves (init and destroy are not requests)."""
+    return [name for name, value in vars(fuse.Operations).items()
+            if callable(value) and not name.startswith(('_', 'init', 'destroy'))
+            and getattr(cls, name) is not value]
+
+
+def logged(name, method):
+    """`method`, the handler of request `name`, logging each request and its
+    result or errno at DEBUG."""
+    params = list(inspect.signature(method).parameters.values())[1:]    # after path
+
+    def request(path, *args):
+        uid, _, pid = fuse.fuse_get_context()
+        what = '%s %s%s (pid %d uid %d)' % (name, path, describe(params, args), pid, uid)
+        try:
+            result = method(path, *args)
+        except fuse.FuseOSError as e:
+            log.debug('%s -> %s', what, errno.errorcode.get(e.errno, e.errno))
+            raise
+        except Exception as e:
+            log.debug('%s -> %s: %s', what, type(e).__name__, e)
+            raise
+        log.debug('%s -> %s', what, outcome(result))
+        return result
+    return request
+
+
+def describe(params, args):
+    """The arguments of a request after its path, as ' name=value ...' (values
+    of *args unnamed; pointers left out)."""
+    names = [p.name + '=' for p in params if p.kind != p.VAR_POSITIONAL]
+    words = []
+    for i, value in enumerate(args):
+        key = names[i] if i < len(names) else ''
+        if isinstance(value, bool) or value is None:
+            continue
+        if isinstance(value, int):
+            words.append(key + (oct(value) if key == 'mode=' else str(value)))
+        elif isinstance(value, str):
+            words.append(key + value)
+        elif isinstance(value, bytes):
+            words.append('%s%d bytes' % (key, len(value)))
+        elif hasattr(value, 'flags'):       # fuse_file_info
+            words.append('flags=%s' % oct(value.flags))
+    return ''.join(' ' + w for w in words)
+
+
+def outcome(result):
+    """What a handler returned, for the log."""
+    if result is None or result == 0:
+        return 'ok'
+    if isinstance(result, bytes):
+        return '%d bytes' % len(result)
+    if isinstance(result, dict):
+        return ' '.join('%s=%s' % (k, oct(v) if k == 'st_mode' else v)
+                        for k, v in result.items() if k in ('st_mode', 'st_size')) or 'ok'
+    if isinstance(result, list):
+        return '%d entries' % len(result)
+    return str(result)
 
 
 class WCFS(fuse.Operations):
@@ -74,6 +143,9 @@ class WCFS(fuse.Operations):
         self.opens = 0              # open files and dirs; guarded by _handles_lock
         self.last_close = time.monotonic()
         self._uid, self._gid = os.getuid(), os.getgid()
+        if srv.opts.debug:
+            for name in handlers(type(self)):   # mfusepy calls them by name on the instance
+                setattr(self, name, logged(name, getattr(self, name)))
 
     def usage(self):
         """-> (files and directories open now, monotonic time of the last close)."""
@@ -213,36 +285,41 @@ class WCFS(fuse.Operations):
         if node.kind in DIRS:
             raise err(errno.EISDIR)
         if node.kind == INVAL:
-            channel = self.srv.open_channel(node.bf, fuse.fuse_get_context()[2])
+            uid, _, tid = fuse.fuse_get_context()
+            channel = self.srv.open_channel(node.bf, tid, uid)
             if channel is None:
                 raise err(errno.EMFILE)
             fi.direct_io = 1
-            fi.fh = self._new_handle(Handle(node, channel=channel))
+            fi.fh = self._new_handle(Handle(node, channel=channel, uid=uid))
             return 0
         if fi.flags & os.O_ACCMODE != os.O_RDONLY:
             raise err(errno.EACCES)
-        h = Handle(node)
         if node.kind in UNCACHED:
-            h.content = self._content(node)
             fi.direct_io = 1
         else:
             fi.keep_cache = 1
-        fi.fh = self._new_handle(h)
+        fi.fh = self._new_handle(Handle(node))
         return 0
 
     def read(self, path, size, offset, fi):
         h = self._handle(fi.fh)
         node = h.node
-        if h.content is not None:
-            return h.content[offset:offset + size]
+        if node.kind in (DATA, REVDATA):
+            head = node.bf.head if node.kind == DATA else node.rd.head
+            with errors.mapped(errors.READ, 'read bigfile/%s @%016x [%d:+%d]',
+                               node.bf.name, head.at, offset, size):
+                return node.bf.read(head, offset, size)
         if h.channel is not None:
             return h.channel.read(size, fi)
-        head = node.bf.head if node.kind == DATA else node.rd.head
-        try:
-            return node.bf.read(head, offset, size)
-        except (zformat.FormatError, zformat.ObjectMissing, zstorage.DatabaseUnavailable) as e:
-            log.error('read bigfile/%s @%016x [%d:+%d]: %s', node.bf.name, head.at, offset, size, e)
-            raise err(errno.EIO)
+        return self._read_uncached(h, offset, size)
+
+    def _read_uncached(self, h, offset, size):
+        """SPEC §3: a read at offset 0 takes the current content, even through
+        a file opened before (like /proc files); reads at later offsets go on
+        with that content, so that a reader never sees two versions mixed."""
+        if offset == 0 or h.content is None:
+            h.content = self._content(h.node)
+        return h.content[offset:offset + size]
 
     def write(self, path, data, offset, fi):
         h = self._handle(fi.fh)
@@ -260,7 +337,7 @@ class WCFS(fuse.Operations):
         h = self._drop_handle(fi.fh)
         if h is not None and h.channel is not None:
             h.channel.close()
-            self.srv.channel_released()
+            self.srv.channel_released(h.uid)
         return 0
 
     def flush(self, path, fi):
@@ -284,22 +361,10 @@ class WCFS(fuse.Operations):
             raise err(errno.EINVAL)
         oid = int(name, 16)
         srv = self.srv
-        try:
+        with errors.mapped(errors.MKDIR_BIGFILE, 'mkdir bigfile/%s', name):
             # the client may have seen a commit the watcher has not applied yet
             srv.watcher.wait_zhead(srv.last_tid(), srv.opts.db_timeout)
-        except Exception as e:
-            log.error('mkdir bigfile/%s: %s', name, e)
-            raise err(errno.EIO)
-        try:
             bf = srv.watcher.add_file(oid, srv.ctx)
-        except zformat.ObjectMissing:
-            raise err(errno.ENOENT)
-        except (zformat.NotZBigFile, zformat.FormatError) as e:
-            log.warning('mkdir bigfile/%s: %s', name, e)
-            raise err(errno.EINVAL)
-        except zstorage.DatabaseUnavailable as e:
-            log.error('mkdir bigfile/%s: %s', name, e)
-            raise err(errno.EIO)
         if bf is None:
             raise err(errno.EEXIST)
         log.info('bigfile/%s: visible, head @%016x, size %d', name, bf.head.at, bf.head.size)
@@ -311,25 +376,27 @@ class WCFS(fuse.Operations):
         tid = int(name, 16)
         if bf.revdirs.get(tid) is not None:
             raise err(errno.EEXIST)
-        if self.srv.table.count_revdirs() >= MAX_REVDIRS:
-            log.warning('mkdir bigfile/%s/@%s: %d revision directories exist already',
-                        bf.name, name, MAX_REVDIRS)
+        uid = fuse.fuse_get_context()[0]
+        quota = self.srv.revdir_quota
+        refused = quota.acquire(uid)
+        if refused is not None:
+            log.warning('mkdir bigfile/%s/@%s: ENOSPC: %s', bf.name, name, refused)
             raise err(errno.ENOSPC)
         try:
+            self._add_revdir(bf, tid, uid)
+        except BaseException:
+            quota.release(uid)
+            raise
+        return 0
+
+    def _add_revdir(self, bf, tid, uid):
+        """Make `@<tid>/` of `bf`, credited to `uid` (the quota slot is taken)."""
+        with errors.mapped(errors.MKDIR_REVDIR, 'mkdir bigfile/%s/@%016x', bf.name, tid):
             if tid > self.srv.last_tid():
                 raise err(errno.ENOENT)
             head = self._head_at(bf.oid, tid)
-        except zformat.ObjectMissing:
-            raise err(errno.ENOENT)
-        except (zformat.NotZBigFile, zformat.FormatError) as e:
-            log.warning('mkdir bigfile/%s/@%s: %s', bf.name, name, e)
-            raise err(errno.ENOENT)
-        except zstorage.DatabaseUnavailable as e:
-            log.error('mkdir bigfile/%s/@%s: %s', bf.name, name, e)
-            raise err(errno.EIO)
-        if bf.revdirs.add(tid, head) is None:
+        if bf.revdirs.add(tid, head, uid) is None:
             raise err(errno.EEXIST)
-        return 0
 
     def _head_at(self, oid, tid):
         loader = self.srv.loader

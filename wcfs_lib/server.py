@@ -36,19 +36,22 @@ import threading
 import time
 
 from . import fs, mount, procfs, zformat, zstorage
-from .bigfile import BigFileTable
+from .bigfile import MAX_REVDIRS, BigFileTable
 from .blockcache import BlockCache
 from .channel import Channel
 from .fs_binding import libfuse
 from .kcache import KernelCache
+from .quota import Quota
 from .stats import Stats
 from .subscription import KillPolicy
 from .watcher import Watcher
 
 log = logging.getLogger('wcfs')
 
-MAX_CHANNELS = 1100         # open head/invalidations; beyond: EMFILE
-MAX_THREADS = 1300          # every channel blocked in read, and data reads beside them
+# Open head/invalidations; beyond, or past half of them for one uid, EMFILE.
+# Half is 1100: one user alone can still block 1000 channels in read (SPEC §4.6).
+MAX_CHANNELS = 2200
+MAX_THREADS = 2400          # every channel blocked in read, and data reads beside them
 READ_AHEAD_KB = 1024        # lets the kernel send 1 MiB reads
 
 
@@ -107,8 +110,8 @@ class Server:
         self.stats.gauge('channels', lambda: self.count_channels()[0])
         self.stats.gauge('subscribed', lambda: self.count_channels()[1])
         self.storage = None
-        self._channels_lock = threading.Lock()  # guards _nchannels
-        self._nchannels = 0
+        self.channel_quota = Quota('channels', MAX_CHANNELS)
+        self.revdir_quota = Quota('revision directories', MAX_REVDIRS)
 
     # ---- start ----
 
@@ -138,8 +141,10 @@ class Server:
 
     def _run_fuse(self):
         # max_idle_threads: libfuse 3.14 warns about its unset default otherwise.
+        # No libfuse debug: it writes to stderr, which a daemon has not; with
+        # --debug, fs logs every request through the log instead.
         kwargs = dict(foreground=True, raw_fi=True, fsname='wcfs', subtype='wcfs',
-                      max_threads=MAX_THREADS, max_idle_threads=64, debug=self.opts.debug)
+                      max_threads=MAX_THREADS, max_idle_threads=64)
         kwargs.update(self.opts.fuse_options)
         try:
             fs.fuse.FUSE(self.ops, self.mountpoint, **kwargs)
@@ -186,6 +191,7 @@ class Server:
     def _expire_revdirs(self):
         for bf in self.table.files():
             for rd in bf.revdirs.expire(self.opts.revdir_timeout):
+                self.revdir_quota.release(rd.uid)
                 log.debug('bigfile/%s/%s: removed after %ss unused', bf.name, rd.name,
                           self.opts.revdir_timeout)
                 self.ctx.kcache.forget_entry('bigfile/' + bf.name, rd.name)
@@ -217,22 +223,21 @@ class Server:
         counts = [bf.count_channels() for bf in self.table.files()]
         return sum(c[0] for c in counts), sum(c[1] for c in counts)
 
-    def open_channel(self, bf, caller_tid):
-        """A new channel of `bf`; None when MAX_CHANNELS are open (EMFILE)."""
-        with self._channels_lock:
-            if self._nchannels >= MAX_CHANNELS:
-                log.warning('open %s/head/invalidations: %d channels are open already',
-                            bf.name, MAX_CHANNELS)
-                return None
-            self._nchannels += 1
+    def open_channel(self, bf, caller_tid, uid):
+        """A new channel of `bf` for user `uid`; None when MAX_CHANNELS are
+        open, or half of them by `uid` (EMFILE). channel_released(uid) gives
+        its slot back."""
+        refused = self.channel_quota.acquire(uid)
+        if refused is not None:
+            log.warning('open bigfile/%s/head/invalidations: EMFILE: %s', bf.name, refused)
+            return None
         ch = Channel(bf, self.shutdown, debug=self.opts.debug)
         ch.opener = procfs.thread_process(caller_tid)
         bf.add_channel(ch)
         return ch
 
-    def channel_released(self):
-        with self._channels_lock:
-            self._nchannels -= 1
+    def channel_released(self, uid):
+        self.channel_quota.release(uid)
 
     def _wake_channels(self):
         for bf in self.table.files():

@@ -1,0 +1,147 @@
+"""One user may not take what every user of a shared mount needs (SPEC §4.6):
+a uid holds at most half of the channels (`head/invalidations` opens) and
+creates at most half of the `@<tid>/` directories that wcfs allows at once;
+past that it gets EMFILE or ENOSPC while other users are still served.
+
+The hog runs as `nobody` on a mount by root with `-o allow_other` in a
+directory nobody can reach, with the system's python and only the standard
+library (nobody cannot reach the virtual environment), from cwd=/. It holds
+what it took until its stdin closes. Every process is ended by its pid; the
+mount is unmounted by the mount_at fixture.
+"""
+
+import errno
+import os
+import pwd
+import resource
+import subprocess
+import textwrap
+
+import pytest
+
+from test_robustness import AS_NOBODY, NOBODY_PYTHON, Scene, mount_at, public_dir  # noqa: F401
+from wcfs_lib.bigfile import MAX_REVDIRS
+from wcfs_lib.server import MAX_CHANNELS
+from zhelp import hex16
+
+BS = 64 << 10
+NOBODY_UID = pwd.getpwnam('nobody').pw_uid
+
+# Takes channels (`open PATH`) or revdirs (`mkdir FDIR FIRST_TID`) until the
+# first error; prints `COUNT ERRNO-NAME`, then holds them until stdin closes.
+_HOG = textwrap.dedent('''
+    import errno, os, resource, sys
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    what, path = sys.argv[1:3]
+    held = []
+    try:
+        while True:
+            if what == 'open':
+                held.append(os.open(path, os.O_RDWR))
+            else:
+                os.mkdir(os.path.join(path, '@%016x' % (int(sys.argv[3], 16) + len(held))))
+                held.append(None)
+    except OSError as e:
+        print(len(held), errno.errorcode.get(e.errno, e.errno), flush=True)
+    sys.stdin.read()
+''')
+
+
+class Hog:
+    """The _HOG process as nobody; .count and .error once it hit its bound."""
+
+    def __init__(self, *args):
+        self.proc = subprocess.Popen([NOBODY_PYTHON, '-c', _HOG, *map(str, args)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                     **AS_NOBODY)
+
+    def result(self):
+        line = self.proc.stdout.readline().split()
+        assert len(line) == 2, 'the hog (pid %d) printed %r' % (self.proc.pid, line)
+        return int(line[0]), line[1]
+
+    def stop(self):
+        self.proc.stdin.close()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+@pytest.fixture
+def hogged(zeo, public_dir, mount_at):  # noqa: F811
+    """A shared mount (allow_other, revdirs kept for an hour) with file 'a'
+    made visible; -> (Scene, start) where start(*args) runs a Hog."""
+    s = Scene(zeo, a=(2, BS))
+    path = public_dir / 'mnt'
+    path.mkdir()
+    s.mnt = mount_at(zeo.zurl, path, '-o', 'allow_other', '--revdir-timeout', '3600')
+    s.dir = s.mnt.bigfile(s.oid['a'])
+    hogs = []
+
+    def start(*args):
+        hogs.append(Hog(*args))
+        return hogs[-1]
+
+    try:
+        yield s, start
+    finally:
+        for h in hogs:
+            h.stop()
+
+
+def open_until_error(path, limit):
+    """Open path O_RDWR up to `limit` times or until an error; -> (fds, errno name or None)."""
+    fds = []
+    try:
+        while len(fds) < limit:
+            fds.append(os.open(path, os.O_RDWR))
+    except OSError as e:
+        return fds, errno.errorcode.get(e.errno, e.errno)
+    return fds, None
+
+
+@pytest.mark.timeout(300)
+def test_one_uid_holds_at_most_half_of_the_channels(hogged):
+    s, start = hogged
+    inval = os.path.join(s.dir, 'head', 'invalidations')
+    hog = start('open', inval)
+    assert hog.result() == (MAX_CHANNELS // 2, 'EMFILE')
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, MAX_CHANNELS + 100)), hard))
+    fds = []
+    try:
+        fds, error = open_until_error(inval, MAX_CHANNELS)
+        assert (len(fds), error) == (MAX_CHANNELS - MAX_CHANNELS // 2, 'EMFILE')
+    finally:
+        for fd in fds:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    log = s.mnt.log()
+    assert 'uid %d' % NOBODY_UID in log, log
+
+    hog.stop()      # its channels are given back
+    fds, error = open_until_error(inval, 10)
+    for fd in fds:
+        os.close(fd)
+    assert (len(fds), error) == (10, None)
+
+
+@pytest.mark.timeout(600)
+def test_one_uid_creates_at_most_half_of_the_revdirs(hogged):
+    s, start = hogged
+    s.f['a'].write_block(0, b'later')
+    first = s.tid
+    last = s.commit()
+    assert last - first > MAX_REVDIRS   # tids in between name the file as of `first`
+    hog = start('mkdir', s.dir, hex16(first))
+    assert hog.result() == (MAX_REVDIRS // 2, 'ENOSPC')
+    log = s.mnt.log()
+    assert 'uid %d' % NOBODY_UID in log, log
+
+    for i in range(3):      # root is still served
+        os.mkdir(os.path.join(s.dir, '@' + hex16(first + MAX_REVDIRS // 2 + i)))
+    assert len(os.listdir(s.dir)) == 1 + MAX_REVDIRS // 2 + 3
