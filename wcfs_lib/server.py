@@ -20,7 +20,8 @@ take only those below it in this list ("A > B": take A before B):
     BlockCache.lock           decoded blocks, loads in flight
     ObjectRevisions.lock      verdicts on a ZBigFile object's revisions
     ZLoader._nodes_lock       decoded BTree nodes
-    Server._channels_lock     the count of open channels
+    Quota._lock               slots of channels / @<tid>/ directories per uid
+    Stats._lock               counters
     WCFS._handles_lock        open files and directories
 
 No lock is held across database I/O, /proc reads or kernel notifications
