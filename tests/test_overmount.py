@@ -10,8 +10,9 @@
 3. Root can mount over anything. A mount over one file's `head/` or over its
    whole `bigfile/<oid>/` stops neither wcfs nor any other file: each commit
    reaches every file (head/at, head/data, and the page cache of what was
-   read before), also the overmounted file, through descriptors opened before
-   the overmount; wcfs logs no traceback.
+   read before), also the overmounted file, seen through descriptors opened
+   before the overmount, whether its head moves after a subscriber's ack or
+   at once; its @<tid> directories expire; wcfs logs no traceback.
 
 /dev/fuse is made usable by every user (Debian's default, 0666) for the
 duration of the tests that need it. Every mount made here is unmounted, every
@@ -27,6 +28,7 @@ import textwrap
 
 import pytest
 
+from chanhelp import Chan, ranges_of
 from conftest import is_mounted, wait_for
 from test_robustness import (AS_NOBODY, NOBODY_PYTHON, Scene, assert_serving, cached,
                              mount_at, public_dir, randbytes)  # noqa: F401 (fixtures)
@@ -282,22 +284,31 @@ def change(s, blks):
 @pytest.mark.parametrize('over', ['head', 'file directory'])
 def test_root_overmount_of_one_file_stops_neither_wcfs_nor_another_file(
         zeo, public_dir, mount_at, tmp_path, kind, over):
-    s = share(zeo, public_dir, mount_at, '--revdir-timeout', '1')
+    s = share(zeo, public_dir, mount_at, '--revdir-timeout', '1', '--kill-timeout', '1000')
     adir, bdir = s.dir['a'], s.dir['b']
     target = os.path.join(adir, 'head') if over == 'head' else adir
-    # a's directories, opened before the overmount: no path through it
+    # a's directories and channel, opened before the overmount: no path through it
     afd = os.open(adir, os.O_RDONLY | os.O_DIRECTORY)
     ahead = os.open(os.path.join(adir, 'head'), os.O_RDONLY | os.O_DIRECTORY)
+    ch = Chan(adir)
     om = None
     try:
+        ch.subscribe(s.tid)
         assert read_at(ahead, 'data') == s.f['a'].read()
         assert read_bytes(os.path.join(bdir, 'head', 'data')) == s.f['b'].read()
         assert cached(os.path.join(bdir, 'head', 'data'), BS)[0] == {0, 1, 2, 3}
         om = Overmount(kind, target, tmp_path)
+        # a's head moves after its subscriber's ack, then (channel closed)
+        # at once, then without a change of a
         tids = []
         for blks in ({'a': 1, 'b': 2}, {'a': 3, 'b': 0}, {'b': 1}):
             tid = change(s, blks)
             tids.append(tid)
+            if ch.fd is not None:
+                h = ch.have()
+                assert (h.tid, h.ranges) == (tid, ranges_of({blks['a']}, BS))
+                ch.ack()
+                ch.close()
             wait_head(bdir, tid)
             assert read_bytes(os.path.join(bdir, 'head', 'data')) == s.f['b'].read()
             wait_for(lambda: read_at(ahead, 'at') == b'%016x\n' % tid, 10,
@@ -310,6 +321,7 @@ def test_root_overmount_of_one_file_stops_neither_wcfs_nor_another_file(
             wait_for(lambda: stat_int(s.mnt, 'revdirs') == 0, 10, 'the @<tid> directories to expire')
         assert_serving(s.mnt)
     finally:
+        ch.close()
         os.close(ahead)
         os.close(afd)
         if om is not None:
