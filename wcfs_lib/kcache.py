@@ -64,7 +64,7 @@ log = logging.getLogger('wcfs.kcache')
 FUSE_CAP_AUTO_INVAL_DATA = 1 << 12
 FUSE_CAP_EXPLICIT_INVAL_DATA = 1 << 25
 
-SYS_open_tree = 428         # the same number on every architecture (Linux 5.2)
+SYS_open_tree = 428         # Linux 5.2; the same number on every architecture but alpha
 OPEN_TREE_CLONE = 1
 AT_FDCWD = -100
 
