@@ -38,6 +38,10 @@ ROOT, WCFSDIR, ZURL, STATS, BIGFILES, FILEDIR, HEADDIR, DATA, AT, INVAL, REVDIR,
 DIRS = {ROOT, WCFSDIR, BIGFILES, FILEDIR, HEADDIR, REVDIR}
 UNCACHED = {ZURL, STATS, AT}    # direct_io: never stale
 
+# SPEC §3. Sticky like /tmp: fusermount3 refuses to mount on a sticky directory
+# that the user does not own, and every user may mkdir in them.
+MODES = {BIGFILES: 0o1777, FILEDIR: 0o1777, INVAL: 0o666}
+
 
 class Node:
     """What a path names: its kind, and the bigfile / revdir it is part of."""
@@ -48,6 +52,11 @@ class Node:
         self.kind = kind
         self.bf = bf
         self.rd = rd
+
+
+def mode_of(node):
+    """The permission bits of a node."""
+    return MODES.get(node.kind, 0o555 if node.kind in DIRS else 0o444)
 
 
 def err(code):
@@ -199,11 +208,9 @@ class WCFS(fuse.Operations):
         now = time.time()
         st = dict(st_uid=self._uid, st_gid=self._gid, st_atime=now, st_ctime=now, st_mtime=now)
         if node.kind in DIRS:
-            mode = 0o777 if node.kind in (BIGFILES, FILEDIR) else 0o555
-            st.update(st_mode=stat.S_IFDIR | mode, st_nlink=2)
+            st.update(st_mode=stat.S_IFDIR | mode_of(node), st_nlink=2)
         else:
-            mode = 0o666 if node.kind == INVAL else 0o444
-            st.update(st_mode=stat.S_IFREG | mode, st_nlink=1, st_size=0)
+            st.update(st_mode=stat.S_IFREG | mode_of(node), st_nlink=1, st_size=0)
         if node.kind in (DATA, REVDATA, HEADDIR, REVDIR, AT):
             head = node.bf.head if node.rd is None else node.rd.head
             t = tid_time(head.at)
@@ -214,6 +221,19 @@ class WCFS(fuse.Operations):
         if node.kind in UNCACHED:
             st['st_size'] = len(self._content(node))
         return {k: (int(v * 1e9) if k.endswith('time') else v) for k, v in st.items()}
+
+    def access(self, path, amode):
+        """access(2) and chdir: what the modes say (the same for owner, group and
+        others), except that no directory is writable for a user other than
+        wcfs's own: fusermount3 asks this before it mounts on a directory, and
+        so refuses every other user (SPEC §3). mkdir does not ask it."""
+        node = self.resolve(path)
+        allowed = mode_of(node) & 0o7
+        if node.kind in DIRS and fuse.fuse_get_context()[0] != self._uid:
+            allowed &= ~os.W_OK
+        if amode & ~allowed & 0o7:
+            raise err(errno.EACCES)
+        return 0
 
     def _content(self, node):
         if node.kind == ZURL:
@@ -285,6 +305,10 @@ class WCFS(fuse.Operations):
         if node.kind in DIRS:
             raise err(errno.EISDIR)
         if node.kind == INVAL:
+            if fi.flags & os.O_ACCMODE == os.O_WRONLY:
+                # A channel that can never read its answers; and what
+                # fusermount3 opens before it mounts on a file (SPEC §3).
+                raise err(errno.EACCES)
             uid, _, tid = fuse.fuse_get_context()
             channel = self.srv.open_channel(node.bf, tid, uid)
             if channel is None:
