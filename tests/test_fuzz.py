@@ -54,6 +54,7 @@ from wcfs_lib.delta import compare_revisions
 from wcfs_lib.protocol import (MAX_LINE, ChannelState, LineBuffer, ProtocolError, format_error,
                                parse_request)
 from wcfs_lib.fileindex import FileIndex
+from wcfs_lib.oidindex import OidIndex
 from chanhelp import Chan
 from zhelp import KiB, Writer, head_at, hex16, read_bytes, stats
 
@@ -267,7 +268,7 @@ def serve(loader, oid):
         head = loader.zbigfile(oid, AT)
         size = loader.size(head)
         keys = [k for k, _ in loader.walk(head.blktab, AT)]
-        FileIndex(loader, oid, AT)                  # what mkdir and the watcher do
+        FileIndex(loader, oid, AT, OidIndex())  # what mkdir and the watcher do
     except ALLOWED as e:
         return e, {}
     try:
@@ -293,7 +294,7 @@ def serve(loader, oid):
 def block_parts(loader, oid):
     """{blk: oids its block is made of (ZBlk, chunk tree nodes, ZData)} of a sound file."""
     head = loader.zbigfile(oid, AT)
-    return {blk: set(loader.load_block(zblk.oid, AT, head.blksize)[1])
+    return {blk: set(loader.load_block(zblk, AT, head.blksize)[1])
             for blk, zblk in loader.walk(head.blktab, AT)}
 
 
@@ -729,7 +730,7 @@ def _dag(depth):
 def _serve_file(loader):
     head = loader.zbigfile(1, AT)
     loader.size(head)
-    FileIndex(loader, 1, AT)
+    FileIndex(loader, 1, AT, OidIndex())
 
 
 def _load_block(loader):

@@ -100,14 +100,15 @@ class BigFile:
 
     # ---- following the database (watcher thread) ----
 
-    def on_transaction(self, tid, oids):
-        """Transaction `tid` modified `oids` (None: unknown, compare all).
+    def on_transaction(self, tid, oids, hits=()):
+        """Transaction `tid` modified `oids` (None: unknown, compare all);
+        `hits`: the blocks whose ZBlk is in `oids`.
 
         DatabaseUnavailable propagates (the watcher retries the step); any
         other failure marks the file broken."""
         old = self._zhead_head
         try:
-            new, ranges = self._step(old, tid, oids)
+            new, ranges = self._step(old, tid, oids, hits)
         except DatabaseUnavailable:
             raise
         except Exception as e:
@@ -116,17 +117,17 @@ class BigFile:
         self._zhead_head = new
         self._push_step(new, ranges, tid)
 
-    def _step(self, old, tid, oids):
+    def _step(self, old, tid, oids, hits):
         if old.broken:
             if oids is not None and self.oid not in oids:
                 return old._replace(at=tid), []
-            self.index._load(tid)                   # the ZBigFile changed: try again
+            self.index.update(tid, {self.oid})      # the ZBigFile changed: try again
             ranges = whole(max(old.size, self.index.size))
         elif oids is None:                          # invalidations were lost: compare
             ranges = compare_revisions(self.loader, self.oid, old.at, tid)
-            self.index._load(tid)
+            self.index.update(tid, {self.oid})
         else:
-            ranges = self.index.update(tid, oids)
+            ranges = self.index.update(tid, oids, hits)
         if self.index.head.serial is not None:
             self.revisions.add_current(self.index.head.serial)
         return head_of(self.index.head, self.index.size), ranges
@@ -156,6 +157,8 @@ class BigFile:
             self.pending = (new, ranges)
             if self.moving:
                 return                  # its thread picks the step up
+            # head/at showed the last transaction applied: never back from there
+            self.at = max(self.at, self.ctx.applied())
             self.moving = True
             inline = not any(self._subscribed())
         if inline:
@@ -163,6 +166,15 @@ class BigFile:
         else:
             threading.Thread(target=self._apply_steps, daemon=True,
                              name='mover-' + self.name).start()
+
+    def shown_at(self):
+        """What head/at shows: an idle file is as of every transaction the
+        watcher applied (those it was not handed did not touch it)."""
+        applied = self.ctx.applied()        # first: see DESIGN "Moving a head"
+        at = self.at
+        if self.pending is None and not self.moving:
+            return max(at, applied)
+        return at
 
     def _subscribed(self):
         """Channels subscribed now. cond held."""
@@ -188,7 +200,7 @@ class BigFile:
                 self.ctx.kcache.invalidate_data('bigfile/%s/head/data' % self.name, ranges)
             with self.cond:
                 self.at = target.at
-        self._answer_waiting()
+        self.answer_waiting()
 
     def _update_clients(self, update):
         """Send the update's haves and wait for the acks (SPEC 4.3 steps 1-2)."""
@@ -219,6 +231,7 @@ class BigFile:
             ch.state.sent_update(tid)
         else:
             ch.state.sent_have(tid)
+            ch.count_subscribed()
         self.ctx.stats.add('invalidations_sent')
 
     def _delta(self, a, b):
@@ -235,20 +248,25 @@ class BigFile:
                         self.name, a, b, e)
             return whole(max(self.head.size, self._zhead_head.size))
 
-    def _answer_waiting(self):
+    def answer_waiting(self):
         """Channels whose `want` waited for a head at or after their Cat get
-        their `have`, once no step is being applied."""
+        their `have`, once no step is being applied (the watcher calls this
+        after every transaction while some `want` of the file waits)."""
         while True:
             with self.cond:
-                head = self.head
                 if self.moving:
                     return
+                head, sat = self.head, self.shown_at()
                 waiting = [(ch, ch.state.waiting) for ch in self.channels
-                           if ch.state.waiting is not None and ch.state.waiting <= head.at
-                           and not ch.state.unacked and not ch.dropped and not ch.closed]
-            if not waiting:
+                           if ch.state.waiting is not None and not ch.dropped and not ch.closed]
+                if not waiting:
+                    self.ctx.waiting.discard(self)
+                    return
+                ready = [(ch, cat) for ch, cat in waiting
+                         if cat <= sat and not ch.state.unacked]
+            if not ready:
                 return
-            answers = [(ch, cat, self._delta_or_none(cat, head.at)) for ch, cat in waiting]
+            answers = [(ch, cat, self._delta_or_none(cat, sat)) for ch, cat in ready]
             with self.cond:
                 if self.moving or self.head is not head:
                     continue
@@ -259,8 +277,8 @@ class BigFile:
                         ch.send(protocol.format_error('want %016x: database unreachable' % cat))
                         ch.state.waiting = None
                     else:
-                        self._send_have(ch, head.at, ranges)
-                return
+                        self._send_have(ch, sat, ranges)
+            return
 
     def _delta_or_none(self, a, b):
         try:
@@ -293,23 +311,23 @@ class BigFile:
         owner = request.process()
         while True:
             with self.cond:
-                head = self.head
+                head, sat = self.head, self.shown_at()
                 # an update that started meanwhile answers it once done
-                if self.moving or ch.state.unacked or head.at < cat:
+                if self.moving or ch.state.unacked or sat < cat:
                     ch.owner = owner
-                    ch.send(protocol.format_have(head.at, wait=True))
+                    ch.send(protocol.format_have(sat, wait=True))
                     ch.state.sent_wait(cat)
+                    self.ctx.waiting.add(self)
                     return
-                covered = self.history.covers(cat)
-                if covered:
+                if self.history.covers(cat):
                     ch.owner = owner
-                    self._send_have(ch, head.at, self.history.ranges(cat, head.at))
+                    self._send_have(ch, sat, self.history.ranges(cat, sat))
                     return
-            ranges = self._delta(cat, head.at)
+            ranges = self._delta(cat, sat)
             with self.cond:
                 if self.head is head and not self.moving:
                     ch.owner = owner
-                    self._send_have(ch, head.at, ranges)
+                    self._send_have(ch, sat, ranges)
                     return
 
     def _check_cat(self, cat, request):
@@ -323,11 +341,6 @@ class BigFile:
             raise protocol.ProtocolError('want %016x: %s' % (cat, e)) from None
         if why is not None:
             raise protocol.ProtocolError('want %016x: %s' % (cat, why))
-
-    def count_channels(self):
-        with self.cond:
-            subscribed = sum(1 for ch in self.channels if ch.state.subscribed and not ch.dropped)
-            return len(self.channels), subscribed
 
     # ---- reading ----
 
@@ -373,7 +386,9 @@ class BigFileTable:
 
     def __init__(self):
         self.lock = threading.Lock()
+        self.waiting = WaitingFiles()
         self._files = {}
+        self._by_fid = {}               # OidIndex file id -> BigFile
         self._loading = {}              # oid -> Loading
 
     def get(self, oid):
@@ -388,9 +403,6 @@ class BigFileTable:
         with self.lock:
             return len(self._files)
 
-    def count_revdirs(self):
-        return sum(len(bf.revdirs) for bf in self.files())
-
     def start_loading(self, oid, at):
         """-> ('visible', BigFile), ('loading', Loading) of another mkdir, or
         ('new', Loading): the caller loads `oid` as of `at`."""
@@ -403,11 +415,12 @@ class BigFileTable:
             return 'new', loading
 
     def note_transaction(self, tid, oids):
-        """A transaction for the files being loaded; -> the visible files."""
+        """A transaction for the files being loaded; -> {fid: BigFile} of the
+        visible files (the table's own dict: read it, never change it)."""
         with self.lock:
             for loading in self._loading.values():
                 loading.backlog.append((tid, oids))
-            return list(self._files.values())
+            return self._by_fid
 
     def publish(self, loading, make):
         """Publish the file make() builds, unless transactions wait for it:
@@ -417,6 +430,7 @@ class BigFileTable:
                 backlog, loading.backlog = loading.backlog, []
                 return None, backlog
             bf = self._files[loading.oid] = make()
+            self._by_fid[bf.index.fid] = bf
             del self._loading[loading.oid]
         loading.done.set()
         return bf, None
@@ -427,6 +441,27 @@ class BigFileTable:
             if self._loading.get(loading.oid) is loading:
                 del self._loading[loading.oid]
         loading.done.set()
+
+
+class WaitingFiles:
+    """The files with a channel whose `want` waits for a later head: the
+    watcher pokes them after each transaction, touched or not."""
+
+    def __init__(self):
+        self.lock = threading.Lock()    # guards _files
+        self._files = set()
+
+    def add(self, bf):
+        with self.lock:
+            self._files.add(bf)
+
+    def discard(self, bf):
+        with self.lock:
+            self._files.discard(bf)
+
+    def files(self):
+        with self.lock:
+            return list(self._files)
 
 
 class Loading:

@@ -51,6 +51,7 @@ class Channel:
         self._ph = None             # poll handle to notify
         self.dropped = False
         self.closed = False
+        self._counted = False       # counted in `subscribed` of .wcfs/stats
         self._shutdown = shutdown   # threading.Event of the server
         self._debug = debug
 
@@ -120,7 +121,20 @@ class Channel:
         with self.lock:
             self._drop()
 
+    def count_subscribed(self):
+        """The channel became subscribed: count it once (in .wcfs/stats)."""
+        with self.lock:
+            if not self._counted and not self.dropped and not self.closed:
+                self._counted = True
+                self.bf.ctx.stats.add('subscribed')
+
+    def _uncount(self):
+        if self._counted:
+            self._counted = False
+            self.bf.ctx.stats.add('subscribed', -1)
+
     def _drop(self):
+        self._uncount()
         self.dropped = True
         self._out.clear()
         self._wake()
@@ -160,6 +174,7 @@ class Channel:
 
     def close(self):
         with self.lock:
+            self._uncount()
             self.closed = True
             if self._ph is not None:
                 libfuse.fuse_pollhandle_destroy(self._ph)

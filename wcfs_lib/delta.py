@@ -87,8 +87,7 @@ def compare_revisions(loader, oid, a, b):
 
 
 def _mapping(loader, head):
-    return {blk: zformat._ref_oid(ref, head.blktab, head.at)
-            for blk, ref in loader.walk(head.blktab, head.at)}
+    return dict(loader.walk(head.blktab, head.at))
 
 
 def _touched(loader, zblk, a, b):
@@ -108,6 +107,6 @@ def _touched(loader, zblk, a, b):
     def visit(oid, _node):
         touched.append(loader.record(oid, b)[1] > a)
 
-    for _off, ref in loader.walk(chunktab, b, zformat.IOBTREE, visit=visit):
-        touched.append(loader.record(zformat._ref_oid(ref, chunktab, b), b)[1] > a)
+    for _off, zdata in loader.walk(chunktab, b, zformat.IOBTREE, visit=visit):
+        touched.append(loader.record(zdata, b)[1] > a)
     return any(touched)

@@ -1,16 +1,21 @@
 """The δ engine of one file: which bytes a transaction changed.
 
 A `FileIndex` knows what one ZBigFile is made of as of `at`: the ZBigFile
-object, every node of `blktab`, the block → ZBlk mapping, and the chunk trees
-and ZData of ZBlk1 blocks that were read. From the oids a transaction
-modified (`update`):
+object, every node of `blktab` (as compact arrays: the block → ZBlk mapping
+is the buckets themselves), and the chunk trees and ZData of ZBlk1 blocks
+that were read. The ZBlk of every block, and every other part, is also in
+the shared `OidIndex`, which tells the watcher which files a transaction
+touches and, through their ZBlks, which blocks (`hits`).
+
+From the oids a transaction modified (`update`):
 
 - the ZBigFile object itself changed: the whole file changed, from 0 to the
   larger of the old and new sizes;
-- a node of `blktab` changed: walk `blktab` again, reusing every node the
-  transaction did not modify (its state is the same as before), and compare
-  block → ZBlk mappings, never nodes: moving entries between buckets changes
-  nothing;
+- a node of `blktab` changed: the changed nodes are diffed against their
+  previous state, and the block → ZBlk entries they held before and hold now
+  are compared, never the nodes: moving entries between buckets (a split, a
+  merge) changes nothing; nodes the transaction did not modify are reused
+  as they are, so the cost follows the changed nodes, not the file;
 - a ZBlk, or a part of a ZBlk1 it was read from, changed: that block changed;
 - blocks that appear or disappear as the size changes are one range, however
   many blocks that is (ZBIGFILE.md: the cost of a change is its size).
@@ -20,11 +25,15 @@ transactions may be folded into one update: the same rules hold for the
 union of their oids. The index moves as a whole, or not at all: an update
 that raises leaves it as it was.
 
-Threads: the watcher thread owns the index (load, update); readers call
-`note_parts` and take `parts_lock`.
+Threads: the watcher thread owns the index (load, update), or mkdir's thread
+before the file is published; readers call `note_parts` and take
+`parts_lock`.
 """
 
+import bisect
 import threading
+
+import numpy as np
 
 from . import zformat
 from .delta import blocks_to_ranges, merge_ranges, resized_range
@@ -35,103 +44,203 @@ MAX_DEPTH = 64      # deeper BTrees are refused as malformed
 class FileIndex:
     """What one ZBigFile is made of as of `at`, to turn oids into ranges."""
 
-    def __init__(self, loader, oid, at):
+    def __init__(self, loader, oid, at, oidindex):
         self.loader = loader
         self.oid = oid
+        self.oidindex = oidindex
+        self.fid = oidindex.new_fid()
         self.parts_lock = threading.Lock()      # guards parts, blk_parts
+        self.parts = {}                         # ZBlk1 part oid -> {blk}
+        self.blk_parts = {}                     # blk -> part oids registered for it
+        self.head = None
+        self.nodes = {}                         # blktab node oid -> Bucket or Tree
         self._load(at)
-
-    def _load(self, at, reuse=None, changed=frozenset()):
-        head = self.loader.zbigfile(self.oid, at)
-        nodes = {}
-        blocks = {}
-        for blk, ref in self._walk(head.blktab, at, reuse or {}, changed, nodes, set()):
-            blocks[blk] = zformat._ref_oid(ref, head.blktab, at)
-        size = 0
-        if blocks:
-            zformat.file_size(min(blocks), head)
-            size = zformat.file_size(max(blocks), head)
-        self.head = head                        # the index moves as a whole, or not at all
-        self.nodes = nodes                      # blktab node oid -> node
-        self.blocks = blocks                    # blk -> ZBlk oid
-        self.size = size
-        with self.parts_lock:
-            # Walked again after a blktab change: a block that kept its ZBlk keeps
-            # the chunks it was read from (its pages may stay in the kernel's cache).
-            kept = self.blk_parts if reuse is not None else {}
-            self.parts = {}                     # oid -> {blk}: ZBlk and its chunks
-            self.blk_parts = {}                 # blk -> oids registered for it
-            for blk, zblk in blocks.items():
-                oids = kept.get(blk, ())
-                self._add_parts(blk, oids if oids[:1] == (zblk,) else (zblk,))
-
-    def _walk(self, oid, at, reuse, changed, nodes, seen, depth=0):
-        """Items of the BTree at `oid`; nodes not in `changed` come from `reuse`."""
-        if depth > MAX_DEPTH:
-            raise zformat.FormatError(oid, at, 'BTree deeper than %d levels' % MAX_DEPTH)
-        if oid in seen:
-            raise zformat.FormatError(oid, at, 'BTree node reached twice')
-        seen.add(oid)
-        node = reuse.get(oid) if oid not in changed else None
-        if node is None:
-            node, _ = self.loader.node(oid, at)
-        nodes[oid] = node
-        if isinstance(node, zformat.Bucket):
-            yield from node.items
-            return
-        for child in node.children:
-            if isinstance(child, zformat.Bucket):
-                yield from child.items
-            else:
-                yield from self._walk(child.oid, at, reuse, changed, nodes, seen, depth + 1)
 
     @property
     def at(self):
         return self.head.at
 
+    # ---- loading the whole file (mkdir, a new ZBigFile object) ----
+
+    def _load(self, at):
+        head = self.loader.zbigfile(self.oid, at)
+        nodes = self._walk_all(head.blktab, at)
+        buckets = [n for n in nodes.values() if isinstance(n, zformat.Bucket)]
+        blks = np.concatenate([np.frombuffer(b.keys, np.int64) for b in buckets] or
+                              [np.empty(0, np.int64)])
+        zblks = np.concatenate([np.frombuffer(b.oids, np.uint64) for b in buckets] or
+                               [np.empty(0, np.uint64)])
+        size = 0
+        if len(blks):
+            zformat.file_size(int(blks.min()), head)
+            size = zformat.file_size(int(blks.max()), head)
+        # checked: now move as a whole
+        idx = self.oidindex
+        if self.head is not None:
+            idx.drop_file(self.fid)
+            idx.disown(self.fid, list(self.nodes) + [self.oid])
+            with self.parts_lock:
+                idx.disown(self.fid, list(self.parts))
+                self.parts, self.blk_parts = {}, {}
+        idx.add_blocks(self.fid, zblks, blks)
+        idx.own(self.fid, list(nodes) + [self.oid])
+        self.head, self.nodes, self.size = head, nodes, size
+
+    def _walk_all(self, root, at):
+        """Every node of the BTree at `root`, level by level, each level's
+        records asked for at once (ZEO prefetch), so that loading a big
+        file costs round trips per level, not per node."""
+        nodes = {}
+        level = [root]
+        for depth in range(MAX_DEPTH + 1):
+            if not level:
+                return nodes
+            self.loader.prefetch(level, at)
+            below = []
+            for oid in level:
+                if oid in nodes:
+                    raise zformat.FormatError(oid, at, 'BTree node reached twice')
+                node, _ = self.loader.node(oid, at)
+                nodes[oid] = node
+                if isinstance(node, zformat.Tree):
+                    below.extend(node.children)
+            level = below
+        raise zformat.FormatError(root, at, 'BTree deeper than %d levels' % MAX_DEPTH)
+
+    # ---- following transactions ----
+
+    def update(self, tid, changed, hits=()):
+        """Move the index to `tid`, whose transactions modified the oids
+        `changed`; `hits`: blocks whose ZBlk is in `changed` (OidIndex).
+        -> the byte ranges that changed, merged."""
+        if self.oid in changed:
+            old_size = self.size
+            self._load(tid)
+            size = max(old_size, self.size)
+            return [(0, size)] if size else []
+        blocks = set(hits)
+        with self.parts_lock:
+            for oid in changed.intersection(self.parts):
+                blocks |= self.parts[oid]
+        resized = []
+        if not changed.isdisjoint(self.nodes):
+            moved, old_size = self._diff(tid, changed)
+            blocks |= moved
+            resized = resized_range(old_size, self.size)
+        if blocks:
+            with self.parts_lock:
+                for blk in blocks:              # chunks are registered again when read
+                    self._drop_parts(blk)
+        self.head.at = tid
+        return merge_ranges(blocks_to_ranges(blocks, self.head.blksize) + resized)
+
+    def _diff(self, tid, changed):
+        """Move `nodes` to `tid`; -> (blocks whose entry changed, old size)."""
+        old_nodes = self.nodes
+        nodes = self._walk_changed(tid, changed)
+        before, after = {}, {}
+        for oid in old_nodes.keys() - nodes.keys() | (changed & old_nodes.keys()):
+            node = old_nodes[oid]
+            if isinstance(node, zformat.Bucket):
+                before.update(zip(node.keys, node.oids))
+        new_nodes = nodes.keys() - old_nodes.keys() | (changed & nodes.keys())
+        for oid in new_nodes:
+            node = nodes[oid]
+            if isinstance(node, zformat.Bucket):
+                after.update(zip(node.keys, node.oids))
+        moved = {blk for blk in before.keys() | after.keys() if before.get(blk) != after.get(blk)}
+        if moved and min(moved) < 0:
+            raise zformat.FormatError(self.head.blktab, tid, 'block number %d out of range'
+                                      % min(moved))
+        old_size, size = self.size, self._size_of(nodes, tid)
+        idx = self.oidindex
+        for blk in moved:
+            idx.change(self.fid, blk, before.get(blk), after.get(blk))
+        idx.disown(self.fid, old_nodes.keys() - nodes.keys())
+        idx.own(self.fid, nodes.keys() - old_nodes.keys())
+        self.nodes, self.size = nodes, size
+        return moved, old_size
+
+    def _walk_changed(self, tid, changed):
+        """The nodes of blktab as of `tid`: unchanged ones reused, changed
+        and new ones loaded."""
+        old_nodes = self.nodes
+        nodes = {}
+        stack = [(self.head.blktab, 0)]
+        while stack:
+            oid, depth = stack.pop()
+            if depth > MAX_DEPTH:
+                raise zformat.FormatError(oid, tid, 'BTree deeper than %d levels' % MAX_DEPTH)
+            if oid in nodes:
+                raise zformat.FormatError(oid, tid, 'BTree node reached twice')
+            node = old_nodes.get(oid) if oid not in changed else None
+            if node is None:
+                node, _ = self.loader.node(oid, tid)
+            nodes[oid] = node
+            if isinstance(node, zformat.Tree):
+                stack.extend((child, depth + 1) for child in node.children)
+        return nodes
+
+    def _size_of(self, nodes, tid):
+        """File size: from the last key of the rightmost bucket."""
+        node = nodes[self.head.blktab]
+        while isinstance(node, zformat.Tree):
+            node = nodes[node.children[-1]]
+        if len(node.keys):
+            return zformat.file_size(node.keys[-1], self.head)
+        last = max((n.keys[-1] for n in nodes.values()
+                    if isinstance(n, zformat.Bucket) and len(n.keys)), default=None)
+        return 0 if last is None else zformat.file_size(last, self.head)
+
+    def mapping(self):
+        """-> {blk: ZBlk oid} of the whole file (for tests: it is big)."""
+        out = {}
+        for node in self.nodes.values():
+            if isinstance(node, zformat.Bucket):
+                out.update(zip(node.keys, node.oids))
+        return out
+
+    # ---- parts of ZBlk1 blocks that were read ----
+
+    def zblk_of(self, blk):
+        """The ZBlk of `blk` as of `at` (None: a hole), from the index alone."""
+        nodes = self.nodes
+        node = nodes.get(self.head.blktab)
+        while isinstance(node, zformat.Tree):
+            node = nodes.get(node.children[zformat._child_for(node, blk)])
+        if node is None:
+            return None
+        i = bisect.bisect_left(node.keys, blk)
+        if i < len(node.keys) and node.keys[i] == blk:
+            return node.oids[i]
+        return None
+
     def _add_parts(self, blk, oids):
         self.blk_parts[blk] = tuple(oids)
         for oid in oids:
             self.parts.setdefault(oid, set()).add(blk)
+        self.oidindex.own(self.fid, oids)
 
     def _drop_parts(self, blk):
+        gone = []
         for oid in self.blk_parts.pop(blk, ()):
             blks = self.parts.get(oid)
             if blks is not None:
                 blks.discard(blk)
                 if not blks:
                     del self.parts[oid]
+                    gone.append(oid)
+        if gone:
+            self.oidindex.disown(self.fid, gone)
 
     def note_parts(self, blk, oids):
-        """Remember that `blk` was read from `oids` (its ZBlk first)."""
+        """Remember that `blk` was read from `oids` (its ZBlk first): a
+        change of any of them changes the block. A ZBlk0 is its ZBlk alone,
+        which the OidIndex knows already."""
+        if len(oids) < 2:
+            return
         with self.parts_lock:
-            if self.blocks.get(blk) != oids[0] or self.blk_parts.get(blk) == tuple(oids):
+            if self.zblk_of(blk) != oids[0] or self.blk_parts.get(blk) == tuple(oids[1:]):
                 return
             self._drop_parts(blk)
-            self._add_parts(blk, oids)
-
-    def update(self, tid, changed):
-        """Move the index to `tid`, whose transactions modified the oids
-        `changed`; -> the byte ranges that changed, merged."""
-        if self.oid in changed:
-            old_size = self.size
-            self._load(tid)
-            size = max(old_size, self.size)
-            return [(0, size)] if size else []
-        with self.parts_lock:                   # before a walk of blktab registers parts anew
-            blocks = {blk for oid in changed.intersection(self.parts) for blk in self.parts[oid]}
-        resized = []
-        if not changed.isdisjoint(self.nodes):
-            old, old_size = self.blocks, self.size
-            self._load(tid, reuse=self.nodes, changed=changed)
-            blocks |= {blk for blk in old.keys() | self.blocks.keys()
-                       if old.get(blk) != self.blocks.get(blk)}
-            resized = resized_range(old_size, self.size)
-        with self.parts_lock:
-            for blk in blocks:                  # chunks are registered again when read
-                zblk = self.blocks.get(blk)
-                self._drop_parts(blk)
-                if zblk is not None:
-                    self._add_parts(blk, (zblk,))
-        self.head.at = tid
-        return merge_ranges(blocks_to_ranges(blocks, self.head.blksize) + resized)
+            self._add_parts(blk, oids[1:])

@@ -213,7 +213,7 @@ class WCFS(fuse.Operations):
             st.update(st_mode=stat.S_IFREG | mode_of(node), st_nlink=1, st_size=0)
         if node.kind in (DATA, REVDATA, HEADDIR, REVDIR, AT):
             head = node.bf.head if node.rd is None else node.rd.head
-            t = tid_time(head.at)
+            t = tid_time(node.bf.shown_at() if node.rd is None else head.at)
             st.update(st_mtime=t, st_ctime=t, st_atime=t)
             if node.kind in (DATA, REVDATA):
                 st.update(st_size=head.size, st_blksize=head.blksize,
@@ -241,7 +241,7 @@ class WCFS(fuse.Operations):
         if node.kind == STATS:
             return self.srv.stats.render()
         if node.kind == AT:
-            return b'%016x\n' % node.bf.at
+            return b'%016x\n' % node.bf.shown_at()
         raise err(errno.EISDIR)
 
     def readdir(self, path, fh):

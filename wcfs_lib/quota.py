@@ -34,6 +34,10 @@ class Quota:
             self._used += 1
             return None
 
+    def used(self):
+        """Slots in use now, by every uid."""
+        return self._used
+
     def release(self, uid):
         """Give back a slot `uid` took."""
         with self._lock:

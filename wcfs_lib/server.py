@@ -42,6 +42,7 @@ from .blockcache import BlockCache
 from .channel import Channel
 from .fs_binding import libfuse
 from .kcache import KernelCache
+from .oidindex import OidIndex
 from .quota import Quota
 from .stats import Stats
 from .subscription import KillPolicy
@@ -94,6 +95,8 @@ class Context:
         self.shutdown = srv.shutdown
         self.kill = KillPolicy(srv.mountpoint, srv.opts.kill_timeout, srv.stats)
         self.last_tid = srv.last_tid
+        self.waiting = srv.table.waiting
+        self.applied = lambda: srv.watcher.applied
 
 
 class Server:
@@ -107,12 +110,12 @@ class Server:
         self.stats = Stats()
         self.table = BigFileTable()
         self.stats.gauge('bigfiles', self.table.count)
-        self.stats.gauge('revdirs', self.table.count_revdirs)
-        self.stats.gauge('channels', lambda: self.count_channels()[0])
-        self.stats.gauge('subscribed', lambda: self.count_channels()[1])
+        self.stats.set('subscribed', 0)         # counted by the channels themselves
         self.storage = None
         self.channel_quota = Quota('channels', MAX_CHANNELS)
         self.revdir_quota = Quota('revision directories', MAX_REVDIRS)
+        self.stats.gauge('channels', self.channel_quota.used)
+        self.stats.gauge('revdirs', self.revdir_quota.used)
 
     # ---- start ----
 
@@ -126,7 +129,7 @@ class Server:
         self.stats.gauge('db_requests', lambda: self.records.requests)
         kcache = KernelCache(libfuse, self.mountpoint)
         self.ctx = Context(self, kcache)
-        self.watcher = Watcher(self.storage, self.loader, self.table, self.stats)
+        self.watcher = Watcher(self.storage, self.loader, self.table, self.stats, OidIndex())
         self.stats.set('zhead', '%016x' % self.watcher.zhead)
         self.watcher.start()
         self.ops = fs.WCFS(self)
@@ -218,11 +221,6 @@ class Server:
     def last_tid(self):
         """The database's last transaction, asking the server (never stale)."""
         return max(self.watcher.zhead, self.records.last_tid())
-
-    def count_channels(self):
-        """-> (open channels, subscribed channels) over all files."""
-        counts = [bf.count_channels() for bf in self.table.files()]
-        return sum(c[0] for c in counts), sum(c[1] for c in counts)
 
     def open_channel(self, bf, caller_tid, uid):
         """A new channel of `bf` for user `uid`; None when MAX_CHANNELS are

@@ -44,12 +44,14 @@ class Watcher:
     RESYNC = object()
     PACKED = object()
 
-    def __init__(self, storage, loader, table, stats):
+    def __init__(self, storage, loader, table, stats, oidindex):
         self.storage = storage
         self.loader = loader
         self.table = table
         self.stats = stats
+        self.oidindex = oidindex
         self.zhead = u64(storage.lastTransaction())
+        self.applied = self.zhead   # every file untouched since shows this as head/at
         self.zhead_lock = threading.Lock()
         self._queue = collections.deque()
         self._queue_cond = threading.Condition()    # guards _queue, _stop
@@ -100,7 +102,8 @@ class Watcher:
                 if item is self.RESYNC:
                     self._resync()
                 elif item is self.PACKED:
-                    self._each_file(self.table.files(), lambda bf: bf.check_gone(self.zhead))
+                    self._each_file([(bf, None) for bf in self.table.files()],
+                                    lambda bf, _: bf.check_gone(self.zhead))
                 else:
                     self._apply(*item)
             except Exception:
@@ -116,16 +119,25 @@ class Watcher:
         self.stats.set('zhead', '%016x' % tid)
         with self._zhead_cond:
             self._zhead_cond.notify_all()
-        self._each_file(files, lambda bf: bf.on_transaction(tid, oids))
+        if oids is None:
+            targets = [(bf, ()) for bf in self.table.files()]
+        else:
+            touched = self.oidindex.touched(oids)
+            targets = [(files[fid], hits) for fid, hits in touched.items() if fid in files]
+        self._each_file(targets, lambda bf, hits: bf.on_transaction(tid, oids, hits))
+        self.applied = tid
+        self._each_file([(bf, None) for bf in self.table.waiting.files()],
+                        lambda bf, _: bf.answer_waiting())
 
-    def _each_file(self, files, step):
-        """step(bf) for each file; a step that needs the database while it
-        is unreachable is retried, never skipped: skipping would lose that
-        transaction's δ for the file. Any other failure stays in its file."""
-        for bf in files:
+    def _each_file(self, targets, step):
+        """step(bf, arg) for each (bf, arg); a step that needs the database
+        while it is unreachable is retried, never skipped: skipping would
+        lose that transaction's δ for the file. Any other failure stays in
+        its file."""
+        for bf, arg in targets:
             while not self._stop:
                 try:
-                    step(bf)
+                    step(bf, arg)
                     break
                 except zstorage.DatabaseUnavailable as e:
                     log.warning('bigfile/%s: waiting for the database: %s', bf.name, e)
@@ -167,7 +179,7 @@ class Watcher:
         here: this runs in mkdir's handler, and the file was never visible."""
         oid = loading.oid
         try:
-            index = FileIndex(self.loader, oid, loading.at)
+            index = FileIndex(self.loader, oid, loading.at, self.oidindex)
             while True:
                 bf, backlog = self.table.publish(loading, lambda: BigFile(oid, index, ctx))
                 if bf is not None:
@@ -183,8 +195,9 @@ class Watcher:
         while True:
             try:
                 if oids is None:
-                    return FileIndex(self.loader, index.oid, tid)
-                index.update(tid, oids)
+                    index.update(tid, {index.oid})      # reload it whole
+                else:
+                    index.update(tid, oids, self.oidindex.touched(oids).get(index.fid, ()))
                 return index
             except zstorage.DatabaseUnavailable:
                 if self._stop:

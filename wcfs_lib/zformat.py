@@ -18,11 +18,14 @@ they make up the block index and are small. Block data is decoded and handed
 back; keeping it is the caller's business (the kernel's page cache).
 """
 
+import bisect
 import codecs
 import collections
 import io
 import pickletools
 import threading
+
+from array import array
 
 import zodbpickle.pickle
 from ZODB.utils import u64
@@ -175,48 +178,56 @@ def _class_name(meta):
 # ---- BTree nodes ----
 
 class Bucket:
-    """A leaf: sorted (key, value) pairs; values are Refs for our trees."""
+    """A leaf: sorted keys and the oids of the objects they map to (every
+    tree wcfs reads maps keys to persistent references). Compact arrays, not
+    objects per entry: a big file's index is its buckets."""
 
-    __slots__ = ('items',)
+    __slots__ = ('keys', 'oids')
 
-    def __init__(self, items):
-        self.items = items
+    def __init__(self, keys, oids):
+        self.keys = keys        # array('q')
+        self.oids = oids        # array('Q'), oids[i] is the value of keys[i]
+
+    @property
+    def items(self):
+        return zip(self.keys, self.oids)
 
 
 class Tree:
-    """An inner node: children[i] holds keys >= keys[i] (keys[0] unused)."""
+    """An inner node: children[i] holds the keys k with
+    keys[i-1] <= k < keys[i] (no bound below children[0] nor above the last)."""
 
     __slots__ = ('keys', 'children')
 
     def __init__(self, keys, children):
-        self.keys = keys
-        self.children = children
+        self.keys = keys            # array('q'), one fewer than children
+        self.children = children    # array('Q') of oids
+
+
+EMPTY = Bucket(array('q'), array('Q'))
 
 
 def parse_node(klass, state, kinds):
     """Decode the state of a BTree or bucket of the class names `kinds`.
 
-    -> Bucket, or Tree whose children are Refs or (inline) a Bucket.
+    -> Bucket (also for a tree that holds its single bucket inline), or Tree.
     """
     if klass not in kinds:
         raise ValueError('%s is not one of %s' % (klass, '/'.join(kinds)))
     if klass == kinds[1]:
         return _parse_bucket(state)
     if state is None:
-        return Bucket([])
+        return EMPTY
     if not isinstance(state, tuple) or len(state) not in (1, 2):
         raise ValueError('bad tree state')
     flat = state[0]
-    if len(state) == 1 and len(flat) == 1 and isinstance(flat[0], tuple):
+    if len(state) == 1 and isinstance(flat, tuple) and len(flat) == 1 and isinstance(flat[0], tuple):
         return _parse_bucket(flat[0])               # single bucket, inline
     if not isinstance(flat, tuple) or len(flat) % 2 != 1:
         raise ValueError('bad tree node')
-    children = list(flat[0::2])
-    keys = [None] + list(flat[1::2])
-    if not all(isinstance(c, Ref) for c in children):
-        raise ValueError('tree child is not a reference')
-    _check_keys(keys[1:])
-    return Tree(keys, children)
+    keys = flat[1::2]
+    _check_keys(keys)
+    return Tree(array('q', keys), _oids(flat[0::2], 'tree child'))
 
 
 def _parse_bucket(state):
@@ -227,7 +238,17 @@ def _parse_bucket(state):
         raise ValueError('bad bucket items')
     keys = flat[0::2]
     _check_keys(keys)
-    return Bucket(list(zip(keys, flat[1::2])))
+    return Bucket(array('q', keys), _oids(flat[1::2], 'BTree value'))
+
+
+def _oids(refs, what):
+    try:
+        return array('Q', [ref.oid for ref in refs])
+    except AttributeError:
+        bad = next(ref for ref in refs if not isinstance(ref, Ref))
+        # a type name, never repr: a hostile value nested deep enough makes repr raise
+        raise ValueError('%s is a %s, not a persistent reference' % (what, type(bad).__name__)) \
+            from None
 
 
 def _check_keys(keys):
@@ -235,18 +256,13 @@ def _check_keys(keys):
         raise ValueError('bucket key is not an integer')
     if any(a >= b for a, b in zip(keys, keys[1:])):
         raise ValueError('bucket keys are not sorted')
+    if keys and not (-(1 << 63) <= keys[0] and keys[-1] < (1 << 63)):
+        raise ValueError('bucket key out of the 64-bit range')
 
 
 def _child_for(tree, key):
     """Index of the child of `tree` that holds `key`."""
-    lo, hi = 1, len(tree.keys)
-    while lo < hi:
-        mid = (lo + hi) // 2
-        if tree.keys[mid] <= key:
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo - 1
+    return bisect.bisect_right(tree.keys, key)
 
 
 # ---- the loader ----
@@ -292,6 +308,10 @@ class ZLoader:
             raise ObjectMissing(oid, at)
         return r
 
+    def prefetch(self, oids, at):
+        """Ask for the records of `oids` as of `at` at once, if the storage can."""
+        self.records.prefetch(oids, at)
+
     def decode(self, oid, at, fresh=False):
         """-> (class name, state, serial) of `oid` as of `at`."""
         data, serial = self.record(oid, at, fresh)
@@ -334,16 +354,15 @@ class ZLoader:
         for _depth in range(64):
             if isinstance(node, Bucket):
                 return node
-            child = node.children[_child_for(node, key)]
-            node = child if isinstance(child, Bucket) else self.node(child.oid, at, kinds)[0]
+            node = self.node(node.children[_child_for(node, key)], at, kinds)[0]
         raise FormatError(root, at, 'BTree deeper than 64 levels')
 
     def lookup(self, head, blk):
         """-> oid of the block object of `blk`, or None for a hole."""
         bucket = self._bucket_for(head.blktab, head.at, blk)
-        for k, v in bucket.items:
-            if k == blk:
-                return _ref_oid(v, head.blktab, head.at)
+        i = bisect.bisect_left(bucket.keys, blk)
+        if i < len(bucket.keys) and bucket.keys[i] == blk:
+            return bucket.oids[i]
         return None
 
     def size(self, head):
@@ -355,7 +374,7 @@ class ZLoader:
         return 0 if last is None else file_size(last, head)
 
     def walk(self, root, at, kinds=LOBTREE, reverse=False, visit=None):
-        """Yield (key, value) of a BTree in key order; visit(oid, node) per node."""
+        """Yield (key, oid) of a BTree in key order; visit(oid, node) per node."""
         yield from self._walk(root, at, kinds, reverse, visit, 0, set())
 
     def _walk(self, oid, at, kinds, reverse, visit, depth, seen):
@@ -368,14 +387,10 @@ class ZLoader:
         if visit is not None:
             visit(oid, node)
         if isinstance(node, Bucket):
-            yield from (reversed(node.items) if reverse else node.items)
+            yield from (reversed(list(node.items)) if reverse else node.items)
             return
-        children = reversed(node.children) if reverse else node.children
-        for child in children:
-            if isinstance(child, Bucket):
-                yield from (reversed(child.items) if reverse else child.items)
-            else:
-                yield from self._walk(child.oid, at, kinds, reverse, visit, depth + 1, seen)
+        for child in (reversed(node.children) if reverse else node.children):
+            yield from self._walk(child, at, kinds, reverse, visit, depth + 1, seen)
 
     # blocks
 
@@ -398,8 +413,7 @@ class ZLoader:
         buf = bytearray(blksize)
         oids = [zblk]
         end = 0
-        for off, ref in self.walk(chunktab, at, IOBTREE, visit=lambda oid, _: oids.append(oid)):
-            zdata = _ref_oid(ref, chunktab, at)
+        for off, zdata in self.walk(chunktab, at, IOBTREE, visit=lambda oid, _: oids.append(oid)):
             oids.append(zdata)
             klass, state, _ = self.decode(zdata, at)
             if klass != ZDATA:
@@ -442,14 +456,6 @@ def file_size(last_blk, head):
     if last_blk < 0 or size >= MAX_FILE_SIZE:
         raise FormatError(head.blktab, head.at, 'block number %d out of range' % last_blk)
     return size
-
-
-def _ref_oid(value, oid, at):
-    if not isinstance(value, Ref):
-        # a type name, never repr: a hostile value nested deep enough makes repr raise
-        raise FormatError(oid, at, 'BTree value is a %s, not a persistent reference'
-                          % type(value).__name__)
-    return value.oid
 
 
 def _as_bytes(state, oid, at):

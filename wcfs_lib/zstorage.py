@@ -138,6 +138,19 @@ class Records:
         data, serial, end = r
         return data, u64(serial), (None if end is None else u64(end))
 
+    def prefetch(self, oids, at):
+        """Have the records of `oids` as of `at` loaded in the background
+        (ZEO: into its client cache, one message for all); nothing where the
+        storage cannot, or while it is away: the loads that follow ask."""
+        prefetch = getattr(self.storage, 'prefetch', None)
+        if prefetch is None or len(oids) < 2:
+            return
+        try:
+            prefetch([p64(oid) for oid in oids], p64(at + 1))
+        except Exception as e:
+            if not is_disconnect(e):
+                raise
+
     def last_tid(self):
         """The last transaction the database has committed, asking the server
         first where there is one, so that a tid a client saw is never 'future'."""
