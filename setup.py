@@ -19,6 +19,7 @@ setup(
         'transaction',
         'python-daemon',
         'lockfile',
+        'numpy',
     ],
     entry_points={
         'console_scripts': ['wcfs=wcfs:main'],

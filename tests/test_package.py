@@ -171,7 +171,7 @@ def test_package_builds_lints_installs_and_serves(zeo, tmp_path):
     depends = run(['dpkg-deb', '-f', str(deb), 'Depends']).stdout
     for pkg in ('fuse3', 'python3-btrees', 'python3-persistent', 'python3-transaction',
                 'python3-zodbpickle', 'python3-zc.lockfile', 'python3-zope.interface',
-                'python3-daemon', 'python3-lockfile'):
+                'python3-daemon', 'python3-lockfile', 'python3-numpy'):
         assert pkg in depends.replace(',', ' ').split(), 'Depends lacks %s: %s' % (pkg, depends)
 
     lint = run(['lintian', str(deb), str(changes)], timeout=600, check=False)
