@@ -240,7 +240,7 @@ class BigFile:
             if self.history.covers(a):
                 return self.history.ranges(a, b)
         try:
-            return compare_revisions(self.loader, self.oid, a, b)
+            return self._delta_from_database(a, b)
         except DatabaseUnavailable:
             raise
         except Exception as e:
@@ -279,6 +279,21 @@ class BigFile:
                     else:
                         self._send_have(ch, sat, ranges)
             return
+
+    def _delta_from_database(self, a, b):
+        """δR(a, b) for `a` older than the history: the oids that changed in
+        (a, b], from the storage's iterator, looked up in the index (exact,
+        and the cost follows the transactions); where the index is not at b
+        with nothing of the file changed since, or the storage cannot list
+        transactions, the trees as of a and b are compared."""
+        at = self.index.at
+        if a <= at <= b:
+            changed = self.loader.records.changed_oids(a, at)
+            if changed is not None:
+                moved_at, ranges = self.index.delta_since(a, frozenset(changed))
+                if moved_at == at:
+                    return ranges
+        return compare_revisions(self.loader, self.oid, a, b)
 
     def _delta_or_none(self, a, b):
         try:

@@ -41,6 +41,10 @@ from .delta import blocks_to_ranges, merge_ranges, resized_range
 MAX_DEPTH = 64      # deeper BTrees are refused as malformed
 
 
+def whole(size):
+    return [(0, size)] if size else []
+
+
 class FileIndex:
     """What one ZBigFile is made of as of `at`, to turn oids into ranges."""
 
@@ -116,8 +120,7 @@ class FileIndex:
         if self.oid in changed:
             old_size = self.size
             self._load(tid)
-            size = max(old_size, self.size)
-            return [(0, size)] if size else []
+            return whole(max(old_size, self.size))
         blocks = set(hits)
         with self.parts_lock:
             for oid in changed.intersection(self.parts):
@@ -200,11 +203,89 @@ class FileIndex:
                 out.update(zip(node.keys, node.oids))
         return out
 
+    # ---- δR from an older revision ----
+
+    def delta_since(self, a, changed):
+        """δR(a, at) from the oids that the transactions in (a, at] modified
+        (`changed`); -> (at, ranges), `at` being the revision of the index
+        it was computed against (the index may move meanwhile: the caller
+        checks). Loads only the nodes of blktab that changed since `a` as of
+        `a`: the cost follows the changes, not the file."""
+        head, nodes, size = self.head, self.nodes, self.size
+        at = self.at
+        if self.oid in changed:
+            old = self.loader.zbigfile(self.oid, a)
+            return at, whole(max(size, self.loader.size(old)))
+        before, size_a = self._entries_as_of(a, head.blktab, changed, nodes)
+        after = {}
+        for oid in changed & nodes.keys():
+            node = nodes[oid]
+            if isinstance(node, zformat.Bucket):
+                after.update(zip(node.keys, node.oids))
+        blocks = {blk for blk in before.keys() | after.keys() if before.get(blk) != after.get(blk)}
+        hits = self.oidindex.touched(changed).get(self.fid, ())
+        blocks.update(blk for blk in hits if self.zblk_of(blk, nodes) in changed)
+        with self.parts_lock:
+            for oid in changed.intersection(self.parts):
+                blocks |= self.parts[oid]
+        return at, merge_ranges(blocks_to_ranges(blocks, head.blksize) + resized_range(size_a, size))
+
+    def _entries_as_of(self, a, root, changed, nodes):
+        """-> ({blk: ZBlk} held as of `a` by the buckets that changed since,
+        the file size as of `a`). `nodes`: blktab as of now; a node that did
+        not change since `a` is the same now, and is descended into only
+        when something below it changed."""
+        hot = self._ancestors(root, changed, nodes)
+        entries = {}
+        stack = [(root, 0, True)]
+        last = None
+        while stack:
+            oid, depth, rightmost = stack.pop()
+            if depth > MAX_DEPTH:
+                raise zformat.FormatError(oid, a, 'BTree deeper than %d levels' % MAX_DEPTH)
+            same = oid not in changed and oid in nodes
+            if same and oid not in hot and not rightmost:
+                continue
+            node = nodes[oid] if same else self._node_as_of(oid, a)
+            if node is None:
+                continue
+            if isinstance(node, zformat.Tree):
+                n = len(node.children)
+                stack.extend((child, depth + 1, rightmost and i == n - 1)
+                             for i, child in enumerate(node.children))
+                continue
+            if not same:
+                entries.update(zip(node.keys, node.oids))
+            if rightmost:
+                last = node.keys[-1] if len(node.keys) else None
+        size = 0 if last is None else zformat.file_size(last, self.head)
+        return entries, size
+
+    def _node_as_of(self, oid, a):
+        try:
+            return self.loader.node(oid, a)[0]
+        except zformat.ObjectMissing:
+            return None
+
+    @staticmethod
+    def _ancestors(root, changed, nodes):
+        """The tree nodes, as of now, above a node that changed."""
+        hot = set()
+        stack = [(root, ())]
+        while stack:
+            oid, path = stack.pop()
+            node = nodes.get(oid)
+            if oid in changed:
+                hot.update(path)
+            if isinstance(node, zformat.Tree):
+                stack.extend((child, path + (oid,)) for child in node.children)
+        return hot
+
     # ---- parts of ZBlk1 blocks that were read ----
 
-    def zblk_of(self, blk):
+    def zblk_of(self, blk, nodes=None):
         """The ZBlk of `blk` as of `at` (None: a hole), from the index alone."""
-        nodes = self.nodes
+        nodes = self.nodes if nodes is None else nodes
         node = nodes.get(self.head.blktab)
         while isinstance(node, zformat.Tree):
             node = nodes.get(node.children[zformat._child_for(node, blk)])

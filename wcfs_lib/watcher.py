@@ -47,6 +47,7 @@ class Watcher:
     def __init__(self, storage, loader, table, stats, oidindex):
         self.storage = storage
         self.loader = loader
+        self.records = loader.records
         self.table = table
         self.stats = stats
         self.oidindex = oidindex
@@ -147,11 +148,26 @@ class Watcher:
                     break
 
     def _resync(self):
-        """After a reconnection: the storage may have lost invalidations."""
-        tid = u64(self.storage.lastTransaction())
-        if tid > self.zhead:
-            log.info('resync after reconnection: %016x -> %016x', self.zhead, tid)
-            self._apply(tid, None)
+        """After a reconnection: the storage may have lost invalidations.
+        The transactions missed are listed by the storage's iterator and
+        applied as one; where it cannot list them, each file compares its
+        trees. Retried while the database is away: skipping would lose
+        those transactions for good."""
+        while not self._stop:
+            try:
+                tid = u64(self.storage.lastTransaction())
+                if tid <= self.zhead:
+                    return
+                oids = self.records.changed_oids(self.zhead, tid)
+                break
+            except zstorage.DatabaseUnavailable as e:
+                log.warning('resync: waiting for the database: %s', e)
+                time.sleep(RETRY_PAUSE)
+        else:
+            return
+        log.info('resync after reconnection: %016x -> %016x (%s)', self.zhead, tid,
+                 'everything compared' if oids is None else '%d objects changed' % len(oids))
+        self._apply(tid, None if oids is None else frozenset(oids))
 
     def wait_zhead(self, tid, timeout):
         """Wait until zhead >= tid; TimeoutError after `timeout` seconds."""

@@ -138,6 +138,30 @@ class Records:
         data, serial, end = r
         return data, u64(serial), (None if end is None else u64(end))
 
+    def changed_oids(self, a, b):
+        """-> the oids that the transactions in (a, b] modified (the storage's
+        iterator: the cost follows those transactions), or None where the
+        storage cannot list them."""
+        if getattr(self.storage, 'iterator', None) is None:
+            return None
+        oids = set()
+        try:
+            it = self.storage.iterator(p64(a + 1), p64(b))
+            try:
+                for txn in it:
+                    self.requests += 1
+                    oids.update(u64(rec.oid) for rec in txn)
+            finally:
+                close = getattr(it, 'close', None)
+                if close is not None:
+                    close()
+        except Exception as e:
+            if not is_disconnect(e):
+                raise
+            raise DatabaseUnavailable('transactions (%016x, %016x]: database unreachable: %s'
+                                      % (a, b, e)) from None
+        return oids
+
     def prefetch(self, oids, at):
         """Have the records of `oids` as of `at` loaded in the background
         (ZEO: into its client cache, one message for all); nothing where the
