@@ -15,7 +15,7 @@ import signal
 import pytest
 
 from conftest import read_text, wait_for
-from test_daemon import mnt, wcfs_d  # noqa: F401  (fixtures)
+from test_daemon import mnt, nobody_tmp, wcfs_d  # noqa: F401  (fixtures)
 from zhelp import Writer, hex16, read_bytes
 
 BS = 64 << 10

@@ -45,6 +45,7 @@ from .zstorage import DatabaseUnavailable
 
 log = logging.getLogger('wcfs.bigfile')
 
+RETRY_PAUSE = 0.5       # seconds between tries while the database is away
 MAX_REVDIRS = 10000     # @<tid>/ directories over all files, half per uid; beyond: ENOSPC
 
 
@@ -164,8 +165,7 @@ class BigFile:
         if inline:
             self._apply_steps()
         else:
-            threading.Thread(target=self._apply_steps, daemon=True,
-                             name='mover-' + self.name).start()
+            threading.Thread(target=self._mover, daemon=True, name='mover-' + self.name).start()
 
     def shown_at(self):
         """What head/at shows: an idle file is as of every transaction the
@@ -180,6 +180,17 @@ class BigFile:
         """Channels subscribed now. cond held."""
         return [ch for ch in self.channels
                 if ch.state.subscribed and not ch.dropped and not ch.closed]
+
+    def _mover(self):
+        try:
+            self._apply_steps()
+        except Exception:
+            # a bug: log it, and let the next transaction try again rather
+            # than leave the file's head frozen for good
+            log.exception('bigfile/%s: moving the head failed', self.name)
+            with self.cond:
+                self.moving = False
+                self.cond.notify_all()
 
     def _apply_steps(self):
         """Apply pending steps until there is none (the thread owning `moving`)."""
@@ -207,10 +218,20 @@ class BigFile:
         target = update.target.at
         with self.cond:
             since = {ch: ch.state.reported for ch in update.waitset}
-        update.ranges = {ch: self._delta(reported, target) for ch, reported in since.items()}
+        update.ranges = {ch: self._delta_retrying(reported, target)
+                         for ch, reported in since.items()}
         laggards = []
         with self.cond:
             while not self.ctx.shutdown.is_set():
+                needed = update.answers_needed()
+                if needed:
+                    self.cond.release()     # δR may need the database
+                    try:
+                        for ch, cat in needed:
+                            update.since_cat[(ch, cat)] = self._delta_retrying(cat, target)
+                    finally:
+                        self.cond.acquire()
+                    continue
                 update.send_ready(self._send_have)
                 pending = update.pending()
                 if not pending:
@@ -294,6 +315,19 @@ class BigFile:
                 if moved_at == at:
                     return ranges
         return compare_revisions(self.loader, self.oid, a, b)
+
+    def _delta_retrying(self, a, b):
+        """δR(a, b) for an update, which cannot go on without it: while the
+        database is away, ask again (the update then takes the database's
+        time, SPEC 4.4)."""
+        while True:
+            try:
+                return self._delta(a, b)
+            except DatabaseUnavailable as e:
+                if self.ctx.shutdown.is_set():
+                    return whole(max(self.head.size, self._zhead_head.size))
+                log.warning('bigfile/%s: update waits for the database: %s', self.name, e)
+                time.sleep(RETRY_PAUSE)
 
     def _delta_or_none(self, a, b):
         try:

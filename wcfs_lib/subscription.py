@@ -22,6 +22,7 @@ import signal
 import time
 
 from . import procfs
+from .delta import merge_ranges
 
 log = logging.getLogger('wcfs.subscription')
 
@@ -35,6 +36,7 @@ class Update:
         self.started = time.monotonic()
         self.deadline = self.started + kill_timeout
         self.ranges = {}        # channel -> δR(its Sprev, target), computed at start
+        self.since_cat = {}     # (channel, Cat) -> δR(Cat, target) for a waiting want
         self.sent = set()       # channels that were sent this update's have
 
     def pending(self):
@@ -42,17 +44,33 @@ class Update:
         return [ch for ch in self.waitset
                 if not ch.dropped and not ch.closed and (ch not in self.sent or ch.state.unacked)]
 
+    def answers_needed(self):
+        """(channel, Cat) of the set whose waiting `want <Cat>` this update's
+        have will answer (SPEC 4.2: a have at or after Cat is the answer),
+        and whose δR(Cat, target) is not known yet. cond held."""
+        tid = self.target.at
+        return [(ch, ch.state.waiting) for ch in self.waitset
+                if ch not in self.sent and ch.state.waiting is not None
+                and ch.state.waiting <= tid and (ch, ch.state.waiting) not in self.since_cat]
+
     def send_ready(self, send_have):
         """Send the have to every channel of the set that acked its previous
-        one. cond held; send_have(ch, tid, ranges, update) sends one."""
+        one. cond held; send_have(ch, tid, ranges, update) sends one.
+
+        A have that answers a waiting `want <Cat>` is sent while head/data
+        still shows Sprev: its ranges are δR(Cat, target) and δR(Sprev,
+        target), all that the client must take from @<Cat>/data until head
+        moves (SPEC 4.2)."""
         tid = self.target.at
         for ch in self.waitset:
             if ch in self.sent or ch.dropped or ch.closed or ch.state.unacked:
                 continue
-            st = ch.state
-            # a want waiting for a tid this update reaches is answered by it
-            answers = st.waiting is not None and st.waiting <= tid
-            send_have(ch, tid, self.ranges[ch], update=not answers)
+            cat = ch.state.waiting
+            answers = cat is not None and cat <= tid
+            ranges = self.ranges[ch]
+            if answers:
+                ranges = merge_ranges(ranges + self.since_cat[(ch, cat)])
+            send_have(ch, tid, ranges, update=not answers)
             self.sent.add(ch)
 
 
