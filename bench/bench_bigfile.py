@@ -64,7 +64,7 @@ from wcfs_lib import zwriter
 BLKSIZE = 4096
 SMALL_BLOCKS = 4
 GAP = 64                # holes in the middle of `big`
-SPLIT_AFTER = 4         # the holes' bucket is filled to this many inserts before a split
+SPLIT_AFTER = 4         # the holes' bucket is filled so that this many inserts split it
 COMMIT_EVERY = 50000    # blocks per transaction while writing
 MOVING_PAUSE = 0.2      # seconds between commits to `small` while the mkdir loads
 PAUSE = 0.05            # seconds between measured commits
@@ -407,7 +407,7 @@ def main():
         big_at = open_at(bigdir)
         client = Client(os.path.join(bigdir, 'head', 'invalidations'), common.read_at(big_at))
         stack.callback(client.stop)
-        line = client.line(args.timeout)
+        line = client.line(common.START_TIMEOUT + args.timeout)    # a process starts
         assert line == 'ready', 'client: %r' % line
 
         def content_change(root, blk):

@@ -170,7 +170,7 @@ def have_lags(w, m, n, timeout):
     path = os.path.join(m.mnt.path, 'bigfile', '%016x' % m.oids['f0'], 'head', 'invalidations')
     client = Client(path, common.read_at(m.at['f0']))
     try:
-        line = client.line(timeout)
+        line = client.line(common.START_TIMEOUT + timeout)     # a process starts
         assert line == 'ready', 'client: %r' % line
         lags = []
         for _ in range(n):
@@ -233,12 +233,15 @@ def print_phase(label, res):
         return '%.3f ms' % (x * 1000) if x is not None else 'not seen'
 
     have = [x * 1000 for x in res['have']]
+    if have:
+        lags = 'median %.1f ms, p99 %.1f ms over %d' % (statistics.median(have),
+                                                        percentile(have, 99), len(have))
+    else:
+        lags = 'none seen'
     print('%s: wcfs CPU per transaction: %s touching a visible file, %s touching none '
-          '(idle: %.2f ms/s); .wcfs/stats read: %.2f ms; commit -> have: median %.1f ms, '
-          'p99 %.1f ms over %d'
+          '(idle: %.2f ms/s); .wcfs/stats read: %.2f ms; commit -> have: %s'
           % (label, cpu(res['cpu visible']), cpu(res['cpu none']), res['idle'] * 1000,
-             res['stats'] * 1000, statistics.median(have) if have else float('nan'),
-             percentile(have, 99) if have else float('nan'), len(have)))
+             res['stats'] * 1000, lags))
 
 
 def main():
@@ -284,7 +287,7 @@ def main():
     ratio_report('wcfs CPU per transaction touching no visible file',
                  one['cpu none'], many['cpu none'])
     if t_heads is None:
-        figure = 'not caught up %d s after the writer: zhead %s, %d files behind' % (
+        figure = 'not caught up %g s after the writer: zhead %s, %d files behind' % (
             args.timeout, 'caught up after %.3f s' % t_zhead if t_zhead is not None else 'behind',
             len(left))
     else:
