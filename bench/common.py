@@ -29,6 +29,7 @@ sys.path.insert(0, str(ROOT))
 import transaction                                          # noqa: E402
 import ZEO.ClientStorage                                    # noqa: E402
 import ZODB                                                 # noqa: E402
+import ZODB.FileStorage                                     # noqa: E402
 from ZODB.utils import u64                                  # noqa: E402
 
 from wcfs_lib.localproc import free_port, is_mounted, terminate  # noqa: E402
@@ -65,8 +66,6 @@ def verdict(ok):
     return 'OK' if ok else 'MISS'
 
 
-
-
 def wait_for(cond, timeout, what):
     deadline = time.monotonic() + timeout
     while not cond():
@@ -75,8 +74,51 @@ def wait_for(cond, timeout, what):
         time.sleep(0.02)
 
 
+# ---- a wcfs process seen from outside ----
+
+def proc_status(pid):
+    """(VmRSS, VmHWM) of pid in bytes (/proc/<pid>/status)."""
+    vals = {}
+    with open('/proc/%d/status' % pid) as f:
+        for line in f:
+            name, _, value = line.partition(':')
+            if name in ('VmRSS', 'VmHWM'):
+                vals[name] = int(value.split()[0]) * 1024      # kB
+    return vals['VmRSS'], vals['VmHWM']
 
 
+def reset_peak_rss(pid):
+    """Make VmHWM of pid start again from its VmRSS (proc(5): clear_refs 5)."""
+    with open('/proc/%d/clear_refs' % pid, 'w') as f:
+        f.write('5')
+
+
+def cpu_seconds(pid):
+    """CPU time (user + system) pid used so far, all its threads, to the
+    nanosecond: utime and stime of /proc/<pid>/stat count in 10 ms ticks,
+    too coarse for a fraction of a millisecond per transaction."""
+    clock = ctypes.c_int()
+    err = _libc.clock_getcpuclockid(pid, ctypes.byref(clock))
+    if err:
+        raise OSError(err, 'clock_getcpuclockid of pid %d' % pid)
+    return time.clock_gettime(clock.value)
+
+
+def read_at(fd):
+    """The tid head/at shows, read at offset 0 of its open fd (direct_io:
+    always the current content)."""
+    return int(os.pread(fd, 64, 0), 16)
+
+
+def wait_at(fd, tid, timeout, pause=0.0005):
+    """Read head/at at fd every `pause` s until it shows tid or later;
+    -> time.time() when it did, None after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while read_at(fd) < tid:
+        if time.monotonic() > deadline:
+            return None
+        time.sleep(pause)
+    return time.time()
 
 
 def block_data():
@@ -107,6 +149,7 @@ _libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_
                        ctypes.c_int, ctypes.c_long]
 _libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
 _libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_ubyte)]
+_libc.clock_getcpuclockid.argtypes = [ctypes.c_int, ctypes.POINTER(ctypes.c_int)]
 MAP_FAILED = ctypes.c_void_p(-1).value
 PAGE = os.sysconf('SC_PAGE_SIZE')
 
@@ -243,6 +286,14 @@ class Bench:
                 self.start_zeo()
             self._db = ZODB.DB(ZEO.ClientStorage.ClientStorage(self.addr))
         return self._db
+
+    def file_db(self):
+        """A ZODB.DB straight on the Data.fs that runzeo will serve: writing
+        hundreds of thousands of objects is several times faster than through
+        ZEO. Only before runzeo starts; the caller closes it first."""
+        if self.zeo is not None:
+            raise RuntimeError('%s: runzeo already serves %s' % (self.name, self.dir / 'Data.fs'))
+        return ZODB.DB(ZODB.FileStorage.FileStorage(str(self.dir / 'Data.fs')))
 
     def close_db(self):
         if self._db is not None:
