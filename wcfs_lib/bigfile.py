@@ -211,6 +211,9 @@ class BigFile:
                 self.ctx.kcache.invalidate_data('bigfile/%s/head/data' % self.name, ranges)
             with self.cond:
                 self.at = target.at
+            # between steps no update waits: wants that waited are answered
+            # now, not once the database stops changing the file
+            self.answer_waiting(mover=True)
         self.answer_waiting()
 
     def _update_clients(self, update):
@@ -269,13 +272,15 @@ class BigFile:
                         self.name, a, b, e)
             return whole(max(self.head.size, self._zhead_head.size))
 
-    def answer_waiting(self):
+    def answer_waiting(self, mover=False):
         """Channels whose `want` waited for a head at or after their Cat get
-        their `have`, once no step is being applied (the watcher calls this
-        after every transaction while some `want` of the file waits)."""
+        their `have`, when no update waits for acks: from the thread that
+        moves the head between two steps (`mover`), or once no step is being
+        applied (the watcher calls this after every transaction while some
+        `want` of the file waits)."""
         while True:
             with self.cond:
-                if self.moving:
+                if self.moving and not mover:
                     return
                 head, sat = self.head, self.shown_at()
                 waiting = [(ch, ch.state.waiting) for ch in self.channels
@@ -289,7 +294,7 @@ class BigFile:
                 return
             answers = [(ch, cat, self._delta_or_none(cat, sat)) for ch, cat in ready]
             with self.cond:
-                if self.moving or self.head is not head:
+                if (self.moving and not mover) or self.head is not head:
                     continue
                 for ch, cat, ranges in answers:
                     if ch.state.waiting != cat or ch.dropped or ch.closed:
@@ -362,19 +367,23 @@ class BigFile:
             with self.cond:
                 head, sat = self.head, self.shown_at()
                 # an update that started meanwhile answers it once done
-                if self.moving or ch.state.unacked or sat < cat:
+                waits = self.moving or ch.state.unacked or sat < cat
+                if waits:
                     ch.owner = owner
                     ch.send(protocol.format_have(sat, wait=True))
                     ch.state.sent_wait(cat)
                     self.ctx.waiting.add(self)
-                    return
-                if self.history.covers(cat):
+                elif self.history.covers(cat):
                     ch.owner = owner
                     self._send_have(ch, sat, self.history.ranges(cat, sat))
                     return
+            if waits:
+                # the watcher may have moved on before it saw this file waiting
+                self.answer_waiting()
+                return
             ranges = self._delta(cat, sat)
             with self.cond:
-                if self.head is head and not self.moving:
+                if self.head is head and not self.moving and not ch.state.unacked:
                     ch.owner = owner
                     self._send_have(ch, sat, ranges)
                     return
