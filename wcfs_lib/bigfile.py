@@ -199,6 +199,9 @@ class BigFile:
                 self.ctx.kcache.invalidate_data('bigfile/%s/head/data' % self.name, ranges)
             with self.cond:
                 self.at = target.at
+            # between steps no update waits: wants that waited are answered
+            # now, not once the database stops changing the file
+            self._answer_waiting(mover=True)
         self._answer_waiting()
 
     def _update_clients(self, update):
@@ -256,13 +259,15 @@ class BigFile:
                         self.name, a, b, e)
             return whole(max(self.head.size, self._zhead_head.size))
 
-    def _answer_waiting(self):
+    def _answer_waiting(self, mover=False):
         """Channels whose `want` waited for a head at or after their Cat get
-        their `have`, once no step is being applied."""
+        their `have`, when no update waits for acks: from the thread that
+        moves the head between two steps (`mover`), or once no step is being
+        applied."""
         while True:
             with self.cond:
                 head = self.head
-                if self.moving:
+                if self.moving and not mover:
                     return
                 waiting = [(ch, ch.state.waiting) for ch in self.channels
                            if ch.state.waiting is not None and ch.state.waiting <= head.at
@@ -271,7 +276,7 @@ class BigFile:
                 return
             answers = [(ch, cat, self._delta_or_none(cat, head.at)) for ch, cat in waiting]
             with self.cond:
-                if self.moving or self.head is not head:
+                if (self.moving and not mover) or self.head is not head:
                     continue
                 for ch, cat, ranges in answers:
                     if ch.state.waiting != cat or ch.dropped or ch.closed:
