@@ -39,6 +39,7 @@ from . import zformat
 from .delta import blocks_to_ranges, merge_ranges, resized_range
 
 MAX_DEPTH = 64      # deeper BTrees are refused as malformed
+PREFETCH = 256      # records asked for at once while loading a file
 
 
 def whole(size):
@@ -91,17 +92,20 @@ class FileIndex:
         self.head, self.nodes, self.size = head, nodes, size
 
     def _walk_all(self, root, at):
-        """Every node of the BTree at `root`, level by level, each level's
-        records asked for at once (ZEO prefetch), so that loading a big
-        file costs round trips per level, not per node."""
+        """Every node of the BTree at `root`, level by level, the records of
+        a level asked for PREFETCH at a time (ZEO prefetch), so that loading
+        a big file does not cost a round trip per node."""
         nodes = {}
         level = [root]
         for depth in range(MAX_DEPTH + 1):
             if not level:
                 return nodes
-            self.loader.prefetch(level, at)
             below = []
-            for oid in level:
+            for i, oid in enumerate(level):
+                if i % PREFETCH == 0:
+                    # in batches: the storage's invalidations for other
+                    # files are not queued behind a whole level's records
+                    self.loader.prefetch(level[i:i + PREFETCH], at)
                 if oid in nodes:
                     raise zformat.FormatError(oid, at, 'BTree node reached twice')
                 node, _ = self.loader.node(oid, at)

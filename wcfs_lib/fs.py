@@ -391,6 +391,7 @@ class WCFS(fuse.Operations):
             bf = srv.watcher.add_file(oid, srv.ctx)
         if bf is None:
             raise err(errno.EEXIST)
+        srv.malloc.trim()           # what loading a big index left over
         log.info('bigfile/%s: visible, head @%016x, size %d', name, bf.head.at, bf.head.size)
         return 0
 

@@ -23,6 +23,7 @@ import codecs
 import collections
 import io
 import pickletools
+import struct
 import threading
 
 from array import array
@@ -123,10 +124,12 @@ def _persistent_load(pid):
 
 def _pid_oid(pid):
     """The oid of any of ZODB's persistent reference forms."""
+    if type(pid) is tuple and pid and type(pid[0]) is bytes and len(pid[0]) == 8:
+        return _U64(pid[0])[0]                      # (oid, klass): the usual one, first
     if isinstance(pid, bytes):
         return u64(pid)
     if isinstance(pid, tuple) and pid and isinstance(pid[0], bytes):
-        return u64(pid[0])                          # (oid, klass)
+        return u64(pid[0])
     if isinstance(pid, list) and len(pid) == 2:     # [tag, args]
         tag, args = pid
         tag = tag.decode() if isinstance(tag, bytes) else tag
@@ -141,9 +144,91 @@ def _pid_oid(pid):
 _MEMO_OPS = frozenset(('PUT', 'BINPUT', 'LONG_BINPUT', 'GET', 'BINGET', 'LONG_BINGET'))
 
 
+def _opcode_tables():
+    """From pickletools' own descriptions of the opcodes: -> ({opcode byte:
+    length of its argument} for the plain ones, {opcode byte: (kind, how)}
+    for the others: ('memo', n) a memo index of n bytes, ('lines', n) n lines,
+    ('memo lines', 1), ('sized', struct of the size that comes first)."""
+    sizes = {pickletools.TAKEN_FROM_ARGUMENT1: '<B', pickletools.TAKEN_FROM_ARGUMENT4: '<i',
+             pickletools.TAKEN_FROM_ARGUMENT4U: '<I', pickletools.TAKEN_FROM_ARGUMENT8U: '<Q'}
+    plain, other = {}, {}
+    for op in pickletools.opcodes:
+        code = op.code.encode('latin-1')[0]
+        arg = op.arg
+        memo = op.name in _MEMO_OPS
+        if arg is None or (arg.n >= 0 and not memo):
+            plain[code] = 0 if arg is None else arg.n
+        elif arg.n >= 0:
+            other[code] = ('memo', arg.n)
+        elif arg.n == pickletools.UP_TO_NEWLINE:
+            other[code] = ('memo lines', 1) if memo else \
+                ('lines', 2 if arg.name.endswith('_pair') else 1)
+        else:
+            other[code] = ('sized', struct.Struct(sizes[arg.n]))
+    return plain, other
+
+
+_PLAIN_OPS, _OTHER_OPS = _opcode_tables()
+_STOP = ord('.')
+_U64 = struct.Struct('>Q').unpack
+
+
+class _MemoTooBig(ValueError):
+    pass
+
+
 def _check_memo(data):
     """Refuse memo indices past the record's length: the C unpickler sizes its
-    memo by the largest index, so 14 hostile bytes could take gigabytes."""
+    memo by the largest index, so 14 hostile bytes could take gigabytes.
+
+    A walk over the opcodes of both pickles of the record by table (the hot
+    path of loading a big file's index); what it cannot follow is judged
+    by pickletools."""
+    try:
+        _scan_memo(data)
+    except _MemoTooBig:
+        raise
+    except (KeyError, IndexError, struct.error, ValueError):
+        _check_memo_slowly(data)
+
+
+def _scan_memo(data):
+    n = len(data)
+    plain, other = _PLAIN_OPS, _OTHER_OPS
+    i = 0
+    stops = 0
+    while True:
+        op = data[i]
+        i += 1
+        skip = plain.get(op)
+        if skip is not None:
+            i += skip
+            if op == _STOP:
+                stops += 1
+                if stops == 2:
+                    break
+            continue
+        kind, how = other[op]
+        if kind == 'sized':
+            size = how.unpack_from(data, i)[0]
+            if size < 0:
+                raise ValueError('negative size')
+            i += how.size + size
+        elif kind == 'memo':
+            if int.from_bytes(data[i:i + how], 'little') > n:
+                raise _MemoTooBig('pickle memo index past a record of %d bytes' % n)
+            i += how
+        else:
+            start = i
+            for _ in range(how):
+                i = data.index(b'\n', i) + 1
+            if kind == 'memo lines' and int(data[start:i - 1]) > n:
+                raise _MemoTooBig('pickle memo index past a record of %d bytes' % n)
+    if i > n:
+        raise ValueError('truncated')
+
+
+def _check_memo_slowly(data):
     f = io.BytesIO(data)
     for _pickle in ('class', 'state'):
         for op, arg, _ in pickletools.genops(f):
