@@ -17,6 +17,7 @@ and hooks ZEO's `info` broadcast, the only sign of a pack a read-only client
 gets. Both arrive on ZEO's I/O thread: the sink only records and wakes.
 """
 
+import concurrent.futures
 import functools
 import importlib
 import logging
@@ -29,6 +30,8 @@ from ZODB.POSException import POSKeyError
 from ZODB.utils import p64, u64
 
 log = logging.getLogger('wcfs.zstorage')
+
+ITERATORS = 8       # spans of transactions listed at once (changed_oids)
 
 
 class UsageError(Exception):
@@ -141,9 +144,20 @@ class Records:
     def changed_oids(self, a, b):
         """-> the oids that the transactions in (a, b] modified (the storage's
         iterator: the cost follows those transactions), or None where the
-        storage cannot list them."""
+        storage cannot list them.
+
+        ZEO answers an iterator one record per round trip: (a, b] is cut in
+        ITERATORS spans of tids walked at once, so that the round trips
+        overlap (commits spread over time spread over the spans)."""
         if getattr(self.storage, 'iterator', None) is None:
             return None
+        step = max(1, (b - a + ITERATORS - 1) // ITERATORS)
+        spans = [(lo, min(lo + step, b)) for lo in range(a, b, step)]
+        with concurrent.futures.ThreadPoolExecutor(len(spans)) as pool:
+            parts = list(pool.map(lambda span: self._changed_in(*span), spans))
+        return set().union(*parts)
+
+    def _changed_in(self, a, b):
         oids = set()
         try:
             it = self.storage.iterator(p64(a + 1), p64(b))
