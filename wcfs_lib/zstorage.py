@@ -17,6 +17,7 @@ and hooks ZEO's `info` broadcast, the only sign of a pack a read-only client
 gets. Both arrive on ZEO's I/O thread: the sink only records and wakes.
 """
 
+import collections
 import functools
 import importlib
 import logging
@@ -101,6 +102,7 @@ class Records:
         self.db_timeout = db_timeout
         self._unreachable = False   # a request gave up on the database
         self.requests = 0           # round trips asked of the storage (.wcfs/stats db_requests)
+        self._prefetching = collections.deque(maxlen=64)   # prefetches kept alive
 
     def record(self, oid, at, fresh=False):
         """-> (data, serial, end) of `oid` as of `at`; None when the object
@@ -174,14 +176,20 @@ class Records:
         """Have the records of `oids` as of `at` loaded in the background
         (ZEO: into its client cache, one message for all); nothing where the
         storage cannot, or while it is away: the loads that follow ask."""
-        prefetch = getattr(self.storage, 'prefetch', None)
+        # ZEO's ClientStorage.prefetch drops the future of the work it starts,
+        # which its own comment says a garbage collection may then end
+        # half-way: call its runner and keep the future until it is done.
+        runner = getattr(self.storage, '_server', None)
+        prefetch = getattr(runner, 'prefetch', None)
         if prefetch is None or len(oids) < 2:
             return
         try:
-            prefetch([p64(oid) for oid in oids], p64(at + 1))
+            future = prefetch([p64(oid) for oid in oids], p64(at + 1))
         except Exception as e:
             if not is_disconnect(e):
                 raise
+            return
+        self._prefetching.append(future)
 
     def last_tid(self):
         """The last transaction the database has committed, asking the server
