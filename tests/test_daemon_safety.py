@@ -14,7 +14,6 @@ real FUSE mounts and real client processes.
 Every process started here is ended by its pid, every mount unmounted.
 """
 
-import errno
 import os
 import pwd
 import signal
@@ -28,6 +27,8 @@ import pytest
 from chanhelp import Client
 from conftest import (ROOT, START_TIMEOUT, is_mounted, read_text, spawn, terminate, unmount,
                       wait_for)
+from test_cli import wcfs_proc  # noqa: F401  (a fixture)
+from test_daemon import stale_mount
 from wcfs_lib import daemon, procfs
 from zhelp import Writer, head_at, stat_int, wait_head
 
@@ -143,15 +144,6 @@ def mount_entry(path):
     return found[-1] if found else None
 
 
-def dead(path):
-    """Whether path answers ENOTCONN (its FUSE server is gone)."""
-    try:
-        os.stat(path)
-    except OSError as e:
-        return e.errno == errno.ENOTCONN
-    return False
-
-
 def stat_works(path):
     try:
         os.stat(path)
@@ -186,7 +178,7 @@ def dead_other_fs(tmp_path):
         wait_for(serving, START_TIMEOUT, 'the other filesystem to serve at %s' % path)
         server.kill()
         server.wait()
-        wait_for(lambda: dead(path), 10, 'ENOTCONN at %s' % path)
+        wait_for(lambda: stale_mount(path), 10, 'ENOTCONN at %s' % path)
         assert mount_entry(path).fstype == 'fuse.other'
         yield str(path)
     finally:
@@ -240,7 +232,7 @@ def test_dead_mount_of_another_filesystem_is_refused_and_left_alone(zeo, dead_ot
     assert_one_line(stderr, dead_other_fs, 'fuse.other')
     entry = mount_entry(dead_other_fs)
     assert entry is not None and entry.fstype == 'fuse.other', 'wcfs detached %s' % entry
-    assert dead(dead_other_fs)
+    assert stale_mount(dead_other_fs)
 
 
 @pytest.fixture
@@ -254,7 +246,7 @@ def dead_wcfs(zeo, tmp_path):
                  'wcfs to serve at %s' % path)
         proc.kill()
         proc.wait()
-        wait_for(lambda: dead(path), 10, 'ENOTCONN at %s' % path)
+        wait_for(lambda: stale_mount(path), 10, 'ENOTCONN at %s' % path)
         yield str(path)
     finally:
         terminate(proc)
@@ -277,57 +269,20 @@ def test_dead_path_that_is_not_a_mount_point_is_refused(zeo, dead_wcfs, run_wcfs
 
     assert code == 1, stderr
     assert_one_line(stderr, inner)
-    assert dead(dead_wcfs)
+    assert stale_mount(dead_wcfs)
     assert mount_entry(dead_wcfs).fstype == 'fuse.wcfs'
 
 
 # ---- a mount point given through a symlink ----
 
-class Mount:
-    """wcfs.py in the foreground on a path of our choosing."""
-
-    def __init__(self, zurl, path, logpath, *args):
-        self.path = str(path)
-        self.logpath = logpath
-        self.proc = spawn([sys.executable, ROOT / 'wcfs.py', *args, zurl, self.path], logpath)
-
-    def log(self):
-        return read_text(self.logpath)
-
-    def serving(self):
-        if self.proc.poll() is not None:
-            raise AssertionError('wcfs exited with %s:\n%s' % (self.proc.returncode, self.log()))
-        return stat_works(os.path.join(self.path, '.wcfs', 'zurl'))
-
-
-@pytest.fixture
-def mount_at(tmp_path):
-    """mnt = mount_at(zurl, path, *args): a serving Mount, ended and unmounted at teardown."""
-    started = []
-
-    def start(zurl, path, *args):
-        mnt = Mount(zurl, path, tmp_path / ('wcfs%d.log' % len(started)), *args)
-        started.append(mnt)
-        wait_for(mnt.serving, START_TIMEOUT, 'wcfs to serve at %s' % path)
-        return mnt
-
-    try:
-        yield start
-    finally:
-        for mnt in started:
-            terminate(mnt.proc)
-            unmount(mnt.path)
-            print('--- wcfs log (%s), exit %s:\n%s' % (mnt.logpath, mnt.proc.returncode, mnt.log()))
-
-
-def test_client_that_never_acks_is_killed_through_symlinked_mount_point(zeo, tmp_path, mount_at):
+def test_client_that_never_acks_is_killed_through_symlinked_mount_point(zeo, tmp_path, wcfs_proc):
     real = tmp_path / 'real'
     real.mkdir()
     link = tmp_path / 'link'
     link.symlink_to(real)
     w = Writer(zeo.db())
     f, oid, old = w.new_file(BLKSIZE, {0: b'a' * BLKSIZE, 1: b'b' * BLKSIZE})
-    mnt = mount_at(zeo.zurl, link, '--kill-timeout', '2')
+    mnt = wcfs_proc(zeo.zurl, link, '--kill-timeout', '2').wait_serving()
     fdir = os.path.join(mnt.path, 'bigfile', '%016x' % oid)
     os.mkdir(fdir)
     bad = Client(fdir, old, 'noack')
