@@ -33,13 +33,7 @@ ROOM = 1.2          # free space wanted, over the data's size
 
 def status(pid):
     """(VmRSS, VmHWM) of pid in MiB."""
-    vals = {}
-    with open('/proc/%d/status' % pid) as f:
-        for line in f:
-            name, _, value = line.partition(':')
-            if name in ('VmRSS', 'VmHWM'):
-                vals[name] = int(value.split()[0]) / 1024      # kB
-    return vals['VmRSS'], vals['VmHWM']
+    return tuple(v / MiB for v in common.proc_status(pid))
 
 
 def write_bigfiles(b, nfiles, size):
