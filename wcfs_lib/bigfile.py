@@ -312,9 +312,11 @@ class BigFile:
         and the cost follows the transactions); where the index is not at b
         with nothing of the file changed since, or the storage cannot list
         transactions, the trees as of a and b are compared."""
+        applied = self.ctx.applied()    # first: the index has every transaction up to it
         at = self.index.at
         if a <= at <= b:
-            changed = self.loader.records.changed_oids(a, at)
+            # transactions in (at, applied] did not touch the file
+            changed = self.loader.records.changed_oids(a, at, upto=applied)
             if changed is not None:
                 moved_at, ranges = self.index.delta_since(a, frozenset(changed))
                 if moved_at == at:

@@ -158,7 +158,7 @@ class Watcher:
                 tid = u64(self.storage.lastTransaction())
                 if tid <= self.zhead:
                     return
-                oids = self.records.changed_oids(self.zhead, tid)
+                oids = self.records.changed_oids(self.zhead, tid, upto=tid)
                 break
             except zstorage.DatabaseUnavailable as e:
                 log.warning('resync: waiting for the database: %s', e)
