@@ -237,7 +237,7 @@ class WCFS(fuse.Operations):
 
     def _content(self, node):
         if node.kind == ZURL:
-            return (self.srv.zurl + '\n').encode()
+            return (self.srv.zurl_shown + '\n').encode()
         if node.kind == STATS:
             return self.srv.stats.render()
         if node.kind == AT:

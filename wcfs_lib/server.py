@@ -103,6 +103,7 @@ class Server:
     def __init__(self, opts):
         self.opts = opts
         self.zurl = opts.zurl
+        self.zurl_shown = zstorage.masked(opts.zurl)    # in .wcfs/zurl and the log
         self.mountpoint = os.path.realpath(opts.mountpoint)
         self.shutdown = threading.Event()
         self._mounted = threading.Event()
@@ -141,7 +142,7 @@ class Server:
                 raise StartError('%s: mount failed: %s' % (self.mountpoint, self._fuse_error or
                                  'see the log'))
         mount.set_read_ahead(self.mountpoint, READ_AHEAD_KB)
-        log.info('serving %s on %s, zhead %016x', self.zurl, self.mountpoint, self.watcher.zhead)
+        log.info('serving %s on %s, zhead %016x', self.zurl_shown, self.mountpoint, self.watcher.zhead)
 
     def _run_fuse(self):
         # max_idle_threads: libfuse 3.14 warns about its unset default otherwise.
@@ -180,7 +181,7 @@ class Server:
     def _check_database(self):
         state = 'connected' if self.records.connected() else 'unreachable'
         if state != self.stats.get('database'):
-            (log.info if state == 'connected' else log.error)('database %s: %s', self.zurl, state)
+            (log.info if state == 'connected' else log.error)('database %s: %s', self.zurl_shown, state)
             self.stats.set('database', state)
 
     def _idle_too_long(self):
@@ -214,7 +215,7 @@ class Server:
         try:
             self.storage.close()
         except Exception as e:
-            log.warning('closing %s: %s', self.zurl, e)
+            log.warning('closing %s: %s', self.zurl_shown, e)
 
     # ---- for the filesystem ----
 

@@ -22,6 +22,7 @@ import functools
 import importlib
 import logging
 import math
+import re
 import threading
 import time
 
@@ -46,6 +47,17 @@ fsmodule = importlib.import_module('ZODB.FileStorage.FileStorage')
 _fs_magic_lock = threading.Lock()   # guards fsmodule.packed_version while opening
 
 
+_USERINFO_PASSWORD = re.compile(r'\A([A-Za-z][A-Za-z0-9+.-]*://[^:@/?#]*:)[^@/?#]*@')
+_QUERY_PASSWORD = re.compile(r'([?&](?:password|passwd)=)[^&#]*', re.IGNORECASE)
+
+
+def masked(zurl):
+    """`zurl` with any password in it shown as *** (`.wcfs/zurl` and the log
+    are read by every user of the mount)."""
+    zurl = _USERINFO_PASSWORD.sub(r'\1***@', zurl)
+    return _QUERY_PASSWORD.sub(r'\1***', zurl)
+
+
 def open_storage(zurl, db_timeout):
     """-> the storage of `zurl`, opened read-only."""
     factory = resolve(zurl, db_timeout)
@@ -54,7 +66,7 @@ def open_storage(zurl, db_timeout):
             return _open_filestorage(factory, zurl)
         return factory()
     except Exception as e:
-        raise OpenError('%s: cannot open database: %s' % (zurl, _oneline(e))) from None
+        raise OpenError('%s: cannot open database: %s' % (masked(zurl), _oneline(e))) from None
 
 
 def resolve(zurl, db_timeout=30):
@@ -71,7 +83,7 @@ def resolve(zurl, db_timeout=30):
     try:
         factory, _dbkw = zodburi.resolve_uri(zurl_ro)
     except Exception as e:
-        raise UsageError('%s: invalid ZURL: %s' % (zurl, _oneline(e))) from None
+        raise UsageError('%s: invalid ZURL: %s' % (masked(zurl), _oneline(e))) from None
     return factory
 
 
