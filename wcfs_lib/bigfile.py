@@ -37,15 +37,14 @@ from ZODB.TimeStamp import TimeStamp
 from ZODB.utils import p64
 
 from . import protocol, zformat
-from .delta import DeltaHistory, compare_revisions, merge_ranges
+from .delta import DeltaHistory, compare_revisions, merge_ranges, whole
 from .revdir import RevDirs
 from .revisions import ObjectRevisions
 from .subscription import Update
-from .zstorage import DatabaseUnavailable
+from .zstorage import RETRY_PAUSE, DatabaseUnavailable
 
 log = logging.getLogger('wcfs.bigfile')
 
-RETRY_PAUSE = 0.5       # seconds between tries while the database is away
 MAX_REVDIRS = 10000     # @<tid>/ directories over all files, half per uid; beyond: ENOSPC
 
 
@@ -64,10 +63,6 @@ def tid_time(tid):
 def head_of(zh, size):
     """The Head of a ZBigFileHead whose file has `size` bytes."""
     return Head(zh.oid, zh.at, zh.blksize, zh.blktab, size, None)
-
-
-def whole(size):
-    return [(0, size)] if size else []
 
 
 class BigFile:

@@ -44,7 +44,6 @@ class Channel:
         self.lines = protocol.LineBuffer()
         self.owner = None           # procfs.Process that made the subscription, if known
         self.opener = None          # procfs.Process that opened the channel
-        self.have_time = None       # monotonic time of the last have without wait
         self.lock = threading.Lock()    # guards _out, _ph, dropped, closed
         self._readable = threading.Condition(self.lock)
         self._out = bytearray()     # replies not yet read

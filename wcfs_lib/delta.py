@@ -38,6 +38,11 @@ def merge_ranges(ranges):
     return out
 
 
+def whole(size):
+    """The one range of a whole file of `size` bytes."""
+    return [(0, size)] if size else []
+
+
 def resized_range(old_size, new_size):
     """The bytes that appear or disappear as a file's size changes (holes
     included): one range whatever the sizes, never a list of blocks."""
@@ -74,8 +79,7 @@ def compare_revisions(loader, oid, a, b):
     hb = loader.zbigfile(oid, b)
     size_a, size_b = loader.size(ha), loader.size(hb)
     if ha.serial != hb.serial:          # the ZBigFile object itself changed
-        size = max(size_a, size_b)
-        return [(0, size)] if size else []
+        return whole(max(size_a, size_b))
     map_a = _mapping(loader, ha)
     map_b = _mapping(loader, hb)
     changed = set()

@@ -36,14 +36,10 @@ import threading
 import numpy as np
 
 from . import zformat
-from .delta import blocks_to_ranges, merge_ranges, resized_range
+from .delta import blocks_to_ranges, merge_ranges, resized_range, whole
 
 MAX_DEPTH = 64      # deeper BTrees are refused as malformed
 PREFETCH = 256      # records asked for at once while loading a file
-
-
-def whole(size):
-    return [(0, size)] if size else []
 
 
 class FileIndex:

@@ -154,9 +154,3 @@ class OidIndex:
                     fids.discard(fid)
                     if not fids:
                         del self._owners[oid]
-
-    def count(self):
-        """-> (ZBlk entries, other oids): for tests and stats."""
-        with self.lock:
-            return (len(self._oids) + sum(map(len, self._added.values()))
-                    - sum(self._removed.values()), len(self._owners))

@@ -30,7 +30,6 @@ from .fileindex import FileIndex
 
 log = logging.getLogger('wcfs.watcher')
 
-RETRY_PAUSE = 0.5   # seconds between tries of a step while the database is unreachable
 
 
 class Watcher:
@@ -142,7 +141,7 @@ class Watcher:
                     break
                 except zstorage.DatabaseUnavailable as e:
                     log.warning('bigfile/%s: waiting for the database: %s', bf.name, e)
-                    time.sleep(RETRY_PAUSE)
+                    time.sleep(zstorage.RETRY_PAUSE)
                 except Exception:
                     log.exception('bigfile/%s: step failed', bf.name)
                     break
@@ -162,7 +161,7 @@ class Watcher:
                 break
             except zstorage.DatabaseUnavailable as e:
                 log.warning('resync: waiting for the database: %s', e)
-                time.sleep(RETRY_PAUSE)
+                time.sleep(zstorage.RETRY_PAUSE)
         else:
             return
         log.info('resync after reconnection: %016x -> %016x (%s)', self.zhead, tid,
@@ -201,24 +200,24 @@ class Watcher:
                 if bf is not None:
                     return bf
                 for tid, oids in backlog:
-                    index = self._catch_up(index, tid, oids)
+                    self._catch_up(index, tid, oids)
         except BaseException:
             self.table.abandon(loading)
             raise
 
     def _catch_up(self, index, tid, oids):
-        """-> the index moved to `tid`."""
+        """Move the index to `tid`."""
         while True:
             try:
                 if oids is None:
                     index.update(tid, {index.oid})      # reload it whole
                 else:
                     index.update(tid, oids, self.oidindex.touched(oids).get(index.fid, ()))
-                return index
+                return
             except zstorage.DatabaseUnavailable:
                 if self._stop:
                     raise
-                time.sleep(RETRY_PAUSE)
+                time.sleep(zstorage.RETRY_PAUSE)
 
 
 def _describe(item):

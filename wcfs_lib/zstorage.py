@@ -32,6 +32,8 @@ from ZODB.utils import p64, u64
 
 log = logging.getLogger('wcfs.zstorage')
 
+RETRY_PAUSE = 0.5   # seconds between tries of work that waits for the database
+
 
 
 class UsageError(Exception):
@@ -232,7 +234,13 @@ class Records:
         """The last transaction the database has committed, asking the server
         first where there is one, so that a tid a client saw is never 'future'."""
         self.requests += 1
-        return last_tid(self.storage)
+        ping = getattr(self.storage, 'ping', None)  # ZEO: a round trip after which the
+        if ping is not None:                        # invalidations sent before are in
+            try:
+                ping()
+            except Exception as e:
+                raise DatabaseUnavailable('%s: %s' % (type(e).__name__, e)) from None
+        return u64(self.storage.lastTransaction())
 
     def connected(self):
         is_connected = getattr(self.storage, 'is_connected', None)
@@ -263,18 +271,6 @@ def follow(storage, sink, on_pack):
         on_pack()
 
     zio.info = on_info
-
-
-def last_tid(storage):
-    """The last transaction the database has committed, asking the server
-    first where there is one, so that a tid a client saw is never 'future'."""
-    ping = getattr(storage, 'ping', None)     # ZEO: a round trip after which the
-    if ping is not None:                        # invalidations sent before are in
-        try:
-            ping()
-        except Exception as e:
-            raise DatabaseUnavailable('%s: %s' % (type(e).__name__, e)) from None
-    return u64(storage.lastTransaction())
 
 
 def _oneline(exc):
