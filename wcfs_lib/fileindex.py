@@ -76,16 +76,21 @@ class FileIndex:
             zformat.file_size(int(blks.min()), head)
             size = zformat.file_size(int(blks.max()), head)
         # checked: now move as a whole
-        idx = self.oidindex
         if self.head is not None:
-            idx.drop_file(self.fid)
-            idx.disown(self.fid, list(self.nodes) + [self.oid])
-            with self.parts_lock:
-                idx.disown(self.fid, list(self.parts))
-                self.parts, self.blk_parts = {}, {}
-        idx.add_blocks(self.fid, zblks, blks)
-        idx.own(self.fid, list(nodes) + [self.oid])
+            self.forget()
+        self.oidindex.add_blocks(self.fid, zblks, blks)
+        self.oidindex.own(self.fid, list(nodes) + [self.oid])
         self.head, self.nodes, self.size = head, nodes, size
+
+    def forget(self):
+        """Take every entry of this file out of the OidIndex (a new
+        ZBigFile object, or a file that could not be made visible)."""
+        idx = self.oidindex
+        idx.drop_file(self.fid)
+        idx.disown(self.fid, list(self.nodes) + [self.oid])
+        with self.parts_lock:
+            idx.disown(self.fid, list(self.parts))
+            self.parts, self.blk_parts = {}, {}
 
     def _walk_all(self, root, at):
         """Every node of the BTree at `root`, level by level, the records of

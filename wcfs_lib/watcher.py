@@ -193,6 +193,7 @@ class Watcher:
         arrived meanwhile, publish the file. No notification to the kernel
         here: this runs in mkdir's handler, and the file was never visible."""
         oid = loading.oid
+        index = None
         try:
             index = FileIndex(self.loader, oid, loading.at, self.oidindex)
             while True:
@@ -202,6 +203,8 @@ class Watcher:
                 for tid, oids in backlog:
                     self._catch_up(index, tid, oids)
         except BaseException:
+            if index is not None:
+                index.forget()
             self.table.abandon(loading)
             raise
 
