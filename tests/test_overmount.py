@@ -31,7 +31,8 @@ import pytest
 from chanhelp import Chan, ranges_of
 from conftest import is_mounted, wait_for
 from test_robustness import (AS_NOBODY, NOBODY_PYTHON, Scene, assert_serving, cached,
-                             mount_at, public_dir, randbytes)  # noqa: F401 (fixtures)
+                             expected_modes, mount_at, public_dir,  # noqa: F401 (fixtures)
+                             randbytes)
 from wcfs_lib import procfs
 from zhelp import KiB, hex16, read_bytes, stat_int, wait_head
 
@@ -197,21 +198,7 @@ def test_access_W_OK_on_directories_is_EACCES_for_other_users_and_mkdir_still_wo
 
 def test_bigfile_directories_are_sticky_and_everything_belongs_to_wcfs_user(shared):
     s = shared
-    p, adir = s.mnt.path, s.dir['a']
-    want = {
-        p: 'dr-xr-xr-x',
-        p + '/.wcfs': 'dr-xr-xr-x',
-        p + '/.wcfs/zurl': '-r--r--r--',
-        p + '/.wcfs/stats': '-r--r--r--',
-        p + '/bigfile': 'drwxrwxrwt',
-        adir: 'drwxrwxrwt',
-        adir + '/head': 'dr-xr-xr-x',
-        adir + '/head/data': '-r--r--r--',
-        adir + '/head/at': '-r--r--r--',
-        adir + '/head/invalidations': '-rw-rw-rw-',
-        s.revdir: 'dr-xr-xr-x',
-        s.revdir + '/data': '-r--r--r--',
-    }
+    want = expected_modes(s.mnt.path, s.dir['a'], s.revdir)
     r = subprocess.run(['ls', '-ldn', '--', *sorted(want)], capture_output=True, text=True,
                        timeout=60, **AS_NOBODY)
     assert r.returncode == 0, r.stderr

@@ -817,25 +817,31 @@ def modes_by_ls(paths):
     return out
 
 
-def test_allow_other_modes_as_ls_shows_them_to_nobody(shared):
-    s = shared
-    rd = os.path.join(s.dir, '@' + hex16(s.tid))
-    os.mkdir(rd)
-    p = s.mnt.path
-    want = {
+def expected_modes(mountpoint, fdir, revdir):
+    """{path: mode as `ls -l` shows it} of every kind of path of a mount (SPEC §3)."""
+    p = mountpoint
+    return {
         p: 'dr-xr-xr-x',
         p + '/.wcfs': 'dr-xr-xr-x',
         p + '/.wcfs/zurl': '-r--r--r--',
         p + '/.wcfs/stats': '-r--r--r--',
         p + '/bigfile': 'drwxrwxrwt',
-        s.dir: 'drwxrwxrwt',
-        s.dir + '/head': 'dr-xr-xr-x',
-        s.dir + '/head/data': '-r--r--r--',
-        s.dir + '/head/at': '-r--r--r--',
-        s.dir + '/head/invalidations': '-rw-rw-rw-',
-        rd: 'dr-xr-xr-x',
-        rd + '/data': '-r--r--r--',
+        fdir: 'drwxrwxrwt',
+        fdir + '/head': 'dr-xr-xr-x',
+        fdir + '/head/data': '-r--r--r--',
+        fdir + '/head/at': '-r--r--r--',
+        fdir + '/head/invalidations': '-rw-rw-rw-',
+        revdir: 'dr-xr-xr-x',
+        revdir + '/data': '-r--r--r--',
     }
+
+
+def test_allow_other_modes_as_ls_shows_them_to_nobody(shared):
+    s = shared
+    rd = os.path.join(s.dir, '@' + hex16(s.tid))
+    os.mkdir(rd)
+    p = s.mnt.path
+    want = expected_modes(p, s.dir, rd)
     assert modes_by_ls(sorted(want)) == want
     # the listings as nobody: every entry is there with its mode
     for d in (p, p + '/.wcfs', p + '/bigfile', s.dir, s.dir + '/head', rd):

@@ -15,14 +15,18 @@ take only those below it in this list ("A > B": take A before B):
     BigFile.cond              a file's head, at, pending step, history,
                               channels and their protocol states
     > Channel.lock            a channel's unread replies, poll handle, flags
+    WaitingFiles.lock         the files with a `want` that waits
     RevDirs.lock              a file's @<tid>/ directories and their use counts
     FileIndex.parts_lock      which oids each read block was made of
+    > OidIndex.lock           which visible file each oid belongs to
     BlockCache.lock           decoded blocks, loads in flight
     ObjectRevisions.lock      verdicts on a ZBigFile object's revisions
     ZLoader._nodes_lock       decoded BTree nodes
     Quota._lock               slots of channels / @<tid>/ directories per uid
     Stats._lock               counters
     WCFS._handles_lock        open files and directories
+    Watcher._queue_cond       transactions not applied yet (taken alone)
+    Watcher._zhead_cond       waiting for zhead (taken alone)
 
 No lock is held across database I/O, /proc reads or kernel notifications
 (a notification waits for the read handler of the same page, and the lookup
