@@ -7,7 +7,7 @@ setup(
     license='GPL-3.0-or-later',
     python_requires='>=3.11',
     py_modules=['wcfs'],
-    packages=['wcfs_lib'],
+    packages=['wcfs_lib', 'wcfs_lib.zstorage'],
     install_requires=[
         'ZODB',
         'ZEO',

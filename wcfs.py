@@ -17,13 +17,15 @@ DESCRIPTION = """\
 Serve the data of every ZBigFile of the ZODB database at ZURL as plain files
 under MOUNTPOINT: bigfile/<oid>/head/data (latest), bigfile/<oid>/@<tid>/data
 (as of a transaction), head/at and head/invalidations (the isolation protocol).
-ZURL is zeo://HOST:PORT or file:///PATH/Data.fs."""
+ZURL is zeo://HOST:PORT, file:///PATH/Data.fs, postgres://USER@HOST:PORT/DB
+(RelStorage) or zconfig:///PATH."""
 
 EPILOG = """\
 exit status: 0 success, 1 runtime failure, 2 usage error.
 See wcfs(8) for the filesystem layout and the invalidation protocol."""
 
 AUTOEXIT_DEFAULT = 60.0
+MAX_DB_CONNECTIONS = 16     # PostgreSQL allows 100 by default, for every client
 
 
 class UsageError(Exception):
@@ -45,6 +47,16 @@ def positive(text):
 positive.__name__ = 'positive number'
 
 
+def count(text):
+    value = int(text)
+    if not 1 <= value <= MAX_DB_CONNECTIONS:
+        raise ValueError(text)
+    return value
+
+
+count.__name__ = 'number of connections (1..%d)' % MAX_DB_CONNECTIONS
+
+
 def fuse_options(text):
     """-o a,b=c -> {'a': True, 'b': 'c'}"""
     opts = {}
@@ -61,7 +73,8 @@ def make_parser():
     p = Parser(prog='wcfs', description=DESCRIPTION, epilog=EPILOG,
                usage='wcfs [options] ZURL MOUNTPOINT',
                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument('zurl', metavar='ZURL', help='the database: zeo://HOST:PORT or file:///PATH/Data.fs')
+    p.add_argument('zurl', metavar='ZURL', help='the database: zeo://HOST:PORT, file:///PATH/Data.fs, '
+                   'postgres://USER[:PASS]@HOST:PORT/DB or zconfig:///PATH')
     p.add_argument('mountpoint', metavar='MOUNTPOINT', help='an existing directory to mount on')
     p.add_argument('--version', action='version', version='wcfs ' + __version__)
     p.add_argument('-d', '--daemon', action='store_true',
@@ -83,6 +96,11 @@ def make_parser():
     p.add_argument('--db-timeout', metavar='SECONDS', type=positive, default=30.0,
                    help='how long a request waits for the database before EIO, '
                         'and start-up waits for it (30)')
+    p.add_argument('--db-connections', metavar='N', type=count, default=8,
+                   help='RelStorage: at most N database connections for loads, '
+                        'plus one that polls (8)')
+    p.add_argument('--db-poll-interval', metavar='SECONDS', type=positive, default=0.01,
+                   help='RelStorage: how often to ask the database for new commits (0.01)')
     p.add_argument('-o', dest='fuse_options', metavar='OPT[,OPT...]', type=fuse_options,
                    action='append', default=[], help='extra FUSE mount options, e.g. allow_other')
     return p
@@ -106,6 +124,9 @@ def setup_logging(opts, handler):
     root.setLevel(logging.DEBUG if opts.debug else logging.INFO)
     for noisy in ('ZEO', 'txn'):
         logging.getLogger(noisy).setLevel(logging.DEBUG if opts.debug else logging.WARNING)
+    # RelStorage logs a traceback for every failed connection; wcfs says
+    # itself, in one line, that the database is away
+    logging.getLogger('relstorage').setLevel(logging.DEBUG if opts.debug else logging.CRITICAL)
     # mfusepy ('fuse'): its DEBUG lines repeat the request lines of --debug,
     # with a traceback for every errno; its errors still come through.
     logging.getLogger('fuse').setLevel(logging.WARNING)

@@ -116,7 +116,7 @@ class Server:
         self.table = BigFileTable()
         self.stats.gauge('bigfiles', self.table.count)
         self.stats.set('subscribed', 0)         # counted by the channels themselves
-        self.storage = None
+        self.database = None
         self.channel_quota = Quota('channels', MAX_CHANNELS)
         self.revdir_quota = Quota('revision directories', MAX_REVDIRS)
         self.stats.gauge('channels', self.channel_quota.used)
@@ -128,13 +128,19 @@ class Server:
         """Open the database and mount; -> once the mount serves."""
         self.malloc = Malloc()
         mount.check_mountpoint(self.mountpoint)
-        self.storage = zstorage.open_storage(self.zurl, self.opts.db_timeout)
-        self.records = zstorage.Records(self.storage, self.opts.db_timeout)
+        self.database = zstorage.open_database(
+            self.zurl, self.opts.db_timeout, connections=self.opts.db_connections,
+            poll_interval=self.opts.db_poll_interval)
+        self.records = zstorage.Records(self.database, self.opts.db_timeout)
         self.loader = zformat.ZLoader(self.records)
         self.stats.gauge('db_requests', lambda: self.records.requests)
         kcache = KernelCache(libfuse, self.mountpoint)
         self.ctx = Context(self, kcache)
-        self.watcher = Watcher(self.storage, self.loader, self.table, self.stats, OidIndex())
+        try:
+            self.watcher = Watcher(self.loader, self.table, self.stats, OidIndex())
+        except zstorage.DatabaseUnavailable as e:
+            self._close_storage()
+            raise StartError('%s: %s' % (self.zurl_shown, e)) from None
         self.stats.set('zhead', '%016x' % self.watcher.zhead)
         self.watcher.start()
         self.ops = fs.WCFS(self)
@@ -217,7 +223,7 @@ class Server:
 
     def _close_storage(self):
         try:
-            self.storage.close()
+            self.database.close()
         except Exception as e:
             log.warning('closing %s: %s', self.zurl_shown, e)
 

@@ -1,8 +1,9 @@
 """Following the database: zhead, and handing each visible file its steps.
 
-The storage tells us, for every committed transaction, its tid and the oids it
-modified (zstorage.follow): on the storage's I/O thread we only queue and
-wake the watcher thread (loading there would deadlock ZEO).
+The database tells us, for every committed transaction (or every few, folded
+into one), its tid and the oids it modified (Database.follow): on the
+storage's I/O or polling thread we only queue and wake the watcher thread
+(loading there would deadlock ZEO).
 
 The watcher thread applies transactions in order: it moves zhead, then hands
 the transaction to every visible file (BigFile.on_transaction, which asks the
@@ -21,8 +22,6 @@ import collections
 import logging
 import threading
 import time
-
-from ZODB.utils import u64
 
 from . import zstorage
 from .bigfile import BigFile
@@ -43,14 +42,13 @@ class Watcher:
     RESYNC = object()
     PACKED = object()
 
-    def __init__(self, storage, loader, table, stats, oidindex):
-        self.storage = storage
+    def __init__(self, loader, table, stats, oidindex):
         self.loader = loader
         self.records = loader.records
         self.table = table
         self.stats = stats
         self.oidindex = oidindex
-        self.zhead = u64(storage.lastTransaction())
+        self.zhead = self.records.last_tid()
         self.applied = self.zhead   # every file untouched since shows this as head/at
         self.zhead_lock = threading.Lock()
         self._queue = collections.deque()
@@ -59,18 +57,16 @@ class Watcher:
         self._stop = False
         self._thread = threading.Thread(target=self._run, name='watcher', daemon=True)
 
-    # storage → us, on the storage's I/O thread: record and wake only.
+    # the database → us, on its I/O or polling thread: record and wake only.
 
-    def invalidate(self, tid, oids):
-        self._push((u64(tid), frozenset(u64(oid) for oid in oids)))
+    def on_commit(self, tid, oids):
+        self._push((tid, oids))
 
-    def invalidateCache(self):
+    def on_resync(self):
         self._push(self.RESYNC)
 
-    def transform_record_data(self, data):
-        return data
-
-    untransform_record_data = transform_record_data
+    def on_pack(self):
+        self._push(self.PACKED)
 
     def _push(self, item):
         with self._queue_cond:
@@ -80,7 +76,7 @@ class Watcher:
     # the watcher thread
 
     def start(self):
-        zstorage.follow(self.storage, self, lambda: self._push(self.PACKED))
+        self.records.database.follow(self.on_commit, self.on_resync, self.on_pack)
         self._thread.start()
 
     def stop(self):
@@ -148,13 +144,13 @@ class Watcher:
 
     def _resync(self):
         """After a reconnection: the storage may have lost invalidations.
-        The transactions missed are listed by the storage's iterator and
+        The transactions missed are listed by the database and
         applied as one; where it cannot list them, each file compares its
         trees. Retried while the database is away: skipping would lose
         those transactions for good."""
         while not self._stop:
             try:
-                tid = u64(self.storage.lastTransaction())
+                tid = self.records.last_tid()
                 if tid <= self.zhead:
                     return
                 oids = self.records.changed_oids(self.zhead, tid, upto=tid)

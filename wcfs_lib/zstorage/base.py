@@ -1,0 +1,84 @@
+"""What every kind of database offers wcfs, and what they share."""
+
+import logging
+
+from ZODB.utils import p64, u64
+
+log = logging.getLogger('wcfs.zstorage')
+
+
+class DatabaseUnavailable(Exception):
+    """The database did not answer within the database timeout."""
+
+
+def is_disconnect(exc):
+    """Does `exc` mean the database is away for now (not that the request is bad)?"""
+    cls = type(exc)
+    if cls.__name__ in ('ClientDisconnected', 'ConnectionRefusedError'):
+        return True
+    if cls.__module__.split('.')[0] == 'psycopg2' and \
+            cls.__name__ in ('OperationalError', 'InterfaceError'):
+        return True     # PostgreSQL went away, or its connection was closed
+    return isinstance(exc, (ConnectionError, TimeoutError))
+
+
+def oneline(exc):
+    text = str(exc).strip().splitlines()
+    return '%s: %s' % (type(exc).__name__, text[0]) if text else type(exc).__name__
+
+
+class Database:
+    """One opened database. Subclasses give load, last_tid and follow; the
+    rest has a default that suits a storage which can do no better."""
+
+    kind = 'storage'
+
+    def __init__(self, storage):
+        self.storage = storage
+
+    def load(self, oid, before, fresh):
+        """storage.loadBefore(oid, before) as the server has it now (8-byte
+        oid and tid); raises POSKeyError, or a disconnect (is_disconnect)."""
+        raise NotImplementedError
+
+    def last_tid(self):
+        """The database's last transaction (an int), asked of the server."""
+        raise NotImplementedError
+
+    def follow(self, on_commit, on_resync, on_pack):
+        """Start telling on_commit(tid, oids) of each commit (oids: a frozenset
+        of ints; several commits may come as one, under the last tid),
+        on_resync() when commits may have been missed, on_pack() when objects
+        may have been packed away. They may be called on any thread and must
+        only record and wake."""
+
+    def changed_oids(self, a, b, upto):
+        """-> the oids the transactions in (a, b] modified, or None."""
+        iterator = getattr(self.storage, 'iterator', None)
+        if iterator is None:
+            return None
+        return oids_from_iterator(iterator, a, b)
+
+    def prefetch(self, oids, at):
+        """Start loading the records of `oids` as of `at`, if the database can."""
+
+    def connected(self):
+        return True
+
+    def close(self):
+        self.storage.close()
+
+
+def oids_from_iterator(iterator, a, b):
+    """The oids of the records of the transactions in (a, b], through the
+    storage's iterator (a round trip per transaction and per record on ZEO)."""
+    oids = set()
+    it = iterator(p64(a + 1), p64(b))
+    try:
+        for txn in it:
+            oids.update(u64(rec.oid) for rec in txn)
+    finally:
+        close = getattr(it, 'close', None)
+        if close is not None:
+            close()
+    return oids

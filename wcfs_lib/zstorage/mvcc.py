@@ -1,0 +1,216 @@
+"""An IMVCCStorage (RelStorage on PostgreSQL): polled, loaded through a pool.
+
+What this is built on (measured with relstorage 4.3, PostgreSQL 15):
+
+- No push. An instance (`new_instance()`) learns of commits by
+  `poll_invalidations()`: the oids of every transaction since its last
+  poll, folded; None when it cannot tell (resync). Its snapshot then moves
+  to the database's last transaction.
+- An instance answers `loadBefore` from its snapshot: asked for a revision
+  past it, it gives the old state and no error. So a load goes through an
+  instance whose snapshot is at or past the revision asked, and one that is
+  behind is polled first: never a silent stale answer.
+- One instance is not thread-safe: the pool lends each to one thread at a
+  time, and makes at most `size` of them (a database connection each).
+- Packs send nothing: on_pack is called on a timer.
+- A lost connection raises psycopg2.OperationalError; the instance opens a
+  new one at its next use, once the server is back.
+
+The private parts of RelStorage used here: an instance's load cursor
+(`_load_connection.cursor`), to list the oids of a range of transactions
+in one query.
+"""
+
+import contextlib
+import logging
+import threading
+import time
+
+from ZODB.utils import u64
+
+from .base import Database, is_disconnect, oneline
+
+log = logging.getLogger('wcfs.zstorage')
+
+POLL_INTERVAL = 0.01        # seconds between two polls for commits
+CONNECTIONS = 8             # instances (database connections) loads may use
+PACK_CHECK_INTERVAL = 60    # seconds between two checks for packed-away files
+
+_CHANGED_OIDS = 'SELECT DISTINCT zoid FROM object_state WHERE tid > %s AND tid <= %s'
+
+
+def is_mvcc(storage):
+    return callable(getattr(storage, 'new_instance', None)) and \
+        callable(getattr(storage, 'poll_invalidations', None))
+
+
+class SnapshotBehind(ConnectionError):
+    """The database does not show a transaction yet that it told of (a
+    replica behind its primary): retried as if it were away."""
+
+
+class Instance:
+    """One storage instance, and the revision its snapshot shows."""
+
+    __slots__ = ('storage', 'tid')
+
+    def __init__(self, storage):
+        self.storage = storage
+        self.tid = -1       # not polled yet: its snapshot is unknown
+
+    def poll(self):
+        """Move the snapshot to the database's last transaction; -> the oids
+        changed since the last poll (a set of ints), or None: unknown."""
+        oids = self.storage.poll_invalidations()
+        self.tid = u64(self.storage.lastTransaction())
+        return None if oids is None else {u64(oid) for oid in oids}
+
+    def at_least(self, tid):
+        """Bring the snapshot to `tid` or later."""
+        if self.tid < tid:
+            self.poll()
+        if self.tid < tid:
+            # the server told somebody of `tid`: this connection must see it
+            raise SnapshotBehind('the database is at %016x, behind the %016x asked'
+                                 % (self.tid, tid))
+
+    def close(self):
+        try:
+            self.storage.release()
+        except Exception as e:
+            log.debug('releasing a storage instance: %s', oneline(e))
+
+
+class Pool:
+    """At most `size` instances, each lent to one thread at a time."""
+
+    def __init__(self, make, size):
+        self._make = make
+        self._size = size
+        self._idle = []
+        self._made = 0
+        self._cond = threading.Condition()  # guards _idle, _made
+
+    @contextlib.contextmanager
+    def instance(self):
+        inst = self._take()
+        try:
+            yield inst
+        finally:
+            with self._cond:
+                self._idle.append(inst)
+                self._cond.notify()
+
+    def _take(self):
+        with self._cond:
+            self._cond.wait_for(lambda: self._idle or self._made < self._size)
+            if self._idle:
+                return self._idle.pop()
+            self._made += 1
+        try:
+            return Instance(self._make())
+        except BaseException:
+            with self._cond:
+                self._made -= 1
+                self._cond.notify()
+            raise
+
+    def close(self):
+        with self._cond:
+            idle, self._idle = self._idle, []
+        for inst in idle:
+            inst.close()
+
+
+class MVCCDatabase(Database):
+    kind = 'mvcc'
+
+    def __init__(self, storage, connections=CONNECTIONS, poll_interval=POLL_INTERVAL):
+        super().__init__(storage)
+        self.pool = Pool(storage.new_instance, connections)
+        self.poll_interval = poll_interval
+        self._connected = True
+        self._stop = threading.Event()
+        self._poller = None
+
+    def load(self, oid, before, fresh):
+        # fresh needs nothing more: loadBefore asks the database, and an
+        # instance's cache is keyed by revision, which a pack does not reuse
+        with self.pool.instance() as inst:
+            inst.at_least(u64(before) - 1)
+            return self._noting(inst.storage.loadBefore, oid, before)
+
+    def last_tid(self):
+        with self.pool.instance() as inst:
+            self._noting(inst.poll)
+            return inst.tid
+
+    def changed_oids(self, a, b, upto):
+        """One query for all of (a, b]: the oids of their records."""
+        with self.pool.instance() as inst:
+            inst.at_least(b)
+            cursor = inst.storage._load_connection.cursor
+            self._noting(cursor.execute, _CHANGED_OIDS, (a, b))
+            return {zoid for zoid, in cursor.fetchall()}
+
+    def _noting(self, call, *args):
+        """call(*args), noting whether the database answered."""
+        try:
+            r = call(*args)
+        except Exception as e:
+            if is_disconnect(e):
+                self._connected = False
+            raise
+        self._connected = True
+        return r
+
+    def connected(self):
+        return self._connected
+
+    # following
+
+    def follow(self, on_commit, on_resync, on_pack):
+        self._poller = threading.Thread(target=self._poll, name='poller', daemon=True,
+                                        args=(on_commit, on_resync, on_pack))
+        self._poller.start()
+
+    def _poll(self, on_commit, on_resync, on_pack):
+        """Poll a private instance every poll_interval: each poll's oids are
+        one folded step under the last tid."""
+        inst = Instance(self.storage.new_instance())
+        away = False
+        next_pack_check = time.monotonic() + PACK_CHECK_INTERVAL
+        try:
+            while not self._stop.wait(self.poll_interval):
+                prev = inst.tid
+                try:
+                    oids = inst.poll()
+                except Exception as e:
+                    if not is_disconnect(e):
+                        log.exception('polling the database')
+                    elif not away:
+                        log.warning('polling the database: %s', oneline(e))
+                    away = True
+                    self._connected = False
+                    self._stop.wait(min(1.0, 10 * self.poll_interval))
+                    continue
+                self._connected = True
+                if prev < 0 or away or oids is None:
+                    # the first poll may be past what the watcher started
+                    # from, and a poll after an outage may not cover it
+                    away = False
+                    on_resync()
+                elif inst.tid > prev:
+                    on_commit(inst.tid, frozenset(oids))
+                if time.monotonic() >= next_pack_check:
+                    next_pack_check = time.monotonic() + PACK_CHECK_INTERVAL
+                    on_pack()
+        finally:
+            inst.close()
+
+    def close(self):
+        self._stop.set()
+        if self._poller is not None:
+            self._poller.join(timeout=10)
+        self.pool.close()
+        self.storage.close()

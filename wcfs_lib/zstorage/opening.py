@@ -1,0 +1,126 @@
+"""Opening a database from its ZURL (zodburi), read-only.
+
+`zeo://` gives a ZEO ClientStorage (waiting at most the database timeout
+for the server); `file://` a FileStorage, also one written by Python 2
+(magic FS21: same layout, Python 2 pickles inside), which ZODB on Python 3
+refuses by itself; `postgres://` and `zconfig://` RelStorage (RelStorage
+registers the resolver), whose server is tried until the database timeout.
+The kind of the storage opened, not the scheme, decides how it is followed
+(a `zconfig://` file may describe any storage).
+"""
+
+import importlib
+import math
+import re
+import threading
+import time
+
+import zodburi
+
+from .base import is_disconnect, oneline
+from .mvcc import MVCCDatabase, is_mvcc
+from .plain import PlainDatabase
+from .zeo import MissingPrivate, ZEODatabase, is_zeo
+
+
+class UsageError(Exception):
+    """The ZURL cannot be parsed or names an unknown scheme; exit 2."""
+
+
+class OpenError(Exception):
+    """The ZURL is valid but its database cannot be opened; exit 1."""
+
+
+# the module, not the class of the same name that ZODB.FileStorage exports
+fsmodule = importlib.import_module('ZODB.FileStorage.FileStorage')
+_fs_magic_lock = threading.Lock()   # guards fsmodule.packed_version while opening
+
+_USERINFO_PASSWORD = re.compile(r'\A([A-Za-z][A-Za-z0-9+.-]*://[^:@/?#]*:)[^@/?#]*@')
+_QUERY_PASSWORD = re.compile(r'([?&](?:password|passwd)=)[^&#]*', re.IGNORECASE)
+
+
+def masked(zurl):
+    """`zurl` with any password in it shown as *** (`.wcfs/zurl` and the log
+    are read by every user of the mount)."""
+    zurl = _USERINFO_PASSWORD.sub(r'\1***@', zurl)
+    return _QUERY_PASSWORD.sub(r'\1***', zurl)
+
+
+def open_database(zurl, db_timeout, connections=None, poll_interval=None):
+    """-> the Database of `zurl`, opened read-only. OpenError when it cannot
+    be opened, or cannot serve wcfs (a history-free RelStorage)."""
+    factory = resolve(zurl, db_timeout)
+    storage = _open(factory, zurl, db_timeout)
+    try:
+        return database_of(storage, connections, poll_interval)
+    except (MissingPrivate, HistoryFree) as e:
+        storage.close()
+        raise OpenError('%s: %s' % (masked(zurl), e)) from None
+
+
+def _open(factory, zurl, db_timeout):
+    deadline = time.monotonic() + db_timeout
+    while True:
+        try:
+            if zurl.startswith('file://'):
+                return _open_filestorage(factory, zurl)
+            return factory()
+        except Exception as e:
+            # ZEO waits by itself (wait_timeout); a SQL server is tried again
+            if not is_disconnect(e) or time.monotonic() >= deadline:
+                raise OpenError('%s: cannot open database: %s' % (masked(zurl), oneline(e))) \
+                    from None
+        time.sleep(0.5)
+
+
+class HistoryFree(Exception):
+    """wcfs serves older revisions: a database that keeps none cannot do."""
+
+
+def database_of(storage, connections=None, poll_interval=None):
+    """-> the Database that serves `storage`, by its kind."""
+    if is_zeo(storage):
+        return ZEODatabase(storage)
+    if is_mvcc(storage):
+        if getattr(storage, 'keep_history', True) is False:
+            raise HistoryFree('a history-free database (keep-history false): wcfs needs the '
+                              'history of every object; use a history-preserving one')
+        kw = {}
+        if connections is not None:
+            kw['connections'] = connections
+        if poll_interval is not None:
+            kw['poll_interval'] = poll_interval
+        return MVCCDatabase(storage, **kw)
+    return PlainDatabase(storage)
+
+
+def resolve(zurl, db_timeout=30):
+    """-> a factory of the storage; UsageError for a ZURL zodburi cannot take."""
+    scheme = zurl.split('://', 1)[0] if '://' in zurl else ''
+    sep = '&' if '?' in zurl else '?'
+    if scheme == 'zeo':
+        zurl_ro = '%s%sread_only=1&wait_timeout=%d' % (zurl, sep, max(1, math.ceil(db_timeout)))
+    elif scheme in ('file', 'postgres'):
+        zurl_ro = zurl + sep + 'read_only=1'
+    else:
+        zurl_ro = zurl
+    try:
+        factory, _dbkw = zodburi.resolve_uri(zurl_ro)
+    except Exception as e:
+        raise UsageError('%s: invalid ZURL: %s' % (masked(zurl), oneline(e))) from None
+    return factory
+
+
+def _open_filestorage(factory, zurl):
+    path = zurl.split('://', 1)[1].split('?', 1)[0]
+    with open(path, 'rb') as f:
+        magic = f.read(4)
+    if magic != b'FS21':
+        return factory()
+    with _fs_magic_lock:
+        saved = fsmodule.packed_version
+        fsmodule.packed_version = b'FS21'
+        try:
+            return factory()
+        finally:
+            fsmodule.packed_version = saved

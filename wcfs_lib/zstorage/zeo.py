@@ -1,0 +1,108 @@
+"""A ZEO ClientStorage: the server pushes every commit.
+
+ZEO calls the invalidation hooks on its I/O thread: the follower only
+records and wakes there (loading from that thread deadlocks).
+
+wcfs uses three privates of ZEO's client, checked when the database is
+opened so that an upgrade that drops one fails at start, loudly, instead
+of serving wrong data later:
+
+- `ClientStorage._call`: a load from the server, not the client cache,
+  which does not learn of packs; and `getInvalidations`, the oids of the
+  server's recent transactions in one round trip.
+- `ClientStorage._server.prefetch`: the prefetch whose future we keep
+  (ClientStorage.prefetch drops it, which its own comment says a garbage
+  collection may then end half-way).
+- `ClientStorage._server.client.info`: the `info` broadcast, the only sign
+  of a pack a read-only client gets; bound when the I/O object was made,
+  so it is hooked there.
+"""
+
+import collections
+
+import ZEO.ClientStorage
+from ZODB.utils import p64, u64
+
+from .base import Database, oids_from_iterator
+from .plain import Invalidations
+
+
+class MissingPrivate(Exception):
+    """This version of ZEO lacks a private that wcfs relies on."""
+
+
+def _privates(storage):
+    """-> (call, prefetch, client) of `storage`; MissingPrivate naming the
+    first that is gone."""
+    for path in ('_call', '_server.prefetch', '_server.client.info'):
+        obj = storage
+        for name in path.split('.'):
+            obj = getattr(obj, name, None)
+        if obj is None:
+            raise MissingPrivate('ZEO %s: ClientStorage.%s is gone; wcfs needs it (see '
+                                 'wcfs_lib/zstorage/zeo.py)' % (_version(), path))
+    return storage._call, storage._server.prefetch, storage._server.client
+
+
+def _version():
+    try:
+        from importlib.metadata import version
+        return version('ZEO')
+    except Exception:
+        return getattr(ZEO, '__version__', '?')
+
+
+class ZEODatabase(Database):
+    kind = 'zeo'
+
+    def __init__(self, storage):
+        super().__init__(storage)
+        self._call, self._prefetch, self._client = _privates(storage)
+        self._prefetching = collections.deque(maxlen=64)   # prefetches kept alive
+
+    def load(self, oid, before, fresh):
+        if fresh:
+            return self._call('loadBefore', oid, before)
+        return self.storage.loadBefore(oid, before)
+
+    def last_tid(self):
+        # a round trip after which the invalidations sent before are in
+        self.storage.ping()
+        return u64(self.storage.lastTransaction())
+
+    def follow(self, on_commit, on_resync, on_pack):
+        self.storage.registerDB(Invalidations(on_commit, on_resync))
+        info = self._client.info
+
+        def on_info(msg):
+            # A read-only client gets `info` only when the server packed:
+            # packs send no invalidations, and objects may be gone.
+            info(msg)
+            on_pack()
+
+        self._client.info = on_info
+
+    def changed_oids(self, a, b, upto):
+        """ZEO keeps the oids of its last transactions (invalidation-queue-size,
+        or all those younger than invalidation-age): one round trip when
+        (a, b] is among them. Else the storage's iterator, a round trip per
+        transaction and per record. One iterator at a time: ZEO's client,
+        walking several at once from threads, was seen to leave a load of
+        another thread unanswered for good."""
+        if upto is not None:
+            r = self._call('getInvalidations', p64(a))
+            if r is not None and r[0] is not None and b <= u64(r[0]) <= upto:
+                return {u64(oid) for oid in r[1]}
+        return oids_from_iterator(self.storage.iterator, a, b)
+
+    def prefetch(self, oids, at):
+        future = self._prefetch([p64(oid) for oid in oids], p64(at + 1))
+        self._prefetching.append(future)
+
+    def connected(self):
+        return self.storage.is_connected()
+
+
+def is_zeo(storage):
+    return isinstance(storage, ZEO.ClientStorage.ClientStorage)
+
