@@ -752,6 +752,12 @@ BOMB_CASES = {
     # LONG_BINPUT far past the record's length: the C unpickler sizes its memo by it
     'memo index 2**26': (lambda: {1: b'\x80\x03Nr\x00\x00\x00\x04.' + b'\x80\x03N.'},
                          lambda loader: loader.decode(1, AT)),
+    # after BTree entries, which the memo guard skips in one match
+    'memo index 2**26 after bucket entries': (
+        lambda: {1: b'\x80\x03N.\x80\x03(' + b''.join(
+            b'K%cC\x08\x00\x00\x00\x00\x00\x00\x00\x05q\x01cm\nn\nq\x02\x86q\x03Q' % k
+            for k in range(3)) + b'r\x00\x00\x00\x04t.'},
+        lambda loader: loader.decode(1, AT)),
     'memo index 2**26 in a block': (
         _skeleton_with({10: _ZBLK0_META + b'\x80\x03C\x00r\x00\x00\x00\x04.'}),
         _load_block),

@@ -23,6 +23,7 @@ import codecs
 import collections
 import io
 import pickletools
+import re
 import struct
 import threading
 
@@ -177,6 +178,18 @@ class _MemoTooBig(ValueError):
     pass
 
 
+# A run of BTree entries as ZODB pickles them: a key (BININT1, BININT2,
+# BININT or LONG1), then a persistent reference to the value (SHORT_BINBYTES
+# oid, its class by BINGET or GLOBAL, TUPLE2, BINPERSID) with BINPUTs between.
+# Its memo indices are one byte: harmless whatever the record's length. One
+# C-level match skips a bucket's entries, which are most of a big file's index.
+_BTREE_ENTRIES = re.compile(
+    rb'(?:(?:K.|M..|J....|\x8a(?:\x01.|\x02..|\x03...|\x04....|\x05.{5}|\x06.{6}|'
+    rb'\x07.{7}|\x08.{8}))'
+    rb'C\x08.{8}q.(?:h.|c[^\n]{1,256}\n[^\n]{1,256}\nq.)\x86q.Q)+', re.DOTALL)
+_KEY_OPS = frozenset(b'KMJ\x8a')
+
+
 def _check_memo(data):
     """Refuse memo indices past the record's length: the C unpickler sizes its
     memo by the largest index, so 14 hostile bytes could take gigabytes.
@@ -197,8 +210,14 @@ def _scan_memo(data):
     plain, other = _PLAIN_OPS, _OTHER_OPS
     i = 0
     stops = 0
+    entries, keys = _BTREE_ENTRIES.match, _KEY_OPS
     while True:
         op = data[i]
+        if op in keys:
+            m = entries(data, i)
+            if m is not None:
+                i = m.end()
+                continue
         i += 1
         skip = plain.get(op)
         if skip is not None:
