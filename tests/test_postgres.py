@@ -1,0 +1,175 @@
+"""wcfs on RelStorage/PostgreSQL (issue 10): what only this kind of database
+can get wrong. The layout, following, protocol and outage tests run on it
+too, through the `database` fixture.
+
+- A RelStorage instance answers from its snapshot: asked for a revision
+  past it, it gives the old state silently. Reads of a revision right after
+  its commit must never be stale.
+- One instance is not thread-safe, and PostgreSQL allows 100 connections in
+  all: many readers at once get the right data through at most
+  --db-connections connections (plus the one that polls, and the one that
+  opened the database).
+- A history-free database cannot serve old revisions: refused at start.
+- PostgreSQL restarted while wcfs serves: EIO while it is away, then wcfs
+  follows again, nothing lost.
+- Polling folds commits: several commits between two polls are one step,
+  whose δ is the union of theirs.
+"""
+
+import errno
+import os
+import threading
+
+import pytest
+
+from zhelp import Writer, hex16, read_bytes, stats, wait_head
+from chanhelp import Chan, ranges_of
+from conftest import wait_for
+
+KiB = 1 << 10
+BS = 64 * KiB
+
+
+def block(tag, n=BS):
+    return (b'%s.' % tag.encode()) * (n // (len(tag) + 1)) + b'\0' * (n % (len(tag) + 1))
+
+
+def test_history_free_database_is_refused(postgres_history_free, wcfs_mount):
+    mnt = wcfs_mount(postgres_history_free.zurl, expect_fail=True)
+    assert mnt.proc.returncode == 1
+    lines = [line for line in mnt.log().splitlines() if 'history-free' in line]
+    assert lines, mnt.log()
+    assert 'Traceback' not in mnt.log()
+
+
+def test_revision_read_right_after_its_commit_is_never_stale(postgres, wcfs_mount):
+    w = Writer(postgres.db())
+    f, oid, tid = w.new_file(BS, {blk: block('v0 %d' % blk) for blk in range(4)})
+    mnt = wcfs_mount(postgres.zurl, '--db-poll-interval', '0.5')   # the poller behind
+    fdir = mnt.bigfile(oid)
+    assert read_bytes(os.path.join(fdir, 'head', 'data'))[:BS] == block('v0 0')
+    for step in range(1, 21):
+        blk = step % 4
+        f.write_block(blk, block('v%d %d' % (step, blk)))
+        tid = w.commit()
+        # @tid of a commit the watcher has not seen yet: wcfs asks the database
+        data = read_bytes(os.path.join(fdir, '@%s' % hex16(tid), 'data'))
+        assert data[blk * BS:(blk + 1) * BS] == block('v%d %d' % (step, blk)), 'step %d' % step
+        assert data == f.read(), 'step %d' % step
+
+
+def _connections(pid, port):
+    """TCP connections of process `pid` to 127.0.0.1:`port`."""
+    inodes = set()
+    fddir = '/proc/%d/fd' % pid
+    for fd in os.listdir(fddir):
+        try:
+            target = os.readlink(os.path.join(fddir, fd))
+        except OSError:
+            continue
+        if target.startswith('socket:['):
+            inodes.add(target[8:-1])
+    n = 0
+    with open('/proc/net/tcp') as f:
+        next(f)
+        for line in f:
+            fields = line.split()
+            remote, state, inode = fields[2], fields[3], fields[9]
+            if inode in inodes and int(remote.split(':')[1], 16) == port and state == '01':
+                n += 1
+    return n
+
+
+def test_many_readers_at_once_share_a_bounded_pool(postgres, wcfs_mount):
+    w = Writer(postgres.db())
+    files = []
+    for i in range(4):
+        f, oid, _ = w.new_file(BS, {blk: block('f%d b%d' % (i, blk)) for blk in range(16)})
+        files.append((f, oid))
+    mnt = wcfs_mount(postgres.zurl, '--db-connections', '3')
+    paths = [(f, os.path.join(mnt.bigfile(oid), 'head', 'data')) for f, oid in files]
+    errors, most = [], [0]
+    done = threading.Event()
+
+    def reader(k):
+        f, path = paths[k % len(paths)]
+        try:
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                for blk in range(16):
+                    blk = (blk + k) % 16
+                    got = os.pread(fd, BS, blk * BS)
+                    if got != f.read_block(blk):
+                        errors.append('reader %d: block %d differs' % (k, blk))
+            finally:
+                os.close(fd)
+        except OSError as e:
+            errors.append('reader %d: %s' % (k, e))
+
+    def watch():
+        while not done.is_set():
+            most[0] = max(most[0], _connections(mnt.pid, postgres.addr[1]))
+            done.wait(0.005)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    threads = [threading.Thread(target=reader, args=(k,)) for k in range(32)]
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert not any(t.is_alive() for t in threads), 'readers still blocked after 120 s'
+    finally:
+        done.set()
+        watcher.join()
+    assert errors == []
+    # 3 for loads, 1 that polls, 1 the database was opened with
+    assert 0 < most[0] <= 5, most[0]
+    assert stats(mnt)['database'] == 'connected'
+
+
+def test_postgresql_restart_while_serving(postgres, wcfs_mount):
+    w = Writer(postgres.db())
+    f, oid, tid = w.new_file(BS, {blk: block('a%d' % blk) for blk in range(4)})
+    mnt = wcfs_mount(postgres.zurl, '--db-timeout', '2')
+    fdir = mnt.bigfile(oid)
+    data = os.path.join(fdir, 'head', 'data')
+    with open(data, 'rb') as fh:
+        assert fh.read(BS) == block('a0')               # block 0 in the page cache
+    postgres.stop()
+    try:
+        wait_for(lambda: stats(mnt)['database'] == 'unreachable', 20, 'database: unreachable')
+        with open(data, 'rb') as fh:
+            assert fh.read(BS) == block('a0')           # cached pages still read
+            fh.seek(2 * BS)
+            with pytest.raises(OSError) as e:
+                fh.read(BS)                             # needs the database
+            assert e.value.errno == errno.EIO
+    finally:
+        postgres.start()
+    wait_for(lambda: stats(mnt)['database'] == 'connected', 30, 'database: connected')
+    f.write_block(2, block('b2'))
+    tid = w.commit()
+    wait_head(fdir, tid, timeout=30)
+    assert read_bytes(data) == f.read()
+    assert 'Traceback' not in mnt.log()
+
+
+def test_commits_between_two_polls_are_one_step(postgres, wcfs_mount):
+    w = Writer(postgres.db())
+    f, oid, tid0 = w.new_file(BS, {blk: block('x%d' % blk) for blk in range(8)})
+    mnt = wcfs_mount(postgres.zurl, '--db-poll-interval', '10')   # all three before the first poll
+    fdir = mnt.bigfile(oid)
+    with Chan(fdir) as ch:
+        ch.subscribe(tid0)
+        tids = []
+        for blk in (1, 5, 6):
+            f.write_block(blk, block('y%d' % blk))
+            tids.append(w.commit())
+        have = ch.have(timeout=30)
+        assert have.tid == tids[-1], 'one step for all three commits: %r' % have
+        assert have.ranges == ranges_of({1, 5, 6}, BS)
+        ch.ack()
+    wait_head(fdir, tids[-1], timeout=30)
+    assert read_bytes(os.path.join(fdir, 'head', 'data')) == f.read()
