@@ -1,0 +1,212 @@
+"""The database fixtures: zeo and postgres take commits the same way, keep their
+data over stop() and start(), and the PostgreSQL clusters leave nothing
+running behind them."""
+
+import os
+
+import pytest
+import transaction
+import ZODB
+import zodburi
+from ZODB.POSException import StorageError
+from ZODB.utils import p64, u64
+
+from conftest import PGServer, accepts, wait_for
+from wcfs_lib import zwriter
+from wcfs_lib.localpg import PostgresCluster
+
+BLKSIZE = 4096
+BLOCKS = {0: b'a' * BLKSIZE, 3: b'xyz'}
+
+
+def write_bigfile(db):
+    """Commit root['f'] = a ZBigFile of BLOCKS; -> (its oid, the commit's tid)."""
+    conn = db.open()
+    try:
+        f = zwriter.ZBigFile(BLKSIZE)
+        for blk, data in BLOCKS.items():
+            f.write_block(blk, data)
+        conn.root()['f'] = f
+        transaction.commit()
+        return f._p_oid, f._p_serial
+    finally:
+        conn.close()
+
+
+def read_blocks(db, oid):
+    """{blk: data} of the ZBigFile oid, the trailing zeros of ZBlk0 stripped."""
+    conn = db.open()
+    try:
+        f = conn.get(oid)
+        return {blk: zblk.data.rstrip(b'\0') for blk, zblk in f.blktab.items()}
+    finally:
+        transaction.abort()
+        conn.close()
+
+
+def processes_using(path):
+    """Pids of the processes whose command line names path."""
+    pids = []
+    for pid in filter(str.isdigit, os.listdir('/proc')):
+        try:
+            with open(f'/proc/{pid}/cmdline', 'rb') as f:
+                if os.fsencode(str(path)) in f.read():
+                    pids.append(int(pid))
+        except OSError:
+            pass
+    return pids
+
+
+def test_database_commit_stop_start_keeps_data(database):
+    db = database.db()
+    assert database.db() is db
+    oid, tid = write_bigfile(db)
+    assert database.last_transaction() == tid
+    assert read_blocks(db, oid) == BLOCKS
+
+    database.stop()
+    assert not accepts(database.addr)
+    database.start()
+    assert accepts(database.addr)
+
+    # the same client reconnects; the data was kept
+    database.wait_reconnected()
+    assert read_blocks(db, oid) == BLOCKS
+    assert database.last_transaction() == tid
+    oid2, tid2 = write_bigfile(db)
+    assert oid2 != oid and tid2 > tid
+    assert database.last_transaction() == tid2
+
+
+def test_database_zurl_opens_the_same_database(database):
+    oid, tid = write_bigfile(database.db())
+    factory, _ = zodburi.resolve_uri(database.zurl)
+    db = ZODB.DB(factory())
+    try:
+        assert read_blocks(db, oid) == BLOCKS
+    finally:
+        db.close()
+
+
+def test_postgres_zurl_and_log(postgres):
+    host, port = postgres.addr
+    assert postgres.zurl == 'postgres://wcfs:%s@127.0.0.1:%d/zodb' % (postgres.cluster.password, port)
+    assert postgres.shown_zurl == 'postgres://wcfs:***@127.0.0.1:%d/zodb' % port
+    assert postgres.cluster.password not in postgres.shown_zurl
+    postgres.stop()
+    assert 'received fast shutdown request' in postgres.log
+    assert postgres.cluster.proc.returncode == 0
+
+
+def test_postgres_zconfig_through_the_socket(postgres):
+    oid, tid = write_bigfile(postgres.db())
+    zurl = postgres.zconfig(socket=True)
+    text = open(zurl[len('zconfig://'):]).read()
+    assert f"host='{postgres.dir}'" in text and 'create-schema false' in text
+    factory, _ = zodburi.resolve_uri(zurl)
+    db = ZODB.DB(factory())
+    try:
+        assert read_blocks(db, oid) == BLOCKS
+    finally:
+        db.close()
+
+
+def test_postgres_reader_role_reads_and_cannot_write(postgres):
+    oid, tid = write_bigfile(postgres.db())
+    reader = postgres.cluster.add_reader(postgres.DBNAME)
+    factory, _ = zodburi.resolve_uri(postgres.zconfig(user=reader, read_only=True))
+    storage = factory()
+    try:
+        assert storage.isReadOnly()
+        assert storage.loadBefore(oid, p64(u64(tid) + 1))[1] == tid
+    finally:
+        storage.close()
+
+    # the role itself is read-only, whatever its client says
+    writable = postgres.cluster.storage(postgres.DBNAME, user=reader, create_schema=False)
+    db = ZODB.DB(writable)
+    try:
+        conn = db.open()
+        conn.root()['x'] = 1
+        with pytest.raises(Exception, match='permission denied'):
+            transaction.commit()
+        transaction.abort()
+        conn.close()
+    finally:
+        db.close()
+    assert 'permission denied for table' in postgres.log
+
+
+def test_postgres_history_free(postgres_history_free):
+    server = postgres_history_free
+    assert server.zurl.endswith('/zodb?keep_history=false')
+    oid, tid = write_bigfile(server.db())
+    factory, _ = zodburi.resolve_uri(server.zurl)
+    storage = factory()
+    try:
+        assert storage.keep_history is False
+        assert storage.load(oid)[1] == tid
+    finally:
+        storage.close()
+
+    # a history-preserving client is refused by RelStorage itself
+    factory, _ = zodburi.resolve_uri(server.zconfig(keep_history=True))
+    with pytest.raises(StorageError, match='history-free database'):
+        factory()
+
+
+def test_second_cluster_beside_and_nothing_left_after(postgres):
+    other = PGServer()
+    try:
+        other.start()
+        assert other.addr != postgres.addr and other.dir != postgres.dir
+        oid, tid = write_bigfile(other.db())
+        assert other.last_transaction() == tid
+        assert postgres.last_transaction() != tid   # its own database
+        pid = other.cluster.proc.pid
+        assert processes_using(other.cluster.datadir) == [pid]
+    finally:
+        other.close()
+    assert other.cluster.proc.returncode == 0      # a clean fast shutdown
+    assert processes_using(other.cluster.datadir) == []
+    assert not other.dir.exists()
+    assert not accepts(other.addr)
+    assert accepts(postgres.addr)                   # the first one still serves
+
+
+def test_destroy_stops_a_server_that_was_never_stopped():
+    cluster = PostgresCluster()
+    try:
+        cluster.start()
+        pid = cluster.proc.pid
+        # the server's own processes (checkpointer, ...) are its children
+        wait_for(lambda: len(children(pid)) >= 2, what=f'postgres {pid} to start its workers')
+        workers = children(pid)
+    finally:
+        cluster.destroy()
+    assert not cluster.running
+    assert not os.path.exists(f'/proc/{pid}')
+    wait_for(lambda: not any(os.path.exists(f'/proc/{w}') for w in workers),
+             what=f'the workers {workers} of postgres {pid} to exit')
+    assert not cluster.dir.exists()
+
+
+def test_cluster_start_fails_with_the_log():
+    cluster = PostgresCluster()
+    try:
+        (cluster.datadir / 'postgresql.conf').write_text('no_such_setting = 1\n')
+        with pytest.raises(Exception, match='no_such_setting') as e:
+            cluster.start()
+        assert str(cluster.dir) in str(e.value)
+        assert not cluster.running
+    finally:
+        cluster.destroy()
+
+
+def children(pid):
+    """Pids of the children of pid."""
+    try:
+        with open(f'/proc/{pid}/task/{pid}/children') as f:
+            return [int(c) for c in f.read().split()]
+    except FileNotFoundError:
+        return []
