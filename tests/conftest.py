@@ -32,7 +32,7 @@ import ZEO.ClientStorage
 import ZODB
 import ZODB.utils
 
-from wcfs_lib.localpg import PostgresCluster
+from wcfs_lib.localpg import PostgresCluster, last_transaction
 from wcfs_lib.localproc import accepts, free_port, is_mounted, terminate  # noqa: F401
 from wcfs_lib.localproc import unmount_left as unmount  # noqa: F401
 from wcfs_lib.zstorage import masked
@@ -143,8 +143,8 @@ class ZEOServer:
             wait_for(self._db.storage.is_connected, timeout, f'the client of {self.zurl} to reconnect')
 
     def last_transaction(self):
-        """The last tid of the database (db()'s own commits are in it at once)."""
-        return self.db().storage.lastTransaction()
+        """The last tid of the database, 8 bytes (localpg.last_transaction)."""
+        return last_transaction(self.db())
 
     def close(self):
         if self._db is not None:
@@ -225,15 +225,7 @@ class PGServer:
         """Nothing to wait for: RelStorage connects again at its next use."""
 
     def last_transaction(self):
-        """The last tid of the database. Not db().storage.lastTransaction():
-        RelStorage's main instance keeps the value it first read, commits
-        happen in the instances of the connections."""
-        storage = self.db().storage.new_instance()
-        try:
-            storage.poll_invalidations()
-            return storage.lastTransaction()
-        finally:
-            storage.release()
+        return last_transaction(self.db())
 
     def close(self):
         if self._db is not None:

@@ -39,11 +39,12 @@ import time
 from pathlib import Path
 
 import psycopg2
+import ZODB.interfaces
 from psycopg2 import sql
 
 from .localproc import free_port
 
-__all__ = ['PostgresCluster', 'PostgresError', 'find_bindir']
+__all__ = ['PostgresCluster', 'PostgresError', 'find_bindir', 'last_transaction']
 
 SUPERUSER = 'postgres'
 OS_USER = 'postgres'       # who runs the binaries when we are root
@@ -59,6 +60,21 @@ fsync = off
 synchronous_commit = off
 full_page_writes = off
 """
+
+
+def last_transaction(db):
+    """The last tid of the database of the ZODB.DB db, 8 bytes, whatever its
+    storage. Not db.lastTransaction(): RelStorage's main instance, which it
+    asks, keeps the first value it read; commits and polls happen in the
+    instances of the connections. A fresh instance polls once instead."""
+    if not ZODB.interfaces.IMVCCStorage.providedBy(db.storage):
+        return db.storage.lastTransaction()
+    storage = db.storage.new_instance()
+    try:
+        storage.poll_invalidations()
+        return storage.lastTransaction()
+    finally:
+        storage.release()
 
 
 class PostgresError(Exception):
