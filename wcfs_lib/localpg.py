@@ -272,8 +272,7 @@ class PostgresCluster:
         r = sql.Identifier(role)
         self.sql(sql.SQL('GRANT CONNECT ON DATABASE {} TO {}').format(sql.Identifier(dbname), r))
         for grant in ('GRANT USAGE ON SCHEMA public TO {}',
-                      'GRANT SELECT ON ALL TABLES IN SCHEMA public TO {}',
-                      'GRANT SELECT ON ALL SEQUENCES IN SCHEMA public TO {}'):
+                      'GRANT SELECT ON ALL TABLES IN SCHEMA public TO {}'):
             self.sql(sql.SQL(grant).format(r), dbname=dbname)
         return role
 
