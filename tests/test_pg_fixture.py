@@ -3,6 +3,10 @@ data over stop() and start(), and the PostgreSQL clusters leave nothing
 running behind them."""
 
 import os
+import shutil
+import signal
+import subprocess
+import sys
 
 import pytest
 import transaction
@@ -11,7 +15,7 @@ import zodburi
 from ZODB.POSException import StorageError
 from ZODB.utils import p64, u64
 
-from conftest import PGServer, accepts, wait_for
+from conftest import ROOT, PGServer, accepts, wait_for
 from wcfs_lib import zwriter
 from wcfs_lib.localpg import PostgresCluster
 
@@ -185,10 +189,43 @@ def test_destroy_stops_a_server_that_was_never_stopped():
     finally:
         cluster.destroy()
     assert not cluster.running
-    assert not os.path.exists(f'/proc/{pid}')
-    wait_for(lambda: not any(os.path.exists(f'/proc/{w}') for w in workers),
+    assert not alive(pid)
+    wait_for(lambda: not any(map(alive, workers)),
              what=f'the workers {workers} of postgres {pid} to exit')
     assert not cluster.dir.exists()
+
+
+STARTER = """
+import sys, time
+from wcfs_lib.localpg import PostgresCluster
+cluster = PostgresCluster()
+cluster.start()
+print(cluster.proc.pid, cluster.dir, flush=True)
+time.sleep(60)
+"""
+
+
+def test_server_ends_when_its_starter_is_killed():
+    starter = subprocess.Popen([sys.executable, '-c', STARTER], cwd=ROOT,
+                               stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, text=True)
+    dir = None
+    try:
+        pid, dir = starter.stdout.readline().split()
+        pid = int(pid)
+        assert processes_using(dir) == [pid]
+        wait_for(lambda: len(children(pid)) >= 2, what=f'postgres {pid} to start its workers')
+        server = [pid, *children(pid)]
+        starter.send_signal(signal.SIGKILL)     # no stop(), no destroy()
+        starter.wait()
+        wait_for(lambda: not any(map(alive, server)), 30,
+                 f'postgres {pid} and its workers to exit after their starter was killed')
+    finally:
+        if starter.poll() is None:
+            starter.kill()
+            starter.wait()
+        starter.stdout.close()
+        if dir is not None:
+            shutil.rmtree(dir, ignore_errors=True)
 
 
 def test_cluster_start_fails_with_the_log():
@@ -201,6 +238,15 @@ def test_cluster_start_fails_with_the_log():
         assert not cluster.running
     finally:
         cluster.destroy()
+
+
+def alive(pid):
+    """Whether pid runs (a zombie does not)."""
+    try:
+        with open(f'/proc/{pid}/stat') as f:
+            return f.read().rpartition(')')[2].split()[0] != 'Z'
+    except FileNotFoundError:
+        return False
 
 
 def children(pid):

@@ -11,7 +11,10 @@
         pg.destroy()                    # stops the server if it runs, removes the directory
 
 The server is a child process of ours, ended by its pid: stop() asks for a
-fast shutdown (SIGINT), then an immediate one (SIGQUIT), then SIGKILL.
+fast shutdown (SIGINT), then an immediate one (SIGQUIT), then SIGKILL. Should
+we die without stopping it (SIGKILL, os._exit), it gets SIGINT all the same
+(setpriv --pdeathsig): so start() it from a thread that lives as long as the
+cluster should, the main thread as a rule.
 
 initdb and postgres refuse to run as root. Run by root, every binary runs as
 the system user `postgres` (setpriv), and the directory is made by us and
@@ -144,13 +147,16 @@ class PostgresCluster:
 
     # ---- processes ----
 
-    def _argv(self, program, *args):
-        """argv running bindir/program, as OS_USER when we are root."""
+    def _argv(self, program, *args, pdeathsig=None):
+        """argv running bindir/program, as OS_USER when we are root, sent
+        the signal pdeathsig (a name) when the thread that started it ends."""
+        options = []
+        if os.geteuid() == 0:
+            options += [f'--reuid={OS_USER}', f'--regid={OS_USER}', '--init-groups', '--reset-env']
+        if pdeathsig:
+            options += ['--pdeathsig', pdeathsig]
         argv = [os.path.join(self.bindir, program), *map(str, args)]
-        if os.geteuid() != 0:
-            return argv
-        return ['setpriv', f'--reuid={OS_USER}', f'--regid={OS_USER}', '--init-groups',
-                '--reset-env', '--', *argv]
+        return ['setpriv', *options, '--', *argv] if options else argv
 
     def _initdb(self):
         if os.geteuid() == 0:
@@ -185,7 +191,8 @@ class PostgresCluster:
 
     def _start_once(self):
         """-> True once the server accepts connections, False if it exited."""
-        argv = self._argv('postgres', '-D', self.datadir, '-p', self.port, '-k', self.dir)
+        argv = self._argv('postgres', '-D', self.datadir, '-p', self.port, '-k', self.dir,
+                          pdeathsig='INT')
         with open(self.logpath, 'ab') as log:
             self.proc = subprocess.Popen(argv, cwd=self.dir, stdin=subprocess.DEVNULL,
                                          stdout=log, stderr=subprocess.STDOUT)
