@@ -92,6 +92,20 @@ def test_database_zurl_opens_the_same_database(database):
         db.close()
 
 
+def test_wcfs_serves_the_database(database, wcfs_mount):
+    oid, tid = write_bigfile(database.db())
+    mnt = wcfs_mount(database.zurl)
+    with open(os.path.join(mnt.path, '.wcfs', 'zurl')) as f:
+        assert f.read() == database.shown_zurl + '\n'
+    head = os.path.join(mnt.bigfile(oid), 'head')
+    with open(os.path.join(head, 'at')) as f:
+        assert f.read() == '%016x\n' % u64(tid)
+    with open(os.path.join(head, 'data'), 'rb') as f:
+        data = f.read()
+    assert data == b''.join(BLOCKS.get(blk, b'').ljust(BLKSIZE, b'\0')
+                            for blk in range(max(BLOCKS) + 1))
+
+
 def test_postgres_zurl_and_log(postgres):
     host, port = postgres.addr
     assert postgres.zurl == 'postgres://wcfs:%s@127.0.0.1:%d/zodb' % (postgres.cluster.password, port)
