@@ -5,6 +5,7 @@ running behind them."""
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 
@@ -17,7 +18,7 @@ from ZODB.utils import p64, u64
 
 from conftest import ROOT, PGServer, accepts, wait_for
 from wcfs_lib import zwriter
-from wcfs_lib.localpg import PostgresCluster
+from wcfs_lib.localpg import PostgresCluster, PostgresError
 
 BLKSIZE = 4096
 BLOCKS = {0: b'a' * BLKSIZE, 3: b'xyz'}
@@ -211,7 +212,7 @@ def test_destroy_stops_a_server_that_was_never_stopped():
 
 STARTER = """
 import sys, time
-from wcfs_lib.localpg import PostgresCluster
+from wcfs_lib.localpg import PostgresCluster, PostgresError
 cluster = PostgresCluster()
 cluster.start()
 print(cluster.proc.pid, cluster.dir, flush=True)
@@ -242,11 +243,30 @@ def test_server_ends_when_its_starter_is_killed():
             shutil.rmtree(dir, ignore_errors=True)
 
 
+def test_first_start_takes_another_port_a_restart_does_not():
+    cluster = PostgresCluster()
+    try:
+        with socket.create_server((cluster.host, cluster.port)):
+            taken = cluster.port
+            cluster.start()                 # the first start moves on
+            assert cluster.port != taken
+        port = cluster.port
+        cluster.stop()
+        with socket.create_server((cluster.host, port)):
+            with pytest.raises(PostgresError, match='could not bind'):
+                cluster.start()             # its port is the database's address now
+        assert cluster.port == port
+        cluster.start()
+        assert cluster.sql('SELECT 1') == [(1,)]
+    finally:
+        cluster.destroy()
+
+
 def test_cluster_start_fails_with_the_log():
     cluster = PostgresCluster()
     try:
         (cluster.datadir / 'postgresql.conf').write_text('no_such_setting = 1\n')
-        with pytest.raises(Exception, match='no_such_setting') as e:
+        with pytest.raises(PostgresError, match='no_such_setting') as e:
             cluster.start()
         assert str(cluster.dir) in str(e.value)
         assert not cluster.running

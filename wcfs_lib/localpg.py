@@ -55,8 +55,8 @@ START_TIMEOUT = 30         # seconds for the server to accept connections
 STOP_TIMEOUT = 30          # seconds for each step of stop()
 PORT_TRIES = 5             # a free port taken by someone else before we bind it
 
-# Written into postgresql.conf by initdb's caller; port and socket come on the
-# command line so that they can never differ from what we connect to.
+# Appended to postgresql.conf after initdb; port and socket directory come on
+# the command line, so that they are always what we connect to.
 SETTINGS = """
 listen_addresses = '127.0.0.1'
 fsync = off
@@ -136,10 +136,21 @@ class PostgresCluster:
 
     @property
     def log(self):
+        return self._log_from(0)
+
+    def _log_from(self, offset):
         try:
-            return self.logpath.read_text(errors='replace')
+            with open(self.logpath, 'rb') as f:
+                f.seek(offset)
+                return f.read().decode(errors='replace')
         except FileNotFoundError:
             return ''
+
+    def _log_size(self):
+        try:
+            return self.logpath.stat().st_size
+        except FileNotFoundError:
+            return 0
 
     def _fail(self, what):
         tail = '\n'.join(self.log.splitlines()[-20:])
@@ -181,10 +192,11 @@ class PostgresCluster:
         start a port that someone else took meanwhile is replaced by another."""
         assert not self.running, f'{self.dir}: postgres is already running'
         for _ in range(PORT_TRIES):
+            offset = self._log_size()
             if self._start_once():
                 self._port_fixed = True
                 return
-            if self._port_fixed or 'could not bind' not in self.log:
+            if self._port_fixed or 'could not bind' not in self._log_from(offset):
                 raise self._fail(f'postgres exited with {self.proc.returncode}')
             self.port = free_port()
         raise self._fail(f'postgres found no free port in {PORT_TRIES} tries')
@@ -244,24 +256,20 @@ class PostgresCluster:
         return conn
 
     def sql(self, statement, *args, dbname='postgres'):
-        """Run one statement (a str or a psycopg2.sql.Composed) as the superuser."""
+        """Run one statement (a str or a psycopg2.sql.Composed) as the
+        superuser; -> its rows, [] for a statement that returns none."""
         conn = self._admin_connect(dbname)
         try:
             with conn.cursor() as cur:
                 cur.execute(statement, args or None)
+                return cur.fetchall() if cur.description else []
         finally:
             conn.close()
 
     def _ensure_role(self, role):
-        conn = self._admin_connect('postgres')
-        try:
-            with conn.cursor() as cur:
-                cur.execute('SELECT 1 FROM pg_roles WHERE rolname = %s', (role,))
-                if cur.fetchone() is None:
-                    cur.execute(sql.SQL('CREATE ROLE {} LOGIN PASSWORD %s').format(
-                        sql.Identifier(role)), (self.password,))
-        finally:
-            conn.close()
+        if not self.sql('SELECT 1 FROM pg_roles WHERE rolname = %s', role):
+            self.sql(sql.SQL('CREATE ROLE {} LOGIN PASSWORD %s').format(sql.Identifier(role)),
+                     self.password)
 
     def create_database(self, name, history_free=False):
         """A database owned by self.user with RelStorage's schema, history-free
