@@ -1,14 +1,17 @@
 """A guided tour of wcfs: run ./demo.sh (it sets up .venv first).
 
-It starts a ZEO server on a free port of 127.0.0.1, writes an array of float64
-into a ZBigFile there, mounts wcfs on that database and reads the array with
-ordinary tools, commits a change and watches it appear, and opens the old
-revision through @<tid>/. Everything lives in a temporary directory that is
-removed at the end; the ZEO server and wcfs are stopped whatever happens.
+It starts a ZEO server on a free port of 127.0.0.1 (with --db postgres: a
+private PostgreSQL cluster there, RelStorage's tables in one database), writes
+an array of float64 into a ZBigFile there, mounts wcfs on that database and
+reads the array with ordinary tools, commits a change and watches it appear,
+and opens the old revision through @<tid>/. Everything lives in temporary
+directories that are removed at the end; the database server and wcfs are
+stopped whatever happens.
 
-Exit status 0 when every check passed, 1 otherwise.
+Exit status 0 when every check passed, 1 otherwise; 2 for a bad argument.
 """
 
+import argparse
 import os
 import shlex
 import shutil
@@ -26,7 +29,9 @@ import ZODB
 import ZODB.utils
 
 from wcfs_lib import zwriter
+from wcfs_lib.localpg import PostgresCluster, last_transaction
 from wcfs_lib.localproc import accepts, free_port, is_mounted, terminate
+from wcfs_lib.zstorage import masked
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 RUNZEO = os.path.join(os.path.dirname(sys.executable), 'runzeo')
@@ -87,6 +92,84 @@ def wait_until(cond, timeout, what):
 
 
 
+class ZEOServer:
+    """runzeo on a free port of 127.0.0.1, its Data.fs in tmp."""
+
+    title = 'Start a ZEO server'
+    how_news_come = 'wcfs hears of the transaction from the ZEO server'
+
+    def __init__(self, tmp):
+        self.tmp = tmp
+        self.log = os.path.join(tmp, 'runzeo.log')
+        self.addr = ('127.0.0.1', free_port())
+        self.zurl = 'zeo://%s:%d' % self.addr
+        self.proc = None
+
+    def about(self):
+        return f"""wcfs reads a ZODB database. In production that is a ZEO server
+            that many machines share; here we start one on {self.zurl} with its
+            data in {self.tmp}/Data.fs."""
+
+    def start(self):
+        argv = [RUNZEO, '-a', '%s:%d' % self.addr, '-f', os.path.join(self.tmp, 'Data.fs')]
+        print('  $ ' + shlex.join(argv))
+        self.proc = spawn(argv, self.log)
+
+        def serving():
+            if self.proc.poll() is not None:
+                raise DemoError(f'runzeo exited with {self.proc.returncode}:\n{tail(self.log)}')
+            return accepts(self.addr)
+        wait_until(serving, START_TIMEOUT, f'runzeo to accept on {self.zurl}')
+        print(f'  runzeo (pid {self.proc.pid}) accepts connections')
+
+    def open(self):
+        return ZODB.DB(ZEO.ClientStorage.ClientStorage(self.addr))
+
+    def stop(self):
+        if self.proc is not None:
+            terminate(self.proc)
+
+
+class PostgresServer:
+    """A private PostgreSQL cluster (wcfs_lib.localpg) with one RelStorage
+    database. Its directory is not the demo's: postgres must reach it."""
+
+    title = 'Start a PostgreSQL server'
+    how_news_come = 'wcfs polls PostgreSQL for new transactions, sees this one'
+    DBNAME = 'zodb'
+
+    def __init__(self, tmp):
+        self.cluster = None
+        self.zurl = None
+
+    def about(self):
+        return """wcfs reads a ZODB database. Here it is RelStorage on
+            PostgreSQL: in production one PostgreSQL server that many machines
+            share; here a private cluster (initdb in a temporary directory,
+            postgres on a free port of 127.0.0.1) with one database, whose
+            tables RelStorage makes. The ZURL holds the password: wcfs shows
+            it as *** in .wcfs/zurl and its log."""
+
+    def start(self):
+        self.cluster = PostgresCluster()
+        self.cluster.start()
+        self.cluster.create_database(self.DBNAME)
+        self.zurl = self.cluster.zurl(self.DBNAME)
+        print(f'  postgres (pid {self.cluster.proc.pid}) serves {self.cluster.dir}/data '
+              f'on 127.0.0.1:{self.cluster.port}')
+        print(f'  ZURL: {self.zurl}')
+
+    def open(self):
+        return ZODB.DB(self.cluster.storage(self.DBNAME))
+
+    def stop(self):
+        if self.cluster is not None:
+            self.cluster.destroy()
+
+
+SERVERS = {'zeo': ZEOServer, 'postgres': PostgresServer}
+
+
 def spawn(argv, logpath):
     with open(logpath, 'ab') as log:
         return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
@@ -107,33 +190,19 @@ def tail(path, n=30):
 
 class Demo:
 
-    def __init__(self):
+    def __init__(self, server):
         self.tmp = os.path.realpath(tempfile.mkdtemp(prefix='wcfs-demo-'))
         self.mnt = os.path.join(self.tmp, 'mnt')
-        self.zeo_log = os.path.join(self.tmp, 'runzeo.log')
         self.wcfs_log = os.path.join(self.tmp, 'wcfs.log')
-        self.zeo = None
+        self.server = server(self.tmp)
         self.wcfs = None
         self.db = None
 
     def run(self):
-        addr = ('127.0.0.1', free_port())
-        zurl = 'zeo://%s:%d' % addr
-
-        step(1, 'Start a ZEO server',
-             f"""wcfs reads a ZODB database. In production that is a ZEO server
-             that many machines share; here we start one on {zurl} with its
-             data in {self.tmp}/Data.fs.""")
-        argv = [RUNZEO, '-a', '%s:%d' % addr, '-f', os.path.join(self.tmp, 'Data.fs')]
-        print('  $ ' + shlex.join(argv))
-        self.zeo = spawn(argv, self.zeo_log)
-
-        def zeo_serving():
-            if self.zeo.poll() is not None:
-                raise DemoError(f'runzeo exited with {self.zeo.returncode}:\n{tail(self.zeo_log)}')
-            return accepts(addr)
-        wait_until(zeo_serving, START_TIMEOUT, f'runzeo to accept on {zurl}')
-        print(f'  runzeo (pid {self.zeo.pid}) accepts connections')
+        server = self.server
+        step(1, server.title, server.about())
+        server.start()
+        zurl = server.zurl
 
         step(2, 'Write an array into a ZBigFile',
              f"""A ZBigFile is wendelin.core's persistent big file: a block size and
@@ -141,7 +210,7 @@ class Demo:
              float64 numbers 0, 1, 2, ... ({NELEM * 8 // MiB} MiB, blocks of
              {BLKSIZE // MiB} MiB), using the project's writer, an ordinary
              ZODB client.""")
-        self.db = ZODB.DB(ZEO.ClientStorage.ClientStorage(addr))
+        self.db = server.open()
         conn = self.db.open()
         f = zwriter.ZBigFile(BLKSIZE)
         conn.root()['demo'] = f
@@ -150,7 +219,7 @@ class Demo:
         f.write(0, old.tobytes())
         transaction.commit()
         oid = '%016x' % ZODB.utils.u64(f._p_oid)
-        oldtid = '%016x' % ZODB.utils.u64(self.db.storage.lastTransaction())
+        oldtid = '%016x' % ZODB.utils.u64(last_transaction(self.db))
         print(f'  oid of the ZBigFile:    {oid}')
         print(f'  tid of the data commit: {oldtid}')
 
@@ -173,7 +242,8 @@ class Demo:
                 return False
         wait_until(wcfs_serving, START_TIMEOUT, f'wcfs to serve at {self.mnt}')
         show(['cat', '.wcfs/zurl'], self.mnt)
-        check(read(os.path.join(self.mnt, '.wcfs', 'zurl')) == zurl + '\n', '.wcfs/zurl names the database')
+        check(read(os.path.join(self.mnt, '.wcfs', 'zurl')) == masked(zurl) + '\n',
+              '.wcfs/zurl names the database')
 
         step(4, 'Make the ZBigFile visible',
              """A ZBigFile appears under bigfile/ once a client asks for it by
@@ -203,7 +273,7 @@ class Demo:
         step(6, 'Commit a change to one block',
              f"""Another ZODB client negates the numbers of block {CHANGED_BLK}
              (bytes {CHANGED_BLK * BLKSIZE} to {(CHANGED_BLK + 1) * BLKSIZE})
-             and commits. wcfs hears of the transaction from the ZEO server,
+             and commits. {server.how_news_come},
              moves head/at, and makes the kernel drop only the pages of that
              block: the rest of head/data stays cached.""")
         new = old.copy()
@@ -211,7 +281,7 @@ class Demo:
         new[lo:hi] = -new[lo:hi]
         f.write(CHANGED_BLK * BLKSIZE, new[lo:hi].tobytes())
         transaction.commit()
-        newtid = '%016x' % ZODB.utils.u64(self.db.storage.lastTransaction())
+        newtid = '%016x' % ZODB.utils.u64(last_transaction(self.db))
         print(f'  tid of the change: {newtid}')
         at = os.path.join(bf, 'head', 'at')
         wait_until(lambda: read(at) != oldtid + '\n', UPDATE_TIMEOUT, 'head/at to move')
@@ -236,28 +306,35 @@ class Demo:
               f'@{oldtid}/data still holds the old numbers')
 
         step(8, 'Stop wcfs',
-             """SIGTERM (or SIGINT) makes wcfs unmount and exit 0. The ZEO
-             server is stopped and the temporary directory removed next.""")
+             """SIGTERM (or SIGINT) makes wcfs unmount and exit 0. The
+             database server is stopped and the temporary directories removed
+             next.""")
         print(f'  $ kill -TERM {self.wcfs.pid}')
         code = terminate(self.wcfs)
         check(code == 0, f'wcfs exited with {code}')
         check(not is_mounted(self.mnt), f'{self.mnt} is unmounted')
 
     def cleanup(self):
-        """Stop wcfs and runzeo, unmount, remove the temporary directory."""
-        if self.db is not None:
-            self.db.close()
-        if self.wcfs is not None:
-            terminate(self.wcfs)
-        if is_mounted(self.mnt):
-            subprocess.run(['fusermount3', '-u', '-z', self.mnt], stdin=subprocess.DEVNULL)
-        if self.zeo is not None:
-            terminate(self.zeo)
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        """Stop wcfs and the database server, unmount, remove the temporary directory."""
+        try:
+            if self.db is not None:
+                self.db.close()
+            if self.wcfs is not None:
+                terminate(self.wcfs)
+            if is_mounted(self.mnt):
+                subprocess.run(['fusermount3', '-u', '-z', self.mnt], stdin=subprocess.DEVNULL)
+        finally:
+            self.server.stop()
+            shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 def main():
-    demo = Demo()
+    p = argparse.ArgumentParser(description='A guided tour of wcfs.')
+    p.add_argument('--db', choices=sorted(SERVERS), default='zeo',
+                   help='the database wcfs follows: a ZEO server (default) or '
+                        'RelStorage on a private PostgreSQL cluster')
+    args = p.parse_args()
+    demo = Demo(SERVERS[args.db])
     try:
         demo.run()
     except Exception as e:

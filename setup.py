@@ -21,6 +21,12 @@ setup(
         'lockfile',
         'numpy',
     ],
+    # postgres:// and zconfig:// ZURLs of RelStorage on PostgreSQL. An extra,
+    # not a dependency: ZEO is the usual deployment, and psycopg2 builds
+    # against libpq with a C compiler, which a ZEO-only machine need not have.
+    extras_require={
+        'postgresql': ['RelStorage[postgresql]'],
+    },
     entry_points={
         'console_scripts': ['wcfs=wcfs:main'],
     },

@@ -1,7 +1,10 @@
 #!/bin/bash
 # Prepare this checkout on Debian 12 for the demo and the tests:
 #   - the Debian packages wcfs needs (fuse3 for fusermount3 and libfuse3,
-#     python3-venv for Debian's python to make a virtual environment);
+#     python3-venv for Debian's python to make a virtual environment), and
+#     those of the PostgreSQL tests: postgresql for the private clusters of
+#     wcfs_lib/localpg.py, and libpq-dev, gcc, libc6-dev and python3-dev to
+#     build psycopg2 (see below);
 #   - .venv, a virtual environment made with Debian's /usr/bin/python3,
 #     holding requirements.txt and this project installed in editable mode.
 # Idempotent: each step is skipped when already done; .venv is brought up to
@@ -12,7 +15,12 @@ set -eu
 cd "$(dirname "$0")"
 root=$(pwd)
 python=/usr/bin/python3
-apt_packages="fuse3 python3-venv debhelper dh-python dpkg-dev fakeroot lintian mandoc man-db"
+# psycopg2 is built from source against Debian's libpq rather than taken as
+# psycopg2-binary: RelStorage's "postgresql" extra, which setup.py's extra
+# names, requires the distribution psycopg2 (pip would build it anyway), and
+# the binary wheel carries its own copies of libpq and libssl.
+apt_packages="fuse3 python3-venv debhelper dh-python dpkg-dev fakeroot lintian mandoc man-db
+              postgresql libpq-dev gcc libc6-dev python3-dev"
 
 sudo=
 if [ "$(id -u)" != 0 ]; then
@@ -37,12 +45,25 @@ run() {
     fi
 }
 
+installed() {
+    dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q 'install ok installed'
+}
+
 missing=
 for pkg in $apt_packages; do
-    if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed'; then
+    if ! installed "$pkg"; then
         missing="$missing $pkg"
     fi
 done
+# The tests, the demo and the benchmarks run private clusters and need no
+# system-wide one: on a machine without PostgreSQL yet, keep the postinst
+# from creating (and starting) the "main" cluster. In createcluster.d, as
+# createcluster.conf itself is ucf's; a machine that already has PostgreSQL
+# stays as its administrator set it up.
+if ! installed postgresql-common; then
+    run "disabling PostgreSQL's main cluster" $sudo sh -c 'mkdir -p /etc/postgresql-common/createcluster.d &&
+        echo "create_main_cluster = false" >/etc/postgresql-common/createcluster.d/wcfs.conf'
+fi
 if [ -n "$missing" ]; then
     export DEBIAN_FRONTEND=noninteractive
     run "apt-get update" $sudo apt-get update
@@ -69,5 +90,5 @@ if ! .venv/bin/python -c 'import sys; sys.exit(sys.base_prefix != "/usr")' 2>/de
 fi
 rm -f "$stamp"
 run "installing requirements.txt into .venv" .venv/bin/pip install -q -r requirements.txt
-run "installing wcfs into .venv" .venv/bin/pip install -q -e .
+run "installing wcfs into .venv" .venv/bin/pip install -q -e '.[postgresql]'
 echo "$want" >"$stamp"

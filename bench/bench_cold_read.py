@@ -1,19 +1,18 @@
 """Cold read (SPEC §6): a whole file through a fresh wcfs mount vs an in-process
-ZODB client reading the same blocks from the same ZEO server on loopback.
+ZODB client reading the same blocks from the same ZEO server on loopback
+(--db postgres: the same RelStorage database of a private PostgreSQL cluster).
 Target: wcfs / in-process throughput >= 0.7.
 
 wcfs: a fresh mount each run (nothing of the file in the page cache or in a
 ZEO client cache); timed from mkdir bigfile/<oid> to the end of a sequential
 read of head/data in 1 MiB pieces. In-process: a fresh ZODB.DB(ClientStorage)
-each run (fresh client cache); timed from loading the ZBigFile to having
-loaded every ZBlk0's data. The runs alternate; the best of 3 of each counts.
+(RelStorage) each run (fresh client cache); timed from loading the ZBigFile to
+having loaded every ZBlk0's data. The runs alternate; the best of 3 of each counts.
 """
 
 import os
 import time
 
-import ZEO.ClientStorage
-import ZODB
 from ZODB.utils import p64
 
 import common
@@ -42,9 +41,9 @@ def read_wcfs(b, oid, size):
         b.unmount(mnt)
 
 
-def read_inprocess(addr, oid, size):
+def read_inprocess(b, oid, size):
     """-> seconds for a fresh ZODB client to load the data of every block."""
-    db = ZODB.DB(ZEO.ClientStorage.ClientStorage(addr))
+    db = b.new_db()
     try:
         conn = db.open()
         t0 = time.perf_counter()
@@ -63,23 +62,23 @@ def read_inprocess(addr, oid, size):
 
 
 def main():
-    args = common.parse_args(__doc__.splitlines()[0], default_size=1024)
+    args = common.parse_args(__doc__.splitlines()[0], default_size=1024, db_option=True)
     size = args.size * MiB
-    with common.Bench('cold read') as b:
+    with common.Bench('cold read', db=args.db) as b:
         oid = b.write_bigfile(size)
         b.close_db()
         best = {'wcfs': 0.0, 'in-process': 0.0}
         for run in range(RUNS):
             for name, read in (('wcfs', lambda: read_wcfs(b, oid, size)),
-                               ('in-process', lambda: read_inprocess(b.addr, oid, size))):
+                               ('in-process', lambda: read_inprocess(b, oid, size))):
                 speed = common.mibps(size, read())
                 best[name] = max(best[name], speed)
                 print('run %d %-10s %6.0f MiB/s' % (run + 1, name, speed))
 
     ratio = best['wcfs'] / best['in-process']
-    print('cold read: %d MiB, best of %d: wcfs %.0f MiB/s, in-process ZODB %.0f MiB/s, '
+    print('cold read: %s, %d MiB, best of %d: wcfs %.0f MiB/s, in-process ZODB %.0f MiB/s, '
           'ratio %.2f (target >= %.1f: %s); kernel %s'
-          % (args.size, RUNS, best['wcfs'], best['in-process'], ratio, TARGET,
+          % (args.db, args.size, RUNS, best['wcfs'], best['in-process'], ratio, TARGET,
              common.verdict(ratio >= TARGET), common.kernel()))
 
 

@@ -1,4 +1,5 @@
-"""Latency (SPEC §6): commit to `have` at a subscribed client, ZEO on loopback.
+"""Latency (SPEC §6): commit to `have` at a subscribed client, ZEO on loopback
+(with --db postgres: RelStorage on a private PostgreSQL cluster on loopback).
 Target: median <= 50 ms.
 
 One client process subscribes to head/invalidations of the file (`want` of
@@ -12,6 +13,8 @@ Three latencies of each commit end at the moment the client read its `have`:
 - from the tid: the wall-clock time the ZEO server put in the tid when it
   took the commit lock, before it stored the data; the server's commit is
   after it, so this is an upper bound of commit -> `have`. The verdict.
+  (RelStorage: the PostgreSQL server's clock once the commit lock is held,
+  before the rows move from the temporary tables: also before the commit.)
 - from `transaction.commit()` returning in the writer. The writer's ZEO
   client returns only after it has also stored the new block in its own
   client cache (ZEO's tpc_finish_co), and with 2 MiB blocks the `have`
@@ -38,7 +41,7 @@ from ZODB.TimeStamp import TimeStamp
 from ZODB.utils import p64, u64
 
 import common
-from common import BLKSIZE, MiB
+from common import BLKSIZE, MiB, last_transaction
 
 TARGET_MS = 50
 REPLY_TIMEOUT = 10      # seconds a `have` may take before the run fails
@@ -114,6 +117,7 @@ def main():
     p.add_argument('--random', type=int, default=BLKSIZE, metavar='BYTES',
                    help='random bytes at the start of each new block, zeros after them '
                         '(ZBlk0 stores them stripped: a smaller record); default the whole block')
+    common.add_db_option(p)
     args = p.parse_args()
     if args.size <= 0 or args.size * MiB % BLKSIZE or args.n <= 0 or not 0 < args.random <= BLKSIZE:
         p.error('-n must be positive, --size a positive multiple of 2, --random in 1..%d' % BLKSIZE)
@@ -122,7 +126,7 @@ def main():
 
     lat = {'tid': [], 'return': [], 'call': []}
     client = None
-    with common.Bench('latency') as b:
+    with common.Bench('latency', db=args.db) as b:
         try:
             oid = b.write_bigfile(size)
             mnt = b.mount()
@@ -142,7 +146,7 @@ def main():
                 t0 = time.monotonic()
                 transaction.commit()
                 t1 = time.monotonic()
-                tid = u64(db.storage.lastTransaction())
+                tid = u64(last_transaction(db))
                 conn.cacheMinimize()
                 words = client.line().split(' ')
                 assert words[0] == 'have' and int(words[1], 16) == tid, \
@@ -160,19 +164,19 @@ def main():
 
     ms = {k: [x * 1000 for x in v] for k, v in lat.items()}
     med = statistics.median(ms['tid'])
-    print('latency: %d one-block commits (%d MiB blocks, %d random bytes each) to a %d MiB file, '
+    print('latency: %s; %d one-block commits (%d MiB blocks, %d random bytes each) to a %d MiB file, '
           '%d invalidations sent; ms until the client read the `have`:'
-          % (args.n, BLKSIZE // MiB, args.random, args.size, sent))
+          % (args.db, args.n, BLKSIZE // MiB, args.random, args.size, sent))
     for k, what in (('tid', 'from the tid (server took the commit lock)'),
                     ('return', 'from commit() returning in the writer'),
                     ('call', 'from commit() being called')):
         v = ms[k]
         print('  %-45s median %7.1f  p99 %7.1f  min %7.1f  max %7.1f'
               % (what, statistics.median(v), percentile(v, 99), min(v), max(v)))
-    print('latency: commit -> `have` at the client: median %.1f ms, p99 %.1f ms from the tid '
+    print('latency: %s: commit -> `have` at the client: median %.1f ms, p99 %.1f ms from the tid '
           '(from commit() returning: median %.1f ms, p99 %.1f ms) (target median <= %d ms: %s); '
           'kernel %s'
-          % (med, percentile(ms['tid'], 99), statistics.median(ms['return']),
+          % (args.db, med, percentile(ms['tid'], 99), statistics.median(ms['return']),
              percentile(ms['return'], 99), TARGET_MS, common.verdict(med <= TARGET_MS),
              common.kernel()))
 

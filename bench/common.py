@@ -1,4 +1,4 @@
-"""What every benchmark of bench/ shares: a ZEO server, a ZBigFile, wcfs mounts.
+"""What every benchmark of bench/ shares: a database server, a ZBigFile, wcfs mounts.
 
     with Bench('warm read') as b:
         oid = b.write_bigfile(size)     # runzeo started on first use
@@ -6,9 +6,13 @@
         ...
         b.unmount(mnt)                  # or left to close()
 
+The server is runzeo, or with Bench(name, db='postgres') a private PostgreSQL
+cluster (wcfs_lib.localpg) with one RelStorage database; a script offers the
+choice as --db (add_db_option), and measures its reference on the same one.
+
 `Bench.close()` (the end of the `with`) always ends what was started, by pid:
 every wcfs (SIGTERM, then SIGKILL; then `fusermount3 -u -z` if its mount is
-still there), then runzeo, then removes the temporary directory.
+still there), then the server, then removes the temporary directories.
 """
 
 import argparse
@@ -32,6 +36,7 @@ import ZODB                                                 # noqa: E402
 import ZODB.FileStorage                                     # noqa: E402
 from ZODB.utils import u64                                  # noqa: E402
 
+from wcfs_lib.localpg import PostgresCluster, last_transaction  # noqa: E402
 from wcfs_lib.localproc import free_port, is_mounted, terminate  # noqa: E402
 from wcfs_lib import zwriter                                # noqa: E402
 
@@ -42,12 +47,23 @@ RUNZEO = Path(sys.executable).parent / 'runzeo'
 START_TIMEOUT = 30              # seconds for runzeo or wcfs to serve
 STOP_TIMEOUT = 15               # seconds for a process to exit after SIGTERM
 COMMIT_EVERY = 64 * MiB         # bytes of blocks per transaction while writing
+DATABASES = ('zeo', 'postgres')  # what Bench(db=...) can start
+PG_DBNAME = 'zodb'
 
 
-def parse_args(description, default_size):
+def add_db_option(p):
+    p.add_argument('--db', choices=DATABASES, default='zeo',
+                   help='the database: a ZEO server (default) or RelStorage '
+                        'on a private PostgreSQL cluster')
+
+
+def parse_args(description, default_size, db_option=False):
+    """--size, and --db with db_option (for a script that passes args.db to Bench)."""
     p = argparse.ArgumentParser(description=description)
     p.add_argument('--size', type=int, default=default_size, metavar='MiB',
                    help='size of the file in MiB (default %d)' % default_size)
+    if db_option:
+        add_db_option(p)
     args = p.parse_args()
     if args.size <= 0 or args.size * MiB % BLKSIZE:
         p.error('--size must be a positive multiple of %d' % (BLKSIZE // MiB))
@@ -240,14 +256,19 @@ class Mount:
 
 
 class Bench:
-    """Temporary directory, runzeo, wcfs mounts of one benchmark run; see the module doc."""
+    """Temporary directory, database server, wcfs mounts of one benchmark run;
+    see the module doc. db: one of DATABASES."""
 
-    def __init__(self, name):
+    def __init__(self, name, db='zeo'):
+        if db not in DATABASES:
+            raise ValueError('%s: no database %r (%s)' % (name, db, ', '.join(DATABASES)))
         self.name = name
+        self.kind = db
         self.dir = Path(tempfile.mkdtemp(prefix='wcfs-bench-'))
         self.addr = None
         self.zurl = None
         self.zeo = None
+        self.cluster = None
         self._db = None
         self.mounts = []
 
@@ -257,7 +278,19 @@ class Bench:
     def __exit__(self, *exc):
         self.close()
 
-    # ---- ZEO ----
+    # ---- the database ----
+
+    def start_db(self):
+        """Start the server of self.kind; -> its ZURL."""
+        return self.start_postgres() if self.kind == 'postgres' else self.start_zeo()
+
+    def start_postgres(self):
+        self.cluster = PostgresCluster()
+        self.cluster.start()
+        self.cluster.create_database(PG_DBNAME)
+        self.addr = (self.cluster.host, self.cluster.port)
+        self.zurl = self.cluster.zurl(PG_DBNAME)
+        return self.zurl
 
     def start_zeo(self):
         self.addr = ('127.0.0.1', free_port())
@@ -280,17 +313,26 @@ class Bench:
         return self.zurl
 
     def db(self):
-        """The writer's ZODB.DB on the ZEO server (started on first use)."""
+        """The writer's ZODB.DB on the server (started on first use)."""
         if self._db is None:
-            if self.zeo is None:
-                self.start_zeo()
-            self._db = ZODB.DB(ZEO.ClientStorage.ClientStorage(self.addr))
+            self._db = self.new_db()
         return self._db
+
+    def new_db(self):
+        """A new ZODB.DB on the server (started on first use): a client of its
+        own, with empty caches. The caller closes it."""
+        if self.zurl is None:
+            self.start_db()
+        if self.cluster is not None:
+            return ZODB.DB(self.cluster.storage(PG_DBNAME))
+        return ZODB.DB(ZEO.ClientStorage.ClientStorage(self.addr))
 
     def file_db(self):
         """A ZODB.DB straight on the Data.fs that runzeo will serve: writing
         hundreds of thousands of objects is several times faster than through
         ZEO. Only before runzeo starts; the caller closes it first."""
+        if self.kind != 'zeo':
+            raise RuntimeError('%s: no Data.fs to write with --db %s' % (self.name, self.kind))
         if self.zeo is not None:
             raise RuntimeError('%s: runzeo already serves %s' % (self.name, self.dir / 'Data.fs'))
         return ZODB.DB(ZODB.FileStorage.FileStorage(str(self.dir / 'Data.fs')))
@@ -336,7 +378,7 @@ class Bench:
         try:
             conn.root()['f'].write_block(blk, data)
             transaction.commit()
-            return u64(db.storage.lastTransaction())
+            return u64(last_transaction(db))
         finally:
             conn.close()
 
@@ -366,6 +408,8 @@ class Bench:
         finally:
             if self.zeo is not None:
                 terminate(self.zeo)
+            if self.cluster is not None:
+                self.cluster.destroy()
             if not any(is_mounted(m.path) for m in self.mounts):
                 shutil.rmtree(self.dir, ignore_errors=True)
             else:

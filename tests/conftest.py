@@ -4,6 +4,12 @@ zeo          a ZEO server (runzeo) on a free port of 127.0.0.1 with its own
              Data.fs, and a ZODB client for the test to write with. It can be
              stopped and started again on the same port and file, to test how
              wcfs lives through a database outage.
+postgres     the same for RelStorage: a private PostgreSQL cluster
+             (wcfs_lib.localpg) on a free port of 127.0.0.1 with one
+             history-preserving database; same interface as zeo.
+postgres_history_free
+             the same with a history-free database (which wcfs refuses).
+database     zeo, then postgres: a test that takes it runs once on each.
 wcfs_mount   a factory: mnt = wcfs_mount(zurl, *extra_args) runs wcfs.py in the
              foreground on a fresh mount point and returns once it serves.
 wait_for     polls a condition until it holds or a timeout passes; importable
@@ -26,8 +32,10 @@ import ZEO.ClientStorage
 import ZODB
 import ZODB.utils
 
+from wcfs_lib.localpg import PostgresCluster, last_transaction
 from wcfs_lib.localproc import accepts, free_port, is_mounted, terminate  # noqa: F401
 from wcfs_lib.localproc import unmount_left as unmount  # noqa: F401
+from wcfs_lib.zstorage import masked
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNZEO = Path(sys.executable).parent / 'runzeo'  # installed beside this python
@@ -84,14 +92,21 @@ def read_text(path):
 
 
 class ZEOServer:
-    """runzeo serving one Data.fs on 127.0.0.1:port."""
+    """runzeo serving one Data.fs on 127.0.0.1:port.
+
+    The interface every database fixture has: zurl (what wcfs is given),
+    shown_zurl (what .wcfs/zurl shows), addr, log, start(), stop() (the
+    data stays for the next start()), db() (a ZODB.DB to write with),
+    wait_reconnected() (after start(): until db() can commit again),
+    last_transaction() (the database's last tid, 8 bytes), close().
+    """
 
     def __init__(self, dir):
         self.dir = Path(dir)
         self.path = str(self.dir / 'Data.fs')
         self.logpath = self.dir / 'runzeo.log'
         self.addr = ('127.0.0.1', free_port())
-        self.zurl = 'zeo://%s:%d' % self.addr
+        self.zurl = self.shown_zurl = 'zeo://%s:%d' % self.addr
         self.proc = None
         self._db = None
 
@@ -122,6 +137,15 @@ class ZEOServer:
             self._db = ZODB.DB(ZEO.ClientStorage.ClientStorage(self.addr))
         return self._db
 
+    def wait_reconnected(self, timeout=START_TIMEOUT):
+        """Wait until db()'s client is connected again after start()."""
+        if self._db is not None:
+            wait_for(self._db.storage.is_connected, timeout, f'the client of {self.zurl} to reconnect')
+
+    def last_transaction(self):
+        """The last tid of the database, 8 bytes (localpg.last_transaction)."""
+        return last_transaction(self.db())
+
     def close(self):
         if self._db is not None:
             self._db.close()
@@ -138,6 +162,104 @@ def zeo(tmp_path_factory):
     finally:
         server.close()
         print(f'--- runzeo log ({server.logpath}):\n{server.log}')
+
+
+class PGServer:
+    """A private PostgreSQL cluster serving one RelStorage database, with
+    ZEOServer's interface. zurl is postgres://wcfs:PASSWORD@127.0.0.1:PORT/zodb
+    (with ?keep_history=false for a history-free database), so shown_zurl
+    has *** for the password; zconfig() gives a zconfig:// ZURL of it.
+    The cluster's directory is not pytest's (postgres could not reach it).
+    """
+
+    DBNAME = 'zodb'
+
+    def __init__(self, history_free=False):
+        self.history_free = history_free
+        self.cluster = PostgresCluster()
+        self.dir = self.cluster.dir
+        self.logpath = self.cluster.logpath
+        self._made = False
+        self._db = None
+
+    @property
+    def addr(self):
+        return (self.cluster.host, self.cluster.port)
+
+    @property
+    def zurl(self):
+        query = {'keep_history': 'false'} if self.history_free else {}
+        return self.cluster.zurl(self.DBNAME, **query)
+
+    @property
+    def shown_zurl(self):
+        return masked(self.zurl)
+
+    @property
+    def log(self):
+        return self.cluster.log
+
+    def zconfig(self, **options):
+        """A zconfig:// ZURL of the database; see PostgresCluster.zconfig."""
+        return self.cluster.zconfig(self.DBNAME, **options)
+
+    def start(self):
+        """Start the server (the first time: make the database); return once
+        it accepts connections."""
+        self.cluster.start()
+        if not self._made:
+            self.cluster.create_database(self.DBNAME, history_free=self.history_free)
+            self._made = True
+
+    def stop(self):
+        """Fast shutdown; the clients reconnect at their next use after start()."""
+        self.cluster.stop()
+
+    def db(self):
+        """A ZODB.DB on a RelStorage of this database, made once, closed at teardown."""
+        if self._db is None:
+            self._db = ZODB.DB(self.cluster.storage(self.DBNAME))
+        return self._db
+
+    def wait_reconnected(self, timeout=START_TIMEOUT):
+        """Nothing to wait for: RelStorage connects again at its next use."""
+
+    def last_transaction(self):
+        return last_transaction(self.db())
+
+    def close(self):
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+        self.cluster.destroy()
+
+
+def serve_postgres(history_free):
+    """Yield a started PGServer; always destroy its cluster and print its log."""
+    server = PGServer(history_free)
+    try:
+        server.start()
+        yield server
+    finally:
+        log = server.log
+        server.close()
+        print(f'--- postgres log ({server.logpath}):\n{log}')
+
+
+@pytest.fixture
+def postgres():
+    yield from serve_postgres(history_free=False)
+
+
+@pytest.fixture
+def postgres_history_free():
+    yield from serve_postgres(history_free=True)
+
+
+@pytest.fixture(params=['zeo', 'postgres'])
+def database(request):
+    """The zeo or the postgres fixture: the test runs once with each."""
+    return request.getfixturevalue(request.param)
 
 
 class WCFS:
