@@ -1,4 +1,4 @@
-"""Helpers shared by the mount tests: write ZBigFiles through the zeo fixture,
+"""Helpers shared by the mount tests: write ZBigFiles through a database fixture,
 read what wcfs shows of them, and ask the kernel which pages it caches.
 
 Writer       one ZODB connection (with its own transaction manager) to the
@@ -24,6 +24,7 @@ from ZODB.utils import p64, u64
 
 from conftest import wait_for
 from wcfs_lib import zwriter
+from wcfs_lib.localpg import last_transaction
 
 PAGE = mmap.PAGESIZE
 KiB = 1 << 10
@@ -42,7 +43,7 @@ class Writer:
     def commit(self):
         """Commit what was changed; -> the tid of the database's last transaction."""
         self.tm.commit()
-        return u64(self.db.storage.lastTransaction())
+        return u64(last_transaction(self.db))
 
     def add(self, obj, name=None):
         """Store obj under the root and commit; -> (oid, tid)."""
