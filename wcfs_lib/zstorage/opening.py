@@ -3,8 +3,9 @@
 `zeo://` gives a ZEO ClientStorage (waiting at most the database timeout
 for the server); `file://` a FileStorage, also one written by Python 2
 (magic FS21: same layout, Python 2 pickles inside), which ZODB on Python 3
-refuses by itself; `postgres://` and `zconfig://` RelStorage (RelStorage
-registers the resolver), whose server is tried until the database timeout.
+refuses by itself; `postgres://` RelStorage, opened here read-only and
+without DDL (postgres.py), and `zconfig://` any storage, RelStorage too; a
+SQL server is tried until the database timeout.
 The kind of the storage opened, not the scheme, decides how it is followed
 (a `zconfig://` file may describe any storage).
 """
@@ -18,6 +19,7 @@ import time
 import zodburi
 
 from .base import is_disconnect, oneline
+from . import postgres
 from .mvcc import MVCCDatabase, is_mvcc
 from .plain import PlainDatabase
 from .zeo import MissingPrivate, ZEODatabase, is_zeo
@@ -65,12 +67,34 @@ def _open(factory, zurl, db_timeout):
             if zurl.startswith('file://'):
                 return _open_filestorage(factory, zurl)
             return factory()
+        except ImportError as e:
+            raise OpenError('%s: cannot open database: %s (RelStorage needs the Python packages '
+                            'relstorage and psycopg2)' % (masked(zurl), oneline(e))) from None
         except Exception as e:
             # ZEO waits by itself (wait_timeout); a SQL server is tried again
-            if not is_disconnect(e) or time.monotonic() >= deadline:
-                raise OpenError('%s: cannot open database: %s' % (masked(zurl), oneline(e))) \
+            if not is_disconnect(e) or _refused(e) or time.monotonic() >= deadline:
+                raise OpenError('%s: cannot open database: %s' % (masked(zurl), _why(e))) \
                     from None
         time.sleep(0.5)
+
+
+def _refused(exc):
+    """Did the server answer no (a wrong password, no such database or
+    role), which trying again does not change? PostgreSQL says it with the
+    same exception as a server that is away."""
+    text = str(exc)
+    return any(sign in text for sign in ('authentication', 'password', 'does not exist',
+                                         'permission denied', 'no pg_hba.conf entry'))
+
+
+def _why(exc):
+    if 'history-free' in str(exc):     # RelStorage: "Schema mismatch ..."
+        return HISTORY_FREE
+    return oneline(exc)
+
+
+HISTORY_FREE = ('a history-free database (keep-history false): wcfs needs the history of '
+                'every object; use a history-preserving one')
 
 
 class HistoryFree(Exception):
@@ -83,8 +107,7 @@ def database_of(storage, connections=None, poll_interval=None):
         return ZEODatabase(storage)
     if is_mvcc(storage):
         if getattr(storage, 'keep_history', True) is False:
-            raise HistoryFree('a history-free database (keep-history false): wcfs needs the '
-                              'history of every object; use a history-preserving one')
+            raise HistoryFree(HISTORY_FREE)
         kw = {}
         if connections is not None:
             kw['connections'] = connections
@@ -98,9 +121,14 @@ def resolve(zurl, db_timeout=30):
     """-> a factory of the storage; UsageError for a ZURL zodburi cannot take."""
     scheme = zurl.split('://', 1)[0] if '://' in zurl else ''
     sep = '&' if '?' in zurl else '?'
+    if scheme == 'postgres':
+        try:
+            return postgres.factory(zurl)
+        except postgres.BadZURL as e:
+            raise UsageError('%s: invalid ZURL: %s' % (masked(zurl), e)) from None
     if scheme == 'zeo':
         zurl_ro = '%s%sread_only=1&wait_timeout=%d' % (zurl, sep, max(1, math.ceil(db_timeout)))
-    elif scheme in ('file', 'postgres'):
+    elif scheme == 'file':
         zurl_ro = zurl + sep + 'read_only=1'
     else:
         zurl_ro = zurl
