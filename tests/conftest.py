@@ -165,22 +165,24 @@ def zeo(tmp_path_factory):
 
 
 class PGServer:
-    """A private PostgreSQL cluster serving one RelStorage database, with
-    ZEOServer's interface. zurl is postgres://wcfs:PASSWORD@127.0.0.1:PORT/zodb
+    """One RelStorage database in the session's private PostgreSQL cluster,
+    with ZEOServer's interface. zurl is postgres://wcfs:PASSWORD@127.0.0.1:PORT/DB
     (with ?keep_history=false for a history-free database), so shown_zurl
     has *** for the password; zconfig() gives a zconfig:// ZURL of it.
-    The cluster's directory is not pytest's (postgres could not reach it).
+    stop() and start() stop and start the whole cluster: the tests of a
+    session run one at a time, and close() leaves it running for the next.
     """
 
-    DBNAME = 'zodb'
-
-    def __init__(self, history_free=False):
+    def __init__(self, cluster, dbname, history_free=False):
+        self.cluster = cluster
+        self.dbname = dbname
         self.history_free = history_free
-        self.cluster = PostgresCluster()
         self.dir = self.cluster.dir
         self.logpath = self.cluster.logpath
-        self._made = False
+        self._log_start = len(self.cluster.log)
         self._db = None
+        template = _pg_template(cluster, history_free)
+        cluster.create_database(dbname, template=template)
 
     @property
     def addr(self):
@@ -189,7 +191,7 @@ class PGServer:
     @property
     def zurl(self):
         query = {'keep_history': 'false'} if self.history_free else {}
-        return self.cluster.zurl(self.DBNAME, **query)
+        return self.cluster.zurl(self.dbname, **query)
 
     @property
     def shown_zurl(self):
@@ -197,19 +199,15 @@ class PGServer:
 
     @property
     def log(self):
-        return self.cluster.log
+        return self.cluster.log[self._log_start:]
 
     def zconfig(self, **options):
         """A zconfig:// ZURL of the database; see PostgresCluster.zconfig."""
-        return self.cluster.zconfig(self.DBNAME, **options)
+        return self.cluster.zconfig(self.dbname, **options)
 
     def start(self):
-        """Start the server (the first time: make the database); return once
-        it accepts connections."""
+        """Start the server; return once it accepts connections."""
         self.cluster.start()
-        if not self._made:
-            self.cluster.create_database(self.DBNAME, history_free=self.history_free)
-            self._made = True
 
     def stop(self):
         """Fast shutdown; the clients reconnect at their next use after start()."""
@@ -218,7 +216,7 @@ class PGServer:
     def db(self):
         """A ZODB.DB on a RelStorage of this database, made once, closed at teardown."""
         if self._db is None:
-            self._db = ZODB.DB(self.cluster.storage(self.DBNAME))
+            self._db = ZODB.DB(self.cluster.storage(self.dbname))
         return self._db
 
     def wait_reconnected(self, timeout=START_TIMEOUT):
@@ -231,14 +229,37 @@ class PGServer:
         if self._db is not None:
             self._db.close()
             self._db = None
-        self.cluster.destroy()
+        if not self.cluster.running:
+            self.cluster.start()
+        self.cluster.drop_database(self.dbname)
 
 
-def serve_postgres(history_free):
-    """Yield a started PGServer; always destroy its cluster and print its log."""
-    server = PGServer(history_free)
+def _pg_template(cluster, history_free):
+    """A database with RelStorage's schema to copy, made once per cluster."""
+    name = 'template_hf' if history_free else 'template_hp'
+    if name not in cluster.databases_made:
+        cluster.create_database(name, history_free=history_free)
+        cluster.databases_made.add(name)
+    return name
+
+
+@pytest.fixture(scope='session')
+def pg_cluster():
+    """A private PostgreSQL cluster for the whole session; always destroyed."""
+    cluster = PostgresCluster()
+    cluster.databases_made = set()
     try:
-        server.start()
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.destroy()
+
+
+def serve_postgres(cluster, history_free):
+    """Yield a PGServer on a fresh database; drop it after, print its log."""
+    serve_postgres.count += 1
+    server = PGServer(cluster, 'zodb%d' % serve_postgres.count, history_free)
+    try:
         yield server
     finally:
         log = server.log
@@ -246,14 +267,17 @@ def serve_postgres(history_free):
         print(f'--- postgres log ({server.logpath}):\n{log}')
 
 
-@pytest.fixture
-def postgres():
-    yield from serve_postgres(history_free=False)
+serve_postgres.count = 0
 
 
 @pytest.fixture
-def postgres_history_free():
-    yield from serve_postgres(history_free=True)
+def postgres(pg_cluster):
+    yield from serve_postgres(pg_cluster, history_free=False)
+
+
+@pytest.fixture
+def postgres_history_free(pg_cluster):
+    yield from serve_postgres(pg_cluster, history_free=True)
 
 
 @pytest.fixture(params=['zeo', 'postgres'])

@@ -109,12 +109,14 @@ def test_wcfs_serves_the_database(database, wcfs_mount):
 
 def test_postgres_zurl_and_log(postgres):
     host, port = postgres.addr
-    assert postgres.zurl == 'postgres://wcfs:%s@127.0.0.1:%d/zodb' % (postgres.cluster.password, port)
-    assert postgres.shown_zurl == 'postgres://wcfs:***@127.0.0.1:%d/zodb' % port
+    assert postgres.zurl == 'postgres://wcfs:%s@127.0.0.1:%d/%s' % (
+        postgres.cluster.password, port, postgres.dbname)
+    assert postgres.shown_zurl == 'postgres://wcfs:***@127.0.0.1:%d/%s' % (port, postgres.dbname)
     assert postgres.cluster.password not in postgres.shown_zurl
     postgres.stop()
     assert 'received fast shutdown request' in postgres.log
     assert postgres.cluster.proc.returncode == 0
+    postgres.start()
 
 
 def test_postgres_zconfig_through_the_socket(postgres):
@@ -132,7 +134,7 @@ def test_postgres_zconfig_through_the_socket(postgres):
 
 def test_postgres_reader_role_reads_and_cannot_write(postgres):
     oid, tid = write_bigfile(postgres.db())
-    reader = postgres.cluster.add_reader(postgres.DBNAME)
+    reader = postgres.cluster.add_reader(postgres.dbname)
     factory, _ = zodburi.resolve_uri(postgres.zconfig(user=reader, read_only=True))
     storage = factory()
     try:
@@ -142,7 +144,7 @@ def test_postgres_reader_role_reads_and_cannot_write(postgres):
         storage.close()
 
     # the role itself is read-only, whatever its client says
-    writable = postgres.cluster.storage(postgres.DBNAME, user=reader, create_schema=False)
+    writable = postgres.cluster.storage(postgres.dbname, user=reader, create_schema=False)
     db = ZODB.DB(writable)
     try:
         conn = db.open()
@@ -158,7 +160,7 @@ def test_postgres_reader_role_reads_and_cannot_write(postgres):
 
 def test_postgres_history_free(postgres_history_free):
     server = postgres_history_free
-    assert server.zurl.endswith('/zodb?keep_history=false')
+    assert server.zurl.endswith('/%s?keep_history=false' % server.dbname)
     oid, tid = write_bigfile(server.db())
     factory, _ = zodburi.resolve_uri(server.zurl)
     storage = factory()
@@ -175,9 +177,12 @@ def test_postgres_history_free(postgres_history_free):
 
 
 def test_second_cluster_beside_and_nothing_left_after(postgres):
-    other = PGServer()
+    cluster = PostgresCluster()
+    cluster.databases_made = set()
+    other = None
     try:
-        other.start()
+        cluster.start()
+        other = PGServer(cluster, 'other')
         assert other.addr != postgres.addr and other.dir != postgres.dir
         oid, tid = write_bigfile(other.db())
         assert other.last_transaction() == tid
@@ -185,7 +190,9 @@ def test_second_cluster_beside_and_nothing_left_after(postgres):
         pid = other.cluster.proc.pid
         assert processes_using(other.cluster.datadir) == [pid]
     finally:
-        other.close()
+        if other is not None:
+            other.close()
+        cluster.destroy()
     assert other.cluster.proc.returncode == 0      # a clean fast shutdown
     assert processes_using(other.cluster.datadir) == []
     assert not other.dir.exists()

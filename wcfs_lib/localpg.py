@@ -271,14 +271,26 @@ class PostgresCluster:
             self.sql(sql.SQL('CREATE ROLE {} LOGIN PASSWORD %s').format(sql.Identifier(role)),
                      self.password)
 
-    def create_database(self, name, history_free=False):
+    def create_database(self, name, history_free=False, template=None):
         """A database owned by self.user with RelStorage's schema, history-free
-        or history-preserving, so that read-only clients find it complete."""
+        or history-preserving, so that read-only clients find it complete.
+        template: a database made so before, copied (much faster than making
+        the schema again); history_free is then the template's."""
         self._ensure_role(self.user)
+        if template is not None:
+            self.sql(sql.SQL('CREATE DATABASE {} OWNER {} TEMPLATE {}').format(
+                sql.Identifier(name), sql.Identifier(self.user), sql.Identifier(template)))
+            self._history_free[name] = self._history_free[template]
+            return
         self.sql(sql.SQL('CREATE DATABASE {} OWNER {}').format(
             sql.Identifier(name), sql.Identifier(self.user)))
         self._history_free[name] = history_free
         self.storage(name).close()
+
+    def drop_database(self, name):
+        """Drop `name`, ending the sessions still connected to it."""
+        self.sql(sql.SQL('DROP DATABASE IF EXISTS {} WITH (FORCE)').format(sql.Identifier(name)))
+        self._history_free.pop(name, None)
 
     def add_reader(self, dbname, role='wcfs_reader'):
         """A role that may only SELECT from the tables of dbname (made by
