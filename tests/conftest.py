@@ -97,6 +97,7 @@ class ZEOServer:
     The interface every database fixture has: zurl (what wcfs is given),
     shown_zurl (what .wcfs/zurl shows), addr, log, start(), stop() (the
     data stays for the next start()), db() (a ZODB.DB to write with),
+    new_db() (another ZODB.DB with a client of its own, which the caller closes),
     wait_reconnected() (after start(): until db() can commit again),
     last_transaction() (the database's last tid, 8 bytes), close().
     """
@@ -136,6 +137,10 @@ class ZEOServer:
         if self._db is None:
             self._db = ZODB.DB(ZEO.ClientStorage.ClientStorage(self.addr))
         return self._db
+
+    def new_db(self):
+        """Another ZODB.DB on the database, with a client of its own; the caller closes it."""
+        return ZODB.DB(ZEO.ClientStorage.ClientStorage(self.addr))
 
     def wait_reconnected(self, timeout=START_TIMEOUT):
         """Wait until db()'s client is connected again after start()."""
@@ -218,6 +223,10 @@ class PGServer:
         if self._db is None:
             self._db = ZODB.DB(self.cluster.storage(self.dbname))
         return self._db
+
+    def new_db(self):
+        """Another ZODB.DB on the database, with a client of its own; the caller closes it."""
+        return ZODB.DB(self.cluster.storage(self.dbname))
 
     def wait_reconnected(self, timeout=START_TIMEOUT):
         """Nothing to wait for: RelStorage connects again at its next use."""

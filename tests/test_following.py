@@ -24,17 +24,17 @@ def randbytes(seed, n):
 
 
 class Followed:
-    """ZBigFiles committed to the zeo fixture, a wcfs on the database, their
+    """ZBigFiles committed to a database fixture, a wcfs on the database, their
     bigfile/<oid>/ made. .files[i] = (f, dir, data path)."""
 
-    def __init__(self, zeo, wcfs_mount, nfiles=1, nblk=8, blksize=BS, kind='ZBlk0'):
-        self.w = Writer(zeo.db())
+    def __init__(self, database, wcfs_mount, nfiles=1, nblk=8, blksize=BS, kind='ZBlk0'):
+        self.w = Writer(database.db())
         made = []
         for i in range(nfiles):
             blocks = {blk: randbytes(1000 * i + blk, blksize) for blk in range(nblk)}
             f, oid, self.tid = self.w.new_file(blksize, blocks, kind)
             made.append((f, oid))
-        self.mnt = wcfs_mount(zeo.zurl)
+        self.mnt = wcfs_mount(database.zurl)
         self.files = []
         for f, oid in made:
             fdir = self.mnt.bigfile(oid)
@@ -62,10 +62,10 @@ def cached(path, blksize):
             {blk for blk, r in res.items() if r == 'none'})
 
 
-def test_head_follows_every_commit(zeo, wcfs_mount):
+def test_head_follows_every_commit(database, wcfs_mount):
     # head/at and head/data move together: once head/at shows a tid, head/data
     # shows the file as of it, whatever the page cache held before.
-    s = Followed(zeo, wcfs_mount)
+    s = Followed(database, wcfs_mount)
     assert head_at(s.dir) == s.tid
     assert read_bytes(s.data) == s.f.read()
     for step in range(100):
@@ -81,8 +81,8 @@ def test_head_follows_every_commit(zeo, wcfs_mount):
         assert stats(s.mnt)['zhead'] == hex16(tid)
 
 
-def test_commit_not_touching_the_file_moves_head_at_and_keeps_its_cache(zeo, wcfs_mount):
-    s = Followed(zeo, wcfs_mount)
+def test_commit_not_touching_the_file_moves_head_at_and_keeps_its_cache(database, wcfs_mount):
+    s = Followed(database, wcfs_mount)
     want = read_bytes(s.data)
     tid = s.w.touch_other()
     wait_head(s.dir, tid)
@@ -92,8 +92,8 @@ def test_commit_not_touching_the_file_moves_head_at_and_keeps_its_cache(zeo, wcf
 
 
 @pytest.mark.parametrize('blksize, nblk', [(BS, 32), (2 * MiB, 16)], ids=['64KiB', '2MiB'])
-def test_one_block_commit_drops_exactly_that_block(zeo, wcfs_mount, blksize, nblk):
-    s = Followed(zeo, wcfs_mount, nblk=nblk, blksize=blksize)
+def test_one_block_commit_drops_exactly_that_block(database, wcfs_mount, blksize, nblk):
+    s = Followed(database, wcfs_mount, nblk=nblk, blksize=blksize)
     assert read_bytes(s.data) == s.f.read()
     with Holder(s.data) as holder:      # another process keeps every page mapped
         assert cached(s.data, blksize) == (set(range(nblk)), set())
@@ -108,8 +108,8 @@ def test_one_block_commit_drops_exactly_that_block(zeo, wcfs_mount, blksize, nbl
         assert cached(s.data, blksize) == (set(range(nblk)), set())
 
 
-def test_grown_file_keeps_its_cached_pages(zeo, wcfs_mount):
-    s = Followed(zeo, wcfs_mount)
+def test_grown_file_keeps_its_cached_pages(database, wcfs_mount):
+    s = Followed(database, wcfs_mount)
     read_bytes(s.data)
     with Holder(s.data):
         s.f.write_block(11, b'past the end')
@@ -123,8 +123,8 @@ def test_grown_file_keeps_its_cached_pages(zeo, wcfs_mount):
         assert loaded == 1
 
 
-def test_shrunk_file_shows_new_size_and_data(zeo, wcfs_mount):
-    s = Followed(zeo, wcfs_mount)
+def test_shrunk_file_shows_new_size_and_data(database, wcfs_mount):
+    s = Followed(database, wcfs_mount)
     read_bytes(s.data)
     s.f.truncate(5 * BS)
     s.commit_and_wait()
@@ -136,8 +136,8 @@ def test_shrunk_file_shows_new_size_and_data(zeo, wcfs_mount):
         assert os.pread(f.fileno(), BS, 5 * BS) == b''
 
 
-def test_shrink_then_grow_shows_zeros_not_old_data(zeo, wcfs_mount):
-    s = Followed(zeo, wcfs_mount)
+def test_shrink_then_grow_shows_zeros_not_old_data(database, wcfs_mount):
+    s = Followed(database, wcfs_mount)
     old = read_bytes(s.data)
     with Holder(s.data):
         s.f.truncate(4 * BS)
@@ -152,8 +152,8 @@ def test_shrink_then_grow_shows_zeros_not_old_data(zeo, wcfs_mount):
 
 
 @pytest.mark.parametrize('how', ['wendelin', 'ZData-only', 'chunk-replaced', 'chunk-gone'])
-def test_zblk1_chunk_change_reloads_only_that_block(zeo, wcfs_mount, how):
-    s = Followed(zeo, wcfs_mount, nblk=16, kind='ZBlk1')
+def test_zblk1_chunk_change_reloads_only_that_block(database, wcfs_mount, how):
+    s = Followed(database, wcfs_mount, nblk=16, kind='ZBlk1')
     assert read_bytes(s.data) == s.f.read()
     blk = 5
     zblk = s.f.blktab[blk]
@@ -177,8 +177,8 @@ NEW_BLKSIZE = {'set_blksize-double': 2 * BS, 'set_blksize-4096': 4096,
 
 
 @pytest.mark.parametrize('change', sorted(NEW_BLKSIZE))
-def test_change_of_the_zbigfile_object_shows_whole_new_content(zeo, wcfs_mount, change):
-    s = Followed(zeo, wcfs_mount, kind='ZBlk1')
+def test_change_of_the_zbigfile_object_shows_whole_new_content(database, wcfs_mount, change):
+    s = Followed(database, wcfs_mount, kind='ZBlk1')
     s.f.write_block(3, b'short block')
     s.commit_and_wait()
     old = read_bytes(s.data)
@@ -199,8 +199,8 @@ def test_change_of_the_zbigfile_object_shows_whole_new_content(zeo, wcfs_mount, 
             assert os.pread(f.fileno(), 20, off) == want[off:off + 20], off
 
 
-def test_commit_to_one_file_keeps_the_other_files_pages(zeo, wcfs_mount):
-    s = Followed(zeo, wcfs_mount, nfiles=2)
+def test_commit_to_one_file_keeps_the_other_files_pages(database, wcfs_mount):
+    s = Followed(database, wcfs_mount, nfiles=2)
     (fa, _, a), (fb, _, b) = s.files
     assert read_bytes(a) == fa.read()
     assert read_bytes(b) == fb.read()

@@ -31,6 +31,7 @@ from ZODB.utils import u64
 from chanhelp import Chan, Client, Have, ranges_of
 from conftest import wait_for
 from wcfs_lib import zwriter
+from wcfs_lib.localpg import last_transaction
 from wcfs_lib.server import MAX_CHANNELS
 from zhelp import KiB, MiB, Writer, head_at, hex16, process_state, read_bytes, stat_int, wait_head
 
@@ -52,7 +53,7 @@ def blocks_differing(a, b, blksize):
 
 
 class Served:
-    """ZBigFiles committed to the zeo fixture, a wcfs on the database, their
+    """ZBigFiles committed to a database fixture, a wcfs on the database, their
     bigfile/<oid>/ made, and the content of every file after every commit.
 
     files[i]: the zwriter.ZBigFile; dirs[i]: bigfile/<oid>; dir: dirs[0];
@@ -62,9 +63,9 @@ class Served:
     end of the test, before the mount goes.
     """
 
-    def __init__(self, zeo, wcfs_mount, nfiles=1, nblk=4, blksize=BS, args=SAFE, mount=True):
-        self.w = Writer(zeo.db())
-        self.zeo, self.wcfs_mount, self.args = zeo, wcfs_mount, args
+    def __init__(self, database, wcfs_mount, nfiles=1, nblk=4, blksize=BS, args=SAFE, mount=True):
+        self.w = Writer(database.db())
+        self.database, self.wcfs_mount, self.args = database, wcfs_mount, args
         self.blksize = blksize
         self.files, self.oids, self.content = [], [], []
         for _ in range(nfiles):
@@ -81,13 +82,13 @@ class Served:
             self.mount()
 
     def mount(self):
-        self.mnt = self.wcfs_mount(self.zeo.zurl, *self.args)
+        self.mnt = self.wcfs_mount(self.database.zurl, *self.args)
         self.dirs = [self.mnt.bigfile(oid) for oid in self.oids]
         self.dir = self.dirs[0]
 
     def _record(self):
         """Note the content of every file as of the last commit; -> its tid."""
-        self.tid = u64(self.w.db.storage.lastTransaction())
+        self.tid = u64(last_transaction(self.w.db))
         for f, content in zip(self.files, self.content):
             content[self.tid] = f.read()
         return self.tid
@@ -136,12 +137,12 @@ class Served:
 
 
 @pytest.fixture
-def serve(zeo, wcfs_mount):
-    """serve(**kw) -> Served(zeo, wcfs_mount, **kw); its channels closed at the end."""
+def serve(database, wcfs_mount):
+    """serve(**kw) -> Served(database, wcfs_mount, **kw); its channels closed at the end."""
     made = []
 
     def make(**kw):
-        s = Served(zeo, wcfs_mount, **kw)
+        s = Served(database, wcfs_mount, **kw)
         made.append(s)
         return s
 
@@ -776,8 +777,8 @@ def test_want_after_the_last_transaction_is_error_on_file(tmp_path, wcfs_mount):
         assert (h.tid, h.wait, h.ranges) == (last, False, [])
 
 
-def test_want_before_the_file_existed_is_error(zeo, serve):
-    w = Writer(zeo.db())
+def test_want_before_the_file_existed_is_error(database, serve):
+    w = Writer(database.db())
     before = w.touch_other()
     s = serve()
     assert s.first > before
