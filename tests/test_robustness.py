@@ -607,11 +607,23 @@ def packed_away(zeo, wcfs_mount):
     return s, mnt, adir, bdir, gone
 
 
-def test_zbigfile_deleted_by_a_pack_answers_EIO_and_other_files_serve(zeo, wcfs_mount):
+def test_zbigfile_deleted_by_a_pack_answers_EIO_and_other_files_serve(database, wcfs_mount, monkeypatch):
+    zeo = database
+    monkeypatch.setenv('WCFS_PACK_CHECK_INTERVAL', '0.5')   # PostgreSQL tells of no pack
     s, mnt, adir, bdir, gone = packed_away(zeo, wcfs_mount)
     bdata = os.path.join(bdir, 'head', 'data')
     fd = os.open(os.path.join(adir, 'head', 'data'), os.O_RDONLY)
     try:
+        # PostgreSQL tells of no pack: wcfs finds it on its timer
+        def block40():
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)     # not from the page cache
+            try:
+                os.pread(fd, BS, 40 * BS)
+            except OSError as e:
+                return e.errno == errno.EIO
+            return False
+
+        wait_for(block40, 20, 'a read of a block of a packed-away ZBigFile to answer EIO')
         name, took = timed_errno(os.pread, fd, BS, 40 * BS)
     finally:
         os.close(fd)
@@ -633,7 +645,9 @@ def test_zbigfile_deleted_by_a_pack_answers_EIO_and_other_files_serve(zeo, wcfs_
     assert_serving(mnt)
 
 
-def test_zbigfile_deleted_by_a_pack_is_gone_as_a_whole(zeo, wcfs_mount):
+def test_zbigfile_deleted_by_a_pack_is_gone_as_a_whole(database, wcfs_mount, monkeypatch):
+    zeo = database
+    monkeypatch.setenv('WCFS_PACK_CHECK_INTERVAL', '0.5')   # PostgreSQL tells of no pack
     # SPEC: a ZBigFile deleted by a pack: "its files answer EIO", also where
     # wcfs read the blocks before the pack; mkdir @<tid> whose record was
     # packed away is ENOENT. ZEO sends no invalidation for a pack (only new

@@ -23,6 +23,7 @@ in one query.
 
 import contextlib
 import logging
+import os
 import threading
 import time
 
@@ -34,7 +35,8 @@ log = logging.getLogger('wcfs.zstorage')
 
 POLL_INTERVAL = 0.01        # seconds between two polls for commits
 CONNECTIONS = 8             # instances (database connections) loads may use
-PACK_CHECK_INTERVAL = 60    # seconds between two checks for packed-away files
+# seconds between two checks for packed-away files (the environment: for tests)
+PACK_CHECK_INTERVAL = float(os.environ.get('WCFS_PACK_CHECK_INTERVAL', 60))
 
 _CHANGED_OIDS = 'SELECT DISTINCT zoid FROM object_state WHERE tid > %s AND tid <= %s'
 
@@ -134,9 +136,10 @@ class MVCCDatabase(Database):
         self._poller = None
 
     def load(self, oid, before, fresh):
-        # fresh needs nothing more: loadBefore asks the database, and an
-        # instance's cache is keyed by revision, which a pack does not reuse
+        # fresh: a new snapshot, which shows what a pack removed since
         with self.pool.instance() as inst:
+            if fresh:
+                self._noting(inst.poll)
             inst.at_least(u64(before) - 1)
             return self._noting(inst.storage.loadBefore, oid, before)
 
