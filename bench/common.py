@@ -259,11 +259,12 @@ class Bench:
     """Temporary directory, database server, wcfs mounts of one benchmark run;
     see the module doc. db: one of DATABASES."""
 
-    def __init__(self, name, db='zeo'):
+    def __init__(self, name, db='zeo', zeo_options=None):
         if db not in DATABASES:
             raise ValueError('%s: no database %r (%s)' % (name, db, ', '.join(DATABASES)))
         self.name = name
         self.kind = db
+        self.zeo_options = zeo_options or {}    # keys of runzeo's <zeo> section
         self.dir = Path(tempfile.mkdtemp(prefix='wcfs-bench-'))
         self.addr = None
         self.zurl = None
@@ -295,10 +296,12 @@ class Bench:
     def start_zeo(self):
         self.addr = ('127.0.0.1', free_port())
         self.zurl = 'zeo://%s:%d' % self.addr
+        argv = [str(RUNZEO), '-a', '%s:%d' % self.addr, '-f', str(self.dir / 'Data.fs')]
+        if self.zeo_options:
+            argv = [str(RUNZEO), '-C', str(self._zeo_conf())]
         with open(self.dir / 'runzeo.log', 'ab') as log:
-            self.zeo = subprocess.Popen(
-                [str(RUNZEO), '-a', '%s:%d' % self.addr, '-f', str(self.dir / 'Data.fs')],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+            self.zeo = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
+                                        stderr=subprocess.STDOUT)
 
         def accepting():
             if self.zeo.poll() is not None:
@@ -311,6 +314,14 @@ class Bench:
 
         wait_for(accepting, START_TIMEOUT, 'runzeo on %s' % self.zurl)
         return self.zurl
+
+    def _zeo_conf(self):
+        """runzeo's configuration: the address, zeo_options, the Data.fs."""
+        path = self.dir / 'zeo.conf'
+        keys = ''.join('  %s %s\n' % kv for kv in self.zeo_options.items())
+        path.write_text('<zeo>\n  address %s:%d\n%s</zeo>\n<filestorage>\n  path %s\n'
+                        '</filestorage>\n' % (*self.addr, keys, self.dir / 'Data.fs'))
+        return path
 
     def db(self):
         """The writer's ZODB.DB on the server (started on first use)."""
