@@ -180,3 +180,24 @@ def test_commits_between_two_polls_are_one_step(postgres, wcfs_mount):
         ch.ack()
     wait_head(fdir, tids[-1], timeout=30)
     assert read_bytes(os.path.join(fdir, 'head', 'data')) == f.read()
+
+
+def test_a_role_that_may_only_select_serves_and_the_database_is_left_as_it_was(postgres,
+                                                                              wcfs_mount):
+    """wcfs opens postgres:// read-only and without RelStorage's schema check,
+    which would run DDL (CREATE SEQUENCE) that a reading role may not."""
+    w = Writer(postgres.db())
+    f, oid, tid = w.new_file(BS, {blk: block('r%d' % blk) for blk in range(3)})
+    reader = postgres.cluster.add_reader(postgres.dbname)
+    catalog = "SELECT relname, relkind FROM pg_class WHERE relnamespace = 'public'::regnamespace " \
+              "ORDER BY relname"
+    before = postgres.cluster.sql(catalog, dbname=postgres.dbname)
+    mnt = wcfs_mount(postgres.cluster.zurl(postgres.dbname, user=reader))
+    fdir = mnt.bigfile(oid)
+    assert read_bytes(os.path.join(fdir, 'head', 'data')) == f.read()
+    f.write_block(1, block('s1'))
+    tid = w.commit()
+    wait_head(fdir, tid)
+    assert read_bytes(os.path.join(fdir, 'head', 'data')) == f.read()
+    assert postgres.cluster.sql(catalog, dbname=postgres.dbname) == before
+    assert 'permission denied' not in postgres.log
