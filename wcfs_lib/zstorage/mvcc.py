@@ -179,29 +179,23 @@ class MVCCDatabase(Database):
 
     def _poll(self, on_commit, on_resync, on_pack):
         """Poll a private instance every poll_interval: each poll's oids are
-        one folded step under the last tid."""
+        one folded step under the last tid. The first poll may be past what
+        the watcher started from, and one after an outage may not cover it:
+        both are a resync."""
         inst = Instance(self.storage.new_instance())
-        away = False
+        resync, away = True, False
         next_pack_check = time.monotonic() + PACK_CHECK_INTERVAL
         try:
             while not self._stop.wait(self.poll_interval):
                 prev = inst.tid
-                try:
-                    oids = inst.poll()
-                except Exception as e:
-                    if not is_disconnect(e):
-                        log.exception('polling the database')
-                    elif not away:
-                        log.warning('polling the database: %s', oneline(e))
-                    away = True
-                    self._connected = False
+                oids = self._poll_once(inst, quiet=away)
+                away = oids is False
+                if away:
+                    resync = True
                     self._stop.wait(min(1.0, 10 * self.poll_interval))
                     continue
-                self._connected = True
-                if prev < 0 or away or oids is None:
-                    # the first poll may be past what the watcher started
-                    # from, and a poll after an outage may not cover it
-                    away = False
+                if resync or oids is None:
+                    resync = False
                     on_resync()
                 elif inst.tid > prev:
                     on_commit(inst.tid, frozenset(oids))
@@ -210,6 +204,22 @@ class MVCCDatabase(Database):
                     on_pack()
         finally:
             inst.close()
+
+    def _poll_once(self, inst, quiet):
+        """-> what inst.poll() gives, or False when it failed (said once per
+        outage: not when `quiet`)."""
+        try:
+            oids = inst.poll()
+        except Exception as e:
+            self._connected = False
+            if not quiet:
+                if is_disconnect(e):
+                    log.warning('polling the database: %s', oneline(e))
+                else:
+                    log.exception('polling the database')
+            return False
+        self._connected = True
+        return oids
 
     def close(self):
         self._stop.set()
