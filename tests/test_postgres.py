@@ -22,6 +22,8 @@ import threading
 
 import pytest
 
+from ZODB.utils import u64
+
 from zhelp import Writer, hex16, read_bytes, stats, wait_head
 from chanhelp import Chan, ranges_of
 from conftest import wait_for
@@ -201,3 +203,28 @@ def test_a_role_that_may_only_select_serves_and_the_database_is_left_as_it_was(p
     assert read_bytes(os.path.join(fdir, 'head', 'data')) == f.read()
     assert postgres.cluster.sql(catalog, dbname=postgres.dbname) == before
     assert 'permission denied' not in postgres.log
+
+
+def test_prefetched_records_are_the_records_loadBefore_gives(postgres):
+    """One query fetches many records as of a revision (a big file's index
+    loads in batches); each must be what loadBefore answers, next revision
+    included."""
+    from ZODB.utils import p64
+    from wcfs_lib import zstorage
+    w = Writer(postgres.db())
+    f, oid, _ = w.new_file(BS, {blk: block('p0 %d' % blk) for blk in range(6)})
+    tids = []
+    for step in range(1, 4):
+        for blk in range(step, 6):
+            f.write_block(blk, block('p%d %d' % (step, blk)))
+        tids.append(w.commit())
+    oids = [u64(f.blktab[blk]._p_oid) for blk in range(6)] + [oid, u64(f.blktab._p_oid)]
+    database = zstorage.open_database(postgres.zurl, 10)
+    try:
+        for at in tids:
+            want = {o: database.load(p64(o), p64(at + 1), True) for o in oids}
+            database.prefetch(oids, at)
+            got = {o: database._ahead.take(p64(o), p64(at + 1)) for o in oids}
+            assert got == want, 'as of %016x' % at
+    finally:
+        database.close()
