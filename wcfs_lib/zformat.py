@@ -399,15 +399,15 @@ class ZLoader:
 
     # records
 
-    def record(self, oid, at, fresh=False):
+    def record(self, oid, at, fresh=False, cache=True):
         """-> (data, serial) of `oid` as of `at`; ObjectMissing if it has none."""
-        data, serial, _end = self.record_span(oid, at, fresh)
+        data, serial, _end = self.record_span(oid, at, fresh, cache)
         return data, serial
 
-    def record_span(self, oid, at, fresh=False):
+    def record_span(self, oid, at, fresh=False, cache=True):
         """-> (data, serial, end): the record of `oid` as of `at`, valid for
         every revision in [serial, end) (end None: up to now)."""
-        r = self.records.record(oid, at, fresh)
+        r = self.records.record(oid, at, fresh, cache)
         if r is None:
             raise ObjectMissing(oid, at)
         return r

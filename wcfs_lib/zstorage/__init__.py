@@ -46,13 +46,14 @@ class Records:
         self._unreachable = False   # a request gave up on the database
         self.requests = 0           # round trips asked of the database (.wcfs/stats db_requests)
 
-    def record(self, oid, at, fresh=False):
+    def record(self, oid, at, fresh=False, cache=True):
         """-> (data, serial, end) of `oid` as of `at`; None when the object
         does not exist then (or was packed away). `end` is the tid of the
         next revision of the object, or None.
 
         fresh: ask the server, not a client cache (which does not learn of
-        packs).
+        packs). cache=False: a record read once (a block's data), which
+        a client cache had better not keep.
         """
         if self._unreachable and not self.connected():
             raise DatabaseUnavailable('oid %016x @%016x: database unreachable' % (oid, at))
@@ -60,7 +61,7 @@ class Records:
         while True:
             self.requests += 1
             try:
-                r = self.database.load(p64(oid), p64(at + 1), fresh)
+                r = self.database.load(p64(oid), p64(at + 1), fresh, cache)
                 break
             except POSKeyError:
                 r = None

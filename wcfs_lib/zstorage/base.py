@@ -36,9 +36,10 @@ class Database:
     def __init__(self, storage):
         self.storage = storage
 
-    def load(self, oid, before, fresh):
-        """storage.loadBefore(oid, before) as the server has it now (8-byte
-        oid and tid); raises POSKeyError, or a disconnect (is_disconnect)."""
+    def load(self, oid, before, fresh, cache):
+        """storage.loadBefore(oid, before) (8-byte oid and tid); fresh: as
+        the server has it now, whatever a cache says; cache=False: not kept
+        in a client cache. Raises POSKeyError, or a disconnect (is_disconnect)."""
         raise NotImplementedError
 
     def last_tid(self):

@@ -176,7 +176,7 @@ class MVCCDatabase(Database):
         self._stop = threading.Event()
         self._poller = None
 
-    def load(self, oid, before, fresh):
+    def load(self, oid, before, fresh, cache):
         # fresh: a new snapshot, which shows what a pack removed since
         if not fresh:
             r = self._ahead.take(oid, before)

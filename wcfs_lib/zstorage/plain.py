@@ -12,7 +12,7 @@ from .base import Database
 class PlainDatabase(Database):
     kind = 'storage'
 
-    def load(self, oid, before, fresh):
+    def load(self, oid, before, fresh, cache):
         return self.storage.loadBefore(oid, before)
 
     def last_tid(self):

@@ -60,8 +60,8 @@ class ZEODatabase(Database):
         self._call, self._prefetch, self._client = _privates(storage)
         self._prefetching = collections.deque(maxlen=64)   # prefetches kept alive
 
-    def load(self, oid, before, fresh):
-        if fresh:
+    def load(self, oid, before, fresh, cache):
+        if fresh or not cache:
             return self._call('loadBefore', oid, before)
         return self.storage.loadBefore(oid, before)
 
