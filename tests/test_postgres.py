@@ -222,7 +222,7 @@ def test_prefetched_records_are_the_records_loadBefore_gives(postgres):
     database = zstorage.open_database(postgres.zurl, 10)
     try:
         for at in tids:
-            want = {o: database.load(p64(o), p64(at + 1), True) for o in oids}
+            want = {o: database.load(p64(o), p64(at + 1), True, True) for o in oids}
             database.prefetch(oids, at)
             got = {o: database._ahead.take(p64(o), p64(at + 1)) for o in oids}
             assert got == want, 'as of %016x' % at

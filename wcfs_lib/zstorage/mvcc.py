@@ -94,12 +94,19 @@ class Instance:
             log.debug('releasing a storage instance: %s', oneline(e))
 
 
-class Pool:
-    """At most `size` instances, each lent to one thread at a time."""
+class PoolBusy(ConnectionError):
+    """Every connection stayed busy for the whole database timeout (the
+    database hangs): retried as if it were away, then EIO."""
 
-    def __init__(self, make, size):
+
+class Pool:
+    """At most `size` instances, each lent to one thread at a time; a
+    thread waits at most `timeout` seconds for one."""
+
+    def __init__(self, make, size, timeout):
         self._make = make
         self._size = size
+        self._timeout = timeout
         self._idle = []
         self._made = 0
         self._cond = threading.Condition()  # guards _idle, _made
@@ -116,7 +123,10 @@ class Pool:
 
     def _take(self):
         with self._cond:
-            self._cond.wait_for(lambda: self._idle or self._made < self._size)
+            if not self._cond.wait_for(lambda: self._idle or self._made < self._size,
+                                       self._timeout):
+                raise PoolBusy('all %d database connections busy for %g s'
+                               % (self._size, self._timeout))
             if self._idle:
                 return self._idle.pop()
             self._made += 1
@@ -167,9 +177,10 @@ class Prefetched:
 class MVCCDatabase(Database):
     kind = 'mvcc'
 
-    def __init__(self, storage, connections=CONNECTIONS, poll_interval=POLL_INTERVAL):
+    def __init__(self, storage, connections=CONNECTIONS, poll_interval=POLL_INTERVAL,
+                 timeout=30):
         super().__init__(storage)
-        self.pool = Pool(storage.new_instance, connections)
+        self.pool = Pool(storage.new_instance, connections, timeout)
         self.poll_interval = poll_interval
         self._ahead = Prefetched(PREFETCH_BYTES)
         self._connected = True

@@ -54,7 +54,7 @@ def open_database(zurl, db_timeout, connections=None, poll_interval=None):
     factory = resolve(zurl, db_timeout)
     storage = _open(factory, zurl, db_timeout)
     try:
-        return database_of(storage, connections, poll_interval)
+        return database_of(storage, connections, poll_interval, db_timeout)
     except (MissingPrivate, HistoryFree) as e:
         storage.close()
         raise OpenError('%s: %s' % (masked(zurl), e)) from None
@@ -101,14 +101,14 @@ class HistoryFree(Exception):
     """wcfs serves older revisions: a database that keeps none cannot do."""
 
 
-def database_of(storage, connections=None, poll_interval=None):
+def database_of(storage, connections=None, poll_interval=None, db_timeout=30):
     """-> the Database that serves `storage`, by its kind."""
     if is_zeo(storage):
         return ZEODatabase(storage)
     if is_mvcc(storage):
         if getattr(storage, 'keep_history', True) is False:
             raise HistoryFree(HISTORY_FREE)
-        kw = {}
+        kw = {'timeout': db_timeout}
         if connections is not None:
             kw['connections'] = connections
         if poll_interval is not None:
@@ -123,7 +123,7 @@ def resolve(zurl, db_timeout=30):
     sep = '&' if '?' in zurl else '?'
     if scheme == 'postgres':
         try:
-            return postgres.factory(zurl)
+            return postgres.factory(zurl, db_timeout)
         except postgres.BadZURL as e:
             raise UsageError('%s: invalid ZURL: %s' % (masked(zurl), e)) from None
     if scheme == 'zeo':

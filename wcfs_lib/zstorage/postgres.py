@@ -14,6 +14,7 @@ OPTION: keep_history, connect_timeout, sslmode (PostgreSQL's; ssl_mode is
 taken too), cache_local_mb. Anything else is a usage error.
 """
 
+import math
 import urllib.parse
 
 _BOOL = {'1': True, 'true': True, 'yes': True, 'on': True,
@@ -26,10 +27,14 @@ class BadZURL(ValueError):
     pass
 
 
-def factory(zurl):
+def factory(zurl, db_timeout=30):
     """-> a function that opens the RelStorage of `zurl`; BadZURL when it
-    cannot be parsed."""
+    cannot be parsed. A connection attempt gives up after `db_timeout`
+    (libpq waits for ever by default, e.g. for a host that drops packets),
+    unless the ZURL says otherwise."""
     dsn, options = parse(zurl)
+    if 'connect_timeout=' not in dsn:
+        dsn += " connect_timeout='%d'" % max(2, math.ceil(db_timeout))
 
     def open_storage():
         from relstorage.adapters.postgresql import PostgreSQLAdapter
