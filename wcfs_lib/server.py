@@ -44,9 +44,10 @@ from . import fs, mount, procfs, zformat, zstorage
 from .bigfile import MAX_REVDIRS, BigFileTable
 from .blockcache import BlockCache
 from .channel import Channel
-from .fs_binding import libfuse
+from .fs_binding import FUSE, libfuse
 from .kcache import KernelCache
 from .oidindex import OidIndex
+from .prefetch import Prefetcher
 from .quota import Quota
 from .stats import Stats
 from .subscription import KillPolicy
@@ -96,6 +97,8 @@ class Context:
         self.kcache = kcache
         self.stats = srv.stats
         self.blocks = BlockCache()
+        self.prefetch = Prefetcher(self.blocks)
+        srv.stats.gauge('prefetched_unused', lambda: self.blocks.unused)
         self.shutdown = srv.shutdown
         self.kill = KillPolicy(srv.mountpoint, srv.opts.kill_timeout, srv.stats)
         self.last_tid = srv.last_tid
@@ -156,7 +159,7 @@ class Server:
                       max_threads=MAX_THREADS, max_idle_threads=64)
         kwargs.update(self.opts.fuse_options)
         try:
-            fs.fuse.FUSE(self.ops, self.mountpoint, **kwargs)
+            FUSE(self.ops, self.mountpoint, **kwargs)
         except Exception as e:
             self._fuse_error = e
             log.error('FUSE loop: %s', e)
