@@ -3,7 +3,8 @@
 Threads: the main thread owns signals and runs `serve()` (timers, shutdown);
 one thread runs libfuse's loop (which starts its own workers, the FUSE
 threads); the watcher thread follows the database; a mover thread per file
-applies a step that waits for acks. Shutdown is one path,
+applies a step that waits for acks; up to prefetch.THREADS threads load the
+blocks after sequential reads. Shutdown is one path,
 `request_shutdown()`, whatever asked for it (SIGTERM, SIGINT, autoexit, an
 external unmount).
 
@@ -19,7 +20,9 @@ take only those below it in this list ("A > B": take A before B):
     RevDirs.lock              a file's @<tid>/ directories and their use counts
     FileIndex.parts_lock      which oids each read block was made of
     > OidIndex.lock           which visible file each oid belongs to
-    BlockCache.lock           decoded blocks, loads in flight
+    BlockCache.lock           decoded blocks, loads in flight, prefetched blocks not read yet
+    ReadStream._lock          where the last reads of an open data file ended (taken alone)
+    Prefetcher._lock          the prefetch threads started (taken alone)
     ObjectRevisions.lock      verdicts on a ZBigFile object's revisions
     ZLoader._nodes_lock       decoded BTree nodes
     Quota._lock               slots of channels / @<tid>/ directories per uid
