@@ -4,23 +4,31 @@ profile to read next to bench_cold_read.py).
 
 Stages, each measured over every block of the file:
 
-    loadBefore   ClientStorage.loadBefore of each block's record, one thread,
-                 a fresh client (cold client cache): the database's limit
-    unpickle     zformat.decode_record of each record (the state's bytes copied
-                 out of the record by the unpickler)
-    load_block   ZLoader.load_block as wcfs calls it, with a fresh client
-                 (loadBefore + decode + zero padding)
-    slice        the 1 MiB pieces a FUSE read takes out of a decoded block
-    memmove      copying 1 MiB pieces into a ctypes buffer (what mfusepy does
-                 with the bytes a read handler returns)
-    wcfs         the whole path through a fresh mount: mkdir, then a
-                 sequential read of head/data in 1 MiB pieces
+    loadBefore        ClientStorage.loadBefore of each block's record, one
+                      thread, a fresh client (cold client cache): the
+                      database's limit for one reader (bench_cold_read's raw)
+    loadBefore fresh  the same past ZEO's client cache (what wcfs does for
+                      block records): no 2 MiB write into the cache file
+    ... 4 threads     the same by 4 threads at once (wcfs's prefetch)
+    unpickle          zformat.decode_record of each record: the state's
+                      bytes copied out of the record (wcfs before issue 11)
+    decode            zformat.decode_data_record: the state is a view of the
+                      record, nothing copied (wcfs now)
+    slice             the 1 MiB pieces a FUSE read took out of a decoded
+                      block as bytes (before issue 11)
+    memmove           copying 1 MiB pieces into a ctypes buffer: the one copy
+                      left, into libfuse's buffer
+    wcfs              the whole path through a fresh mount: mkdir, then a
+                      sequential read of head/data in 1 MiB pieces; with the
+                      CPU seconds of the wcfs process and of the ZEO server
 
     python bench/profile_cold_read.py [--size MiB]
 """
 
 import ctypes
+import functools
 import os
+import threading
 import time
 
 import ZEO.ClientStorage
@@ -50,62 +58,82 @@ def fresh_loader(addr):
     return storage, zformat.ZLoader(zstorage.Records(storage))
 
 
-def time_loadbefore(addr, at, zblks):
+def time_loadbefore(addr, at, zblks, fresh=False, nthreads=1):
     storage = ZEO.ClientStorage.ClientStorage(addr)
     try:
         before = p64(at + 1)
-        n = 0
+        if fresh:
+            load = functools.partial(storage._call, 'loadBefore')     # ZEO-private
+        else:
+            load = storage.loadBefore
+        todo = iter(zblks)
+        lock = threading.Lock()
+
+        def work():
+            while True:
+                with lock:
+                    zblk = next(todo, None)
+                if zblk is None:
+                    return
+                load(p64(zblk), before)
+
+        threads = [threading.Thread(target=work) for _ in range(nthreads)]
         t0 = time.perf_counter()
-        for zblk in zblks:
-            n += len(storage.loadBefore(p64(zblk), before)[0])
-        return time.perf_counter() - t0, n
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        return time.perf_counter() - t0
     finally:
         storage.close()
 
 
-def time_unpickle_and_slices(addr, at, zblks):
-    """-> seconds of (unpickle, slice, memmove) over all blocks."""
+def time_decode_and_slices(addr, at, zblks):
+    """-> seconds of (unpickle, decode, slice, memmove) over all blocks."""
     storage, loader = fresh_loader(addr)
     buf = (ctypes.c_char * CHUNK)()
-    t_dec = t_slice = t_move = 0.0
+    t_unpickle = t_dec = t_slice = t_move = 0.0
     try:
         for zblk in zblks:
             data, _serial = loader.record(zblk, at)
             t0 = time.perf_counter()
             _klass, state = zformat.decode_record(data)
             t1 = time.perf_counter()
-            pieces = [state[i:i + CHUNK] for i in range(0, len(state), CHUNK)]
+            _klass, block = zformat.decode_data_record(data)
             t2 = time.perf_counter()
-            for piece in pieces:
-                ctypes.memmove(buf, piece, len(piece))
+            pieces = [state[i:i + CHUNK] for i in range(0, len(state), CHUNK)]
             t3 = time.perf_counter()
-            t_dec += t1 - t0
-            t_slice += t2 - t1
-            t_move += t3 - t2
-        return t_dec, t_slice, t_move
+            addr = block.address()
+            for i in range(0, block.length, CHUNK):
+                ctypes.memmove(buf, addr + i, min(CHUNK, block.length - i))
+            t4 = time.perf_counter()
+            assert len(pieces[0]) == CHUNK
+            t_unpickle += t1 - t0
+            t_dec += t2 - t1
+            t_slice += t3 - t2
+            t_move += t4 - t3
+        return t_unpickle, t_dec, t_slice, t_move
     finally:
         storage.close()
 
 
-def time_load_block(addr, at, zblks):
-    storage, loader = fresh_loader(addr)
-    try:
-        t0 = time.perf_counter()
-        for zblk in zblks:
-            loader.load_block(zblk, at, common.BLKSIZE)
-        return time.perf_counter() - t0
-    finally:
-        storage.close()
+def cpu_seconds(pid):
+    with open('/proc/%d/stat' % pid) as f:
+        fields = f.read().rsplit(')', 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf('SC_CLK_TCK')
 
 
 def time_wcfs(b, oid, size):
+    """-> (seconds, CPU seconds of wcfs, CPU seconds of the ZEO server)."""
     mnt = b.mount()
     try:
         t0 = time.perf_counter()
+        c0, s0 = cpu_seconds(mnt.proc.pid), cpu_seconds(b.zeo.pid)
         path = os.path.join(mnt.bigfile(oid), 'head', 'data')
         n, _ = common.read_all(path, bytearray(CHUNK))
         assert n == size, 'head/data: read %d bytes, want %d' % (n, size)
-        return time.perf_counter() - t0
+        return (time.perf_counter() - t0, cpu_seconds(mnt.proc.pid) - c0,
+                cpu_seconds(b.zeo.pid) - s0)
     finally:
         b.unmount(mnt)
 
@@ -113,20 +141,23 @@ def time_wcfs(b, oid, size):
 def main():
     args = common.parse_args(__doc__.splitlines()[0], default_size=1024)
     size = args.size * MiB
+    per = GiB / size
     with common.Bench('profile cold read') as b:
         oid = b.write_bigfile(size)
         b.close_db()
         at, zblks = block_oids(b.addr, oid)
-        t_load, n = time_loadbefore(b.addr, at, zblks)
-        t_dec, t_slice, t_move = time_unpickle_and_slices(b.addr, at, zblks)
-        t_block = time_load_block(b.addr, at, zblks)
-        t_wcfs = time_wcfs(b, oid, size)
-    per = GiB / size
-    for name, t in (('loadBefore', t_load), ('unpickle', t_dec), ('load_block', t_block),
-                    ('slice', t_slice), ('memmove', t_move), ('wcfs', t_wcfs)):
-        print('%-11s %6.3f s/GiB  (%5.0f MiB/s)' % (name, t * per, size / MiB / t))
-    print('profile: %d MiB in %d blocks (%d bytes of records); kernel %s'
-          % (args.size, len(zblks), n, common.kernel()))
+        rows = [('loadBefore', time_loadbefore(b.addr, at, zblks)),
+                ('loadBefore fresh', time_loadbefore(b.addr, at, zblks, fresh=True)),
+                ('... 4 threads', time_loadbefore(b.addr, at, zblks, fresh=True, nthreads=4))]
+        rows += zip(('unpickle', 'decode', 'slice', 'memmove'),
+                    time_decode_and_slices(b.addr, at, zblks))
+        t_wcfs, cpu_wcfs, cpu_zeo = time_wcfs(b, oid, size)
+        rows.append(('wcfs', t_wcfs))
+    for name, t in rows:
+        print('%-17s %6.3f s/GiB  (%6.0f MiB/s)' % (name, t * per, size / MiB / t))
+    print('wcfs: %.3f CPU s/GiB in wcfs, %.3f in the ZEO server'
+          % (cpu_wcfs * per, cpu_zeo * per))
+    print('profile: %d MiB in %d blocks; kernel %s' % (args.size, len(zblks), common.kernel()))
 
 
 if __name__ == '__main__':

@@ -25,8 +25,8 @@ class FUSE(fuse.FUSE):
 
     def read(self, path, buf, size, offset, fip):
         fh = fip.contents if self.raw_fi else fip.contents.fh
-        ret = self.operations.read(None if path is None else path.decode(self.encoding, self.errors),
-                                   size, offset, fh)
+        name = None if path is None else path.decode(self.encoding, self.errors)
+        ret = self.operations.read(name, size, offset, fh)
         n = len(ret) if ret else 0
         if n > size:
             raise RuntimeError('read of %d bytes answered with %d' % (size, n))
