@@ -69,8 +69,8 @@ class BlockCache:
 
     def reserve(self, key, size):
         """Claim the load of `key` for a prefetch: -> True when the caller must
-        now fill(key, ...) (or cancel), False when it is kept, loading, or
-        there is no room (a prefetch never waits)."""
+        now have it fill(key, ...), False when it is kept, loading, or there
+        is no room (a prefetch never waits)."""
         with self.lock:
             if key in self._blocks or key in self._loading:
                 return False
@@ -94,15 +94,6 @@ class BlockCache:
             with self.lock:
                 if key not in self._blocks:
                     self._read(key)
-
-    def cancel(self, key, size):
-        """Give up a reservation that will not be filled."""
-        with self.lock:
-            inflight = self._loading.pop(key)
-            self._inflight -= size
-            self._read(key)
-            self.lock.notify_all()
-        inflight.set()
 
     def _start(self, key, size):
         inflight = self._loading[key] = threading.Event()
