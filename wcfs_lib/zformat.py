@@ -275,18 +275,20 @@ def decode_data_record(data):
 # the opcodes of a pickled byte string (protocol 3 bytes, Python 2 str) ->
 # the struct of the length that follows
 _BYTES_OPS = {ord('B'): struct.Struct('<I'), ord('C'): struct.Struct('<B'),
-              0x8e: struct.Struct('<Q'), ord('T'): struct.Struct('<i'),
-              ord('U'): struct.Struct('<B')}
+              ord('T'): struct.Struct('<i'), ord('U'): struct.Struct('<B')}
 _PROTO = 0x80
-_MEMO_SIZES = {ord('q'): 1, ord('r'): 4, 0x94: 0}   # BINPUT, LONG_BINPUT, MEMOIZE
+_MAX_PROTOCOL = 3                                   # as far as zodbpickle reads
+_MEMO_SIZES = {ord('q'): 1, ord('r'): 4}            # BINPUT, LONG_BINPUT
 
 
 def _bytes_state(data, i):
     """-> (offset, length) of the byte string that the pickle at data[i:] is
     made of alone (PROTO, the string, a memo put, STOP), or None for any
-    other pickle (the unpickler decodes those)."""
+    other pickle (the unpickler decodes those, or refuses them)."""
     n = len(data)
     if i + 2 <= n and data[i] == _PROTO:
+        if data[i + 1] > _MAX_PROTOCOL:
+            return None
         i += 2
     size = _BYTES_OPS.get(data[i]) if i < n else None
     if size is None or i + 1 + size.size > n:
