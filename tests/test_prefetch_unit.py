@@ -120,7 +120,7 @@ def test_reply_pads_short_blocks_with_zeros():
     reply = Reply()
     reply.add(BlockData(b'..abcdef', 2), 1, 9)          # 'bcdef' then 3 zeros
     reply.add(BlockData(bytearray(b'xy')), 0, 2)
-    assert reply.tobytes() == b'bcdef\0\0\0xy'
-    buf = ctypes.create_string_buffer(b'\xff' * len(reply))
+    assert len(reply) == 10
+    buf = (ctypes.c_char * 11).from_buffer_copy(b'\xff' * 11)
     reply.copy_to(ctypes.addressof(buf))
-    assert buf.raw == b'bcdef\0\0\0xy\0'     # and nothing past it
+    assert buf.raw == b'bcdef\0\0\0xy\xff'           # and nothing past it

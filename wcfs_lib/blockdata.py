@@ -82,13 +82,3 @@ class Reply:
             if hi - lo > n:
                 _memset(pos + n, 0, hi - lo - n)
             pos += hi - lo
-
-    def tobytes(self):
-        out = bytearray(self.size)
-        pos = 0
-        for block, lo, hi in self.parts:
-            n = max(0, min(hi, block.length) - lo)
-            if n:
-                out[pos:pos + n] = block.view()[lo:lo + n]
-            pos += hi - lo
-        return bytes(out)

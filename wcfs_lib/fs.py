@@ -26,9 +26,9 @@ import time
 from . import errors
 from .bigfile import head_of, tid_time
 from .blockdata import Reply
-from .prefetch import ReadStream
 from .fs_binding import fuse
 from .kcache import FUSE_CAP_AUTO_INVAL_DATA, FUSE_CAP_EXPLICIT_INVAL_DATA
+from .prefetch import ReadStream
 
 log = logging.getLogger('wcfs.fs')
 
