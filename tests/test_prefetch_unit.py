@@ -19,20 +19,23 @@ CLASS = b'\x80\x03cwendelin.bigfile.file_zodb\nZBlk0\nq\x00.'
 
 
 @pytest.mark.parametrize('reads, want', [
-    # the kernel's readahead through blocks 0, 1, 2
-    ([(0, 256 << 10), (256 << 10, BS), (BS, 2 * BS), (2 * BS, 3 * BS)],
-     [False, False, True, True]),
-    # contiguous reads inside one block never call for prefetch (precision)
-    ([(5 * BS, 5 * BS + 4096), (5 * BS + 4096, 6 * BS)], [False, False]),
-    # a read that crosses into the next block from where another ended
-    ([(0, BS - 4096), (BS - 4096, BS + 4096)], [False, True]),
+    # the kernel's readahead through blocks 0, 1, 2, 3: from block 2 on, the
+    # reader came through a whole block: prefetch after the run
+    ([(0, 256 << 10), (256 << 10, BS), (BS, 2 * BS), (2 * BS, 3 * BS), (3 * BS, 4 * BS)],
+     [None, None, None, 3, 4]),
+    # the read of one block, even into the next (a page the page cache
+    # lost), never calls for prefetch (precision)
+    ([(5 * BS, 5 * BS + 4096), (5 * BS + 4096, 6 * BS), (6 * BS, 6 * BS + 4096)],
+     [None, None, None]),
+    # the block before entered from its previous byte: a run through it
+    ([(5 * BS - 4096, 5 * BS + 4096), (5 * BS + 4096, 6 * BS + 4096)], [None, 7]),
     # random reads, even of neighbouring blocks
-    ([(3 * BS, 3 * BS + 4096), (4 * BS + 8192, 4 * BS + 12288), (2 * BS, 2 * BS + 4096)],
-     [False, False, False]),
-    # reads arriving out of order still count once their predecessor came
-    ([(0, BS), (2 * BS, 3 * BS), (BS, 2 * BS), (3 * BS, 4 * BS)], [False, False, True, True]),
+    ([(3 * BS, 3 * BS + 4096), (4 * BS + 8192, 4 * BS + 12288), (2 * BS, 2 * BS + 4096),
+      (5 * BS - 4096, 5 * BS)], [None] * 4),
+    # reads arriving out of order make the same run
+    ([(2 * BS, 3 * BS), (0, BS), (3 * BS, 4 * BS), (BS, 2 * BS)], [None, None, None, 4]),
 ])
-def test_read_stream_tells_sequential_reads_into_a_new_block(reads, want):
+def test_read_stream_tells_sequential_reads(reads, want):
     stream = ReadStream()
     assert [stream.note(lo, hi, BS) for lo, hi in reads] == want
 

@@ -410,10 +410,10 @@ class BigFile:
         if offset >= end:
             return reply
         bs = head.blksize
-        last = (end - 1) // bs
-        if stream is not None and stream.note(offset, end, bs):
-            self.ctx.prefetch.ahead(self, head, last + 1)
-        for blk in range(offset // bs, last + 1):
+        ahead = None if stream is None else stream.note(offset, end, bs)
+        if ahead is not None:
+            self.ctx.prefetch.ahead(self, head, ahead)
+        for blk in range(offset // bs, (end - 1) // bs + 1):
             reply.add(self._block(head, blk), max(offset - blk * bs, 0), min(end - blk * bs, bs))
         stats = self.ctx.stats
         stats.add('reads')

@@ -7,15 +7,16 @@ that goes through a file in order, prefetch threads load the next blocks in
 parallel, so that the database's round trips, the decoding and the FUSE
 replies overlap.
 
-Telling: each open data file has a `ReadStream`. A read is sequential when
-it starts exactly where one of the last reads of that file ended (the
-kernel's readahead sends contiguous reads, a few at a time and not always
-in order), and it calls for prefetch only when it thereby goes on into a new
-block: a reader that moved from one block into the next. Random reads never
-start where another ended, and the read of a single block (a block changed
-under a page cache that holds the rest of the file, SPEC §6 "precision")
-never enters a next block: neither prefetches anything, so they load
-exactly the blocks they read.
+Telling: each open data file has a `ReadStream`: the byte ranges its last
+reads covered, merged into runs (the kernel's readahead sends contiguous
+reads, a few at a time and not always in order). A read calls for prefetch
+when the run it is part of goes through a whole block into the next one,
+from the last byte of the block before: the reader crossed two block
+boundaries in a row; the blocks after the run are loaded ahead. Random
+reads never make such a run; nor does the read of a block changed under a
+page cache that holds the rest of the file (SPEC §6 "precision"), even when
+the page cache lost a page at the start of the block after it: neither
+prefetches anything, so they load exactly the blocks they read.
 
 Loading: the blocks after the read, up to AHEAD_BYTES (at most
 AHEAD_BLOCKS of them), are claimed in the BlockCache (which bounds the bytes
@@ -26,7 +27,6 @@ revision: a block prefetched for a head that has moved since is never
 served for the new one.
 """
 
-import collections
 import logging
 import queue
 import threading
@@ -36,24 +36,34 @@ log = logging.getLogger('wcfs.prefetch')
 AHEAD_BYTES = 8 << 20       # how far ahead of a sequential reader
 AHEAD_BLOCKS = 32           # and at most that many blocks (small blksizes)
 THREADS = 4                 # prefetch loads in flight at most
-RECENT = 8                  # reads of a stream remembered (the kernel's async ones interleave)
+RECENT = 16                 # runs of a stream remembered (random reads each make one)
 
 
 class ReadStream:
     """The reads through one open data file, enough to tell a sequential reader."""
 
     def __init__(self):
-        self._lock = threading.Lock()       # guards _ends
-        self._ends = collections.deque(maxlen=RECENT)
+        self._lock = threading.Lock()       # guards _runs
+        self._runs = []                     # disjoint [lo, hi) ranges read, last extended last
 
     def note(self, offset, end, blksize):
-        """Note the read [offset, end): -> True when it goes on from where an
-        earlier read ended into a block that read had not reached."""
+        """Note the read [offset, end): -> the block to prefetch from, the one
+        after its run, when the run covers the block before the run's last
+        block from that block's previous byte on; else None."""
         with self._lock:
-            contiguous = offset in self._ends
-            self._ends.append(end)
-        return contiguous and (offset % blksize == 0 or
-                               offset // blksize != (end - 1) // blksize)
+            lo, hi = offset, end
+            runs = []
+            for run in self._runs:
+                if run[1] < lo or run[0] > hi:
+                    runs.append(run)
+                else:                       # overlapping or adjacent: merged
+                    lo, hi = min(lo, run[0]), max(hi, run[1])
+            runs.append((lo, hi))
+            self._runs = runs[-RECENT:]
+        last = (hi - 1) // blksize
+        if last >= 2 and lo <= (last - 1) * blksize - 1:
+            return last + 1
+        return None
 
 
 class Prefetcher:
