@@ -6,7 +6,7 @@ little of every file's page cache now and then, so it is checked with
 mincore); one block in the middle gets new content; once head/at shows that
 transaction, the whole file is read again, checked against the new content,
 and `blocks_loaded` of .wcfs/stats tells how many blocks wcfs had to load for
-it. The blocks that were not in the page cache just before that read are
+it (`blocks_prefetched`, how many of them were loaded ahead of a read). The blocks that were not in the page cache just before that read are
 printed too: only the changed block should be missing.
 """
 
@@ -46,7 +46,8 @@ def main():
         common.wait_for(lambda: read_at(bigfile) >= tid, AT_TIMEOUT,
                         'head/at to reach %016x' % tid)
 
-        before = common.read_stats(mnt.path)['blocks_loaded']
+        stats = common.read_stats(mnt.path)
+        before, prefetched = stats['blocks_loaded'], stats['blocks_prefetched']
         missing = common.uncached_blocks(data)
         with open(data, 'rb') as f:
             f.seek(blk * BLKSIZE)
@@ -59,13 +60,16 @@ def main():
                     break
                 n += k
         assert n == size, 'head/data: read %d bytes after the commit, want %d' % (n, size)
-        loaded = common.read_stats(mnt.path)['blocks_loaded'] - before
+        stats = common.read_stats(mnt.path)
+        loaded = stats['blocks_loaded'] - before
+        prefetched = stats['blocks_prefetched'] - prefetched
 
     print('precision: %d MiB file (%d blocks of %d MiB), first read loaded %d blocks; '
           'after a one-block commit to block %d, blocks not in the page cache: %s; '
-          'the whole file read again loaded %d blocks (target exactly %d: %s); kernel %s'
+          'the whole file read again loaded %d blocks (%d of them prefetched) (target exactly %d: '
+          '%s); kernel %s'
           % (args.size, size // BLKSIZE, BLKSIZE // MiB, first, blk, sorted(missing), loaded,
-             TARGET, common.verdict(loaded == TARGET), common.kernel()))
+             prefetched, TARGET, common.verdict(loaded == TARGET), common.kernel()))
 
 
 if __name__ == '__main__':

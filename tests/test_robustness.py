@@ -50,6 +50,8 @@ from chanhelp import Chan, Client, ranges_of
 from conftest import (ROOT, RUNZEO, START_TIMEOUT, WCFS, accepts, free_port, is_mounted,
                       spawn, terminate, wait_for)
 from wcfs_lib import zwriter
+from wcfs_lib.prefetch import AHEAD_BLOCKS
+from wcfs_lib.server import READ_AHEAD_KB
 from zhelp import (KiB, Holder, Writer, head_at, hex16, process_state, read_bytes, resident_blocks,
                    stat_int, stats, wait_head)
 
@@ -587,12 +589,17 @@ def test_change_of_a_zbigfile_object_moves_only_that_file(zeo, wcfs_mount, chang
     assert_serving(mnt)
 
 
+# a block far past what reading blocks 0-7 loads: the kernel's readahead
+# (server.READ_AHEAD_KB), then the prefetch after that run (prefetch.AHEAD_BLOCKS)
+FAR = 8 + 2 * (READ_AHEAD_KB * KiB // BS) + AHEAD_BLOCKS + 16
+
+
 def packed_away(zeo, wcfs_mount):
-    """Files a (blocks 0-7 and 40) and b (0-7) served, blocks 0-7 of both read;
+    """Files a (blocks 0-7 and FAR) and b (0-7) served, blocks 0-7 of both read;
     then a is made unreachable from the root and the database is packed.
     -> (Scene, mount, a's dir, b's dir, the tid of the commit that dropped a)."""
     s = Scene(zeo, a=(8, BS), b=(8, BS))
-    s.f['a'].write_block(40, randbytes(BS))     # far past what reading blocks 0-7 reads ahead
+    s.f['a'].write_block(FAR, randbytes(BS))
     s.commit()
     mnt = wcfs_mount(zeo.zurl, '--db-timeout', '5', *SAFE)
     adir, bdir = mnt.bigfile(s.oid['a']), mnt.bigfile(s.oid['b'])
@@ -615,16 +622,16 @@ def test_zbigfile_deleted_by_a_pack_answers_EIO_and_other_files_serve(database, 
     fd = os.open(os.path.join(adir, 'head', 'data'), os.O_RDONLY)
     try:
         # PostgreSQL tells of no pack: wcfs finds it on its timer
-        def block40():
+        def far_block():
             os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)     # not from the page cache
             try:
-                os.pread(fd, BS, 40 * BS)
+                os.pread(fd, BS, FAR * BS)
             except OSError as e:
                 return e.errno == errno.EIO
             return False
 
-        wait_for(block40, 20, 'a read of a block of a packed-away ZBigFile to answer EIO')
-        name, took = timed_errno(os.pread, fd, BS, 40 * BS)
+        wait_for(far_block, 20, 'a read of a block of a packed-away ZBigFile to answer EIO')
+        name, took = timed_errno(os.pread, fd, BS, FAR * BS)
     finally:
         os.close(fd)
     assert name == 'EIO', 'read of a block of a packed-away ZBigFile'

@@ -37,6 +37,7 @@ from ZODB.TimeStamp import TimeStamp
 from ZODB.utils import p64
 
 from . import protocol, zformat
+from .blockdata import HOLE, Reply
 from .delta import DeltaHistory, compare_revisions, merge_ranges, whole
 from .revdir import RevDirs
 from .revisions import ObjectRevisions
@@ -399,36 +400,47 @@ class BigFile:
 
     # ---- reading ----
 
-    def read(self, head, offset, size):
-        """Bytes [offset, offset+size) of the file as of `head`."""
+    def read(self, head, offset, size, stream=None):
+        """Bytes [offset, offset+size) of the file as of `head`, as a Reply;
+        `stream`: the prefetch.ReadStream of the open file read through."""
         if head.broken:
             raise zformat.FormatError(self.oid, head.at, head.broken)
         end = min(offset + size, head.size)
+        reply = Reply()
         if offset >= end:
-            return b''
+            return reply
         bs = head.blksize
-        pieces = []
+        ahead = None if stream is None else stream.note(offset, end, bs)
+        if ahead is not None:
+            self.ctx.prefetch.ahead(self, head, ahead)
         for blk in range(offset // bs, (end - 1) // bs + 1):
-            data = self._block(head, blk)
-            lo = max(offset - blk * bs, 0)
-            hi = min(end - blk * bs, bs)
-            pieces.append(data[lo:hi] if (lo, hi) != (0, bs) else data)
+            reply.add(self._block(head, blk), max(offset - blk * bs, 0), min(end - blk * bs, bs))
         stats = self.ctx.stats
         stats.add('reads')
         stats.add('bytes_read', end - offset)
-        return pieces[0] if len(pieces) == 1 else b''.join(pieces)
+        return reply
+
+    def block_key(self, head, blk):
+        """What the BlockCache knows block `blk` as of `head` by."""
+        return (self.oid, head.at, blk)
 
     def _block(self, head, blk):
-        return self.ctx.blocks.get((self.oid, head.at, blk), head.blksize,
+        return self.ctx.blocks.get(self.block_key(head, blk), head.blksize,
                                    lambda: self._load_block(head, blk))
 
-    def _load_block(self, head, blk):
+    def load_ahead(self, head, blk):
+        """Load block `blk` as of `head` for prefetch (a prefetch thread)."""
+        return self._load_block(head, blk, 'blocks_prefetched')
+
+    def _load_block(self, head, blk, counter=None):
         zhead = zformat.ZBigFileHead(self.oid, head.at, None, head.blksize, head.blktab)
         zblk = self.loader.lookup(zhead, blk)
         if zblk is None:
-            return bytes(head.blksize)
-        data, oids = self.loader.load_block(zblk, head.at, head.blksize)
+            return HOLE
+        data, oids = self.loader.load_block_data(zblk, head.at, head.blksize)
         self.ctx.stats.add('blocks_loaded')
+        if counter is not None:
+            self.ctx.stats.add(counter)
         if head.at == self.index.at:
             self.index.note_parts(blk, oids)
         return data

@@ -25,8 +25,10 @@ import time
 
 from . import errors
 from .bigfile import head_of, tid_time
+from .blockdata import Reply
 from .fs_binding import fuse
 from .kcache import FUSE_CAP_AUTO_INVAL_DATA, FUSE_CAP_EXPLICIT_INVAL_DATA
+from .prefetch import ReadStream
 
 log = logging.getLogger('wcfs.fs')
 
@@ -70,13 +72,15 @@ def is_hex16(name):
 class Handle:
     """An open file or directory (fi.fh indexes these)."""
 
-    __slots__ = ('node', 'content', 'channel', 'uid')
+    __slots__ = ('node', 'content', 'channel', 'uid', 'stream')
 
     def __init__(self, node, channel=None, uid=None):
         self.node = node
         self.content = None     # of an UNCACHED file, as its last read at offset 0 took it
         self.channel = channel
         self.uid = uid          # who opened the channel: its slot of the channel quota
+        # of a data file: its reads, to tell a sequential reader (prefetch)
+        self.stream = ReadStream() if node.kind in (DATA, REVDATA) else None
 
 
 def handlers(cls):
@@ -131,7 +135,7 @@ def outcome(result):
     """What a handler returned, for the log."""
     if result is None or result == 0:
         return 'ok'
-    if isinstance(result, bytes):
+    if isinstance(result, (bytes, Reply)):
         return '%d bytes' % len(result)
     if isinstance(result, dict):
         return ' '.join('%s=%s' % (k, oct(v) if k == 'st_mode' else v)
@@ -332,7 +336,7 @@ class WCFS(fuse.Operations):
             head = node.bf.head if node.kind == DATA else node.rd.head
             with errors.mapped(errors.READ, 'read bigfile/%s @%016x [%d:+%d]',
                                node.bf.name, head.at, offset, size):
-                return node.bf.read(head, offset, size)
+                return node.bf.read(head, offset, size, h.stream)
         if h.channel is not None:
             return h.channel.read(size, fi)
         return self._read_uncached(h, offset, size)

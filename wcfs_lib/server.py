@@ -3,7 +3,8 @@
 Threads: the main thread owns signals and runs `serve()` (timers, shutdown);
 one thread runs libfuse's loop (which starts its own workers, the FUSE
 threads); the watcher thread follows the database; a mover thread per file
-applies a step that waits for acks. Shutdown is one path,
+applies a step that waits for acks; up to prefetch.THREADS threads load the
+blocks after sequential reads. Shutdown is one path,
 `request_shutdown()`, whatever asked for it (SIGTERM, SIGINT, autoexit, an
 external unmount).
 
@@ -19,7 +20,9 @@ take only those below it in this list ("A > B": take A before B):
     RevDirs.lock              a file's @<tid>/ directories and their use counts
     FileIndex.parts_lock      which oids each read block was made of
     > OidIndex.lock           which visible file each oid belongs to
-    BlockCache.lock           decoded blocks, loads in flight
+    BlockCache.lock           decoded blocks, loads in flight, prefetched blocks not read yet
+    ReadStream._lock          where the last reads of an open data file ended (taken alone)
+    Prefetcher._lock          the prefetch threads started (taken alone)
     ObjectRevisions.lock      verdicts on a ZBigFile object's revisions
     ZLoader._nodes_lock       decoded BTree nodes
     Quota._lock               slots of channels / @<tid>/ directories per uid
@@ -44,9 +47,10 @@ from . import fs, mount, procfs, zformat, zstorage
 from .bigfile import MAX_REVDIRS, BigFileTable
 from .blockcache import BlockCache
 from .channel import Channel
-from .fs_binding import libfuse
+from .fs_binding import FUSE, libfuse
 from .kcache import KernelCache
 from .oidindex import OidIndex
+from .prefetch import Prefetcher
 from .quota import Quota
 from .stats import Stats
 from .subscription import KillPolicy
@@ -96,6 +100,8 @@ class Context:
         self.kcache = kcache
         self.stats = srv.stats
         self.blocks = BlockCache()
+        self.prefetch = Prefetcher(self.blocks)
+        srv.stats.gauge('prefetched_unused', lambda: self.blocks.unused)
         self.shutdown = srv.shutdown
         self.kill = KillPolicy(srv.mountpoint, srv.opts.kill_timeout, srv.stats)
         self.last_tid = srv.last_tid
@@ -162,7 +168,7 @@ class Server:
                       max_threads=MAX_THREADS, max_idle_threads=64)
         kwargs.update(self.opts.fuse_options)
         try:
-            fs.fuse.FUSE(self.ops, self.mountpoint, **kwargs)
+            FUSE(self.ops, self.mountpoint, **kwargs)
         except Exception as e:
             self._fuse_error = e
             log.error('FUSE loop: %s', e)

@@ -3,7 +3,8 @@
 import threading
 import time
 
-COUNTERS = ('reads', 'bytes_read', 'blocks_loaded', 'invalidations_sent', 'clients_killed')
+COUNTERS = ('reads', 'bytes_read', 'blocks_loaded', 'blocks_prefetched', 'invalidations_sent',
+            'clients_killed')
 
 
 class Stats:

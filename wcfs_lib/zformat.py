@@ -32,6 +32,8 @@ from array import array
 import zodbpickle.pickle
 from ZODB.utils import u64
 
+from .blockdata import HOLE, BlockData
+
 ZMODULE = 'wendelin.bigfile.file_zodb'
 ZBIGFILE = ZMODULE + '.ZBigFile'
 ZBLK0 = (ZMODULE + '.ZBlk0', ZMODULE + '.ZBlk')
@@ -196,20 +198,22 @@ def _check_memo(data):
 
     A walk over the opcodes of both pickles of the record by table (the hot
     path of loading a big file's index); what it cannot follow is judged
-    by pickletools."""
+    by pickletools. -> where the state pickle starts, None when the walk
+    could not tell."""
     try:
-        _scan_memo(data)
+        return _scan_memo(data)
     except _MemoTooBig:
         raise
     except (KeyError, IndexError, struct.error, ValueError):
         _check_memo_slowly(data)
+        return None
 
 
 def _scan_memo(data):
     n = len(data)
     plain, other = _PLAIN_OPS, _OTHER_OPS
     i = 0
-    stops = 0
+    first_end = None
     entries, keys = _BTREE_ENTRIES.match, _KEY_OPS
     while True:
         op = data[i]
@@ -223,9 +227,9 @@ def _scan_memo(data):
         if skip is not None:
             i += skip
             if op == _STOP:
-                stops += 1
-                if stops == 2:
+                if first_end is not None:
                     break
+                first_end = i
             continue
         kind, how = other[op]
         if kind == 'sized':
@@ -245,6 +249,7 @@ def _scan_memo(data):
                 raise _MemoTooBig('pickle memo index past a record of %d bytes' % n)
     if i > n:
         raise ValueError('truncated')
+    return first_end
 
 
 def _check_memo_slowly(data):
@@ -259,13 +264,65 @@ def _check_memo_slowly(data):
 def decode_record(data):
     """-> (class name, state) of a raw ZODB record."""
     _check_memo(data)
+    unpickler = _unpickler(data)
+    meta = unpickler.load()
+    state = unpickler.load()
+    return _class_name(meta), state
+
+
+def _unpickler(data):
     unpickler = _Unpickler(io.BytesIO(data), encoding='bytes')
     # An attribute, not a method: zodbpickle keeps the bound method, and the
     # cycle would keep every record and its state until a full collection.
     unpickler.persistent_load = _persistent_load
+    return unpickler
+
+
+def decode_data_record(data):
+    """decode_record for the record of a block or a chunk: a state that is
+    one byte string comes as a BlockData over `data` itself, not as a copy
+    (the unpickler would copy every byte of a block once more)."""
+    start = _check_memo(data)
+    span = None if start is None else _bytes_state(data, start)
+    unpickler = _unpickler(data)
     meta = unpickler.load()
-    state = unpickler.load()
-    return _class_name(meta), state
+    if span is None:
+        return _class_name(meta), unpickler.load()
+    return _class_name(meta), BlockData(data, *span)
+
+
+# the opcodes of a pickled byte string (protocol 3 bytes, Python 2 str) ->
+# the struct of the length that follows
+_BYTES_OPS = {ord('B'): struct.Struct('<I'), ord('C'): struct.Struct('<B'),
+              ord('T'): struct.Struct('<i'), ord('U'): struct.Struct('<B')}
+_PROTO = 0x80
+_MAX_PROTOCOL = 3                                   # as far as zodbpickle reads
+_MEMO_SIZES = {ord('q'): 1, ord('r'): 4}            # BINPUT, LONG_BINPUT
+
+
+def _bytes_state(data, i):
+    """-> (offset, length) of the byte string that the pickle at data[i:] is
+    made of alone (PROTO, the string, a memo put, STOP), or None for any
+    other pickle (the unpickler decodes those, or refuses them)."""
+    n = len(data)
+    if i + 2 <= n and data[i] == _PROTO:
+        if data[i + 1] > _MAX_PROTOCOL:
+            return None
+        i += 2
+    size = _BYTES_OPS.get(data[i]) if i < n else None
+    if size is None or i + 1 + size.size > n:
+        return None
+    length = size.unpack_from(data, i + 1)[0]
+    offset = i + 1 + size.size
+    i = offset + length
+    if length < 0 or i >= n:
+        return None
+    memo = _MEMO_SIZES.get(data[i])
+    if memo is not None:
+        i += 1 + memo
+    if i != n - 1 or data[i] != _STOP:
+        return None
+    return offset, length
 
 
 def _class_name(meta):
@@ -500,37 +557,59 @@ class ZLoader:
 
     def load_block(self, zblk, at, blksize):
         """-> (bytes of length blksize, oids the block is made of)."""
-        klass, state, _ = self.decode(zblk, at)
+        data, oids = self.load_block_data(zblk, at, blksize)
+        return data.padded(blksize), oids
+
+    def load_block_data(self, zblk, at, blksize):
+        """-> (BlockData of at most blksize bytes, oids the block is made of)."""
+        klass, state = self._decode_data(zblk, at)
         if klass in ZBLK0:
-            data = _as_bytes(state, zblk, at)
+            data = _as_data(state, zblk, at)
             if len(data) > blksize:
                 raise FormatError(zblk, at, 'ZBlk0 holds %d bytes, more than blksize %d'
                                   % (len(data), blksize))
-            return data + bytes(blksize - len(data)), (zblk,)
+            return data, (zblk,)
         if klass == ZBLK1:
             if not isinstance(state, Ref):
                 raise FormatError(zblk, at, 'ZBlk1 state is not a reference to its chunk tree')
             return self._load_zblk1(zblk, state.oid, at, blksize)
         raise FormatError(zblk, at, 'block object is a %s, not a ZBlk0 or ZBlk1' % klass)
 
+    def _decode_data(self, oid, at):
+        # Straight from the server, not through its client cache (ZEO): a
+        # block's record is decoded once per revision and kept by wcfs
+        # (BlockCache) and the kernel; storing 2 MiB records in ZEO's cache
+        # costs a file write each (about 15% of wcfs's CPU in a cold read)
+        # and pushes out the BTree nodes that every block lookup needs.
+        data, _serial = self.record(oid, at, cache=False)
+        try:
+            return decode_data_record(data)
+        except Exception as e:
+            raise FormatError(oid, at, 'undecodable record: %s' % e) from None
+
     def _load_zblk1(self, zblk, chunktab, at, blksize):
-        buf = bytearray(blksize)
+        buf = None
         oids = [zblk]
         end = 0
         for off, zdata in self.walk(chunktab, at, IOBTREE, visit=lambda oid, _: oids.append(oid)):
             oids.append(zdata)
-            klass, state, _ = self.decode(zdata, at)
+            klass, state = self._decode_data(zdata, at)
             if klass != ZDATA:
                 raise FormatError(zdata, at, 'chunk object is a %s, not ZData' % klass)
-            chunk = _as_bytes(state, zdata, at)
+            chunk = _as_data(state, zdata, at)
             if off < end:
                 raise FormatError(zblk, at, 'ZBlk1 chunk at offset %d overlaps the previous one' % off)
             if off + len(chunk) > blksize:
                 raise FormatError(zblk, at, 'ZBlk1 chunk at offset %d runs past blksize %d'
                                   % (off, blksize))
-            buf[off:off + len(chunk)] = chunk
-            end = off + len(chunk)
-        return bytes(buf), tuple(oids)
+            if chunk.length:
+                if buf is None:
+                    buf = bytearray(blksize)
+                buf[off:off + chunk.length] = chunk.view()
+            end = off + chunk.length
+        if buf is None:
+            return HOLE, tuple(oids)
+        return BlockData(buf, 0, end), tuple(oids)
 
 
 def zbigfile_of(oid, at, data, serial):
@@ -562,7 +641,9 @@ def file_size(last_blk, head):
     return size
 
 
-def _as_bytes(state, oid, at):
-    if isinstance(state, bytes):
+def _as_data(state, oid, at):
+    if isinstance(state, BlockData):
         return state
+    if isinstance(state, bytes):
+        return BlockData(state)
     raise FormatError(oid, at, 'data state is a %s, not bytes' % type(state).__name__)

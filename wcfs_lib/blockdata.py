@@ -1,0 +1,84 @@
+"""A decoded block as it is kept, and a read's reply made of pieces of blocks.
+
+A cold read copies a block's bytes as few times as it can: a ZBlk0's bytes
+are served from the database record itself (no unpickled copy), its trailing
+zeros are never materialised (a short block is its bytes, then implicit
+zeros), and a read's reply is copied once, straight into libfuse's buffer
+(fs_binding.FUSE), rather than sliced and joined into bytes that mfusepy would
+copy again. ctypes.memmove and memset run without the GIL, so the copy
+overlaps the loads of other threads.
+"""
+
+import ctypes
+
+_memmove = ctypes.memmove
+_memset = ctypes.memset
+
+
+class BlockData:
+    """`length` bytes of `buf` (bytes or bytearray) from `start`, then zeros
+    up to the block size. Never changed once made."""
+
+    __slots__ = ('buf', 'start', 'length', '_pin')
+
+    def __init__(self, buf, start=0, length=None):
+        self.buf = buf
+        self.start = start
+        self.length = len(buf) - start if length is None else length
+        self._pin = None        # the ctypes view of a bytearray, made once
+
+    def __len__(self):
+        return self.length
+
+    def view(self):
+        return memoryview(self.buf)[self.start:self.start + self.length]
+
+    def address(self):
+        """The address of the first byte (buf stays alive as long as self)."""
+        buf = self.buf
+        if isinstance(buf, bytes):
+            return ctypes.cast(buf, ctypes.c_void_p).value + self.start
+        if self._pin is None:
+            # an exported bytearray cannot be resized: the address holds
+            self._pin = (ctypes.c_char * len(buf)).from_buffer(buf)
+        return ctypes.addressof(self._pin) + self.start
+
+    def padded(self, size):
+        """The block as `size` bytes (a copy, except for a full block of bytes)."""
+        if self.length == size and self.start == 0 and type(self.buf) is bytes \
+                and len(self.buf) == size:
+            return self.buf
+        out = bytearray(size)
+        out[:self.length] = self.view()
+        return bytes(out)
+
+
+HOLE = BlockData(b'')
+
+
+class Reply:
+    """The bytes of one read: pieces [lo, hi) of blocks, in order."""
+
+    __slots__ = ('parts', 'size')
+
+    def __init__(self):
+        self.parts = []
+        self.size = 0
+
+    def add(self, block, lo, hi):
+        self.parts.append((block, lo, hi))
+        self.size += hi - lo
+
+    def __len__(self):
+        return self.size
+
+    def copy_to(self, addr):
+        """Write the reply at the C address `addr` (room for len(self) bytes)."""
+        pos = addr
+        for block, lo, hi in self.parts:
+            n = max(0, min(hi, block.length) - lo)
+            if n:
+                _memmove(pos, block.address() + lo, n)
+            if hi - lo > n:
+                _memset(pos + n, 0, hi - lo - n)
+            pos += hi - lo
