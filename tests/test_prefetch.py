@@ -46,17 +46,17 @@ def read_sequentially(path, chunk=CHUNK):
         os.close(fd)
 
 
-def new_file(zeo, blksize, nblk, kind='ZBlk0'):
-    w = Writer(zeo.db())
+def new_file(database, blksize, nblk, kind='ZBlk0'):
+    w = Writer(database.db())
     blocks = {blk: randbytes(blk, blksize) for blk in range(nblk)}
     f, oid, tid = w.new_file(blksize, blocks, kind)
     return w, f, oid
 
 
-def test_sequential_read_prefetches_and_loads_each_block_once(zeo, wcfs_mount):
+def test_sequential_read_prefetches_and_loads_each_block_once(database, wcfs_mount):
     blksize, nblk = 256 * KiB, 48
-    _, f, oid = new_file(zeo, blksize, nblk)
-    mnt = wcfs_mount(zeo.zurl)
+    _, f, oid = new_file(database, blksize, nblk)
+    mnt = wcfs_mount(database.zurl)
     data = os.path.join(mnt.bigfile(oid), 'head', 'data')
     before = counters(mnt)
     assert read_sequentially(data) == f.read()
@@ -66,13 +66,13 @@ def test_sequential_read_prefetches_and_loads_each_block_once(zeo, wcfs_mount):
     assert d['prefetched_unused'] == 0, d
 
 
-def test_sequential_read_of_zblk1_blocks_with_holes_prefetches(zeo, wcfs_mount):
+def test_sequential_read_of_zblk1_blocks_with_holes_prefetches(database, wcfs_mount):
     # ZBlk1 blocks come from their chunks, holes are zeros: prefetched the same
     blksize, nblk = 64 * KiB, 97
-    w = Writer(zeo.db())
+    w = Writer(database.db())
     blocks = {blk: randbytes(blk, blksize // 2) for blk in range(nblk) if blk % 5}
     f, oid, _ = w.new_file(blksize, blocks, 'ZBlk1')
-    mnt = wcfs_mount(zeo.zurl)
+    mnt = wcfs_mount(database.zurl)
     data = os.path.join(mnt.bigfile(oid), 'head', 'data')
     before = counters(mnt)
     got = read_sequentially(data)
@@ -83,11 +83,11 @@ def test_sequential_read_of_zblk1_blocks_with_holes_prefetches(zeo, wcfs_mount):
     assert d['blocks_loaded'] == len(blocks), d
 
 
-def test_random_reads_load_exactly_the_blocks_read(zeo, wcfs_mount):
+def test_random_reads_load_exactly_the_blocks_read(database, wcfs_mount):
     blksize, nblk = 256 * KiB, 64
-    _, f, oid = new_file(zeo, blksize, nblk)
+    _, f, oid = new_file(database, blksize, nblk)
     want = f.read()
-    mnt = wcfs_mount(zeo.zurl)
+    mnt = wcfs_mount(database.zurl)
     data = os.path.join(mnt.bigfile(oid), 'head', 'data')
     rng = random.Random(7)
     picked = rng.sample(range(nblk), 40)
@@ -103,12 +103,12 @@ def test_random_reads_load_exactly_the_blocks_read(zeo, wcfs_mount):
     assert d == {'blocks_loaded': len(picked), 'blocks_prefetched': 0, 'prefetched_unused': 0}
 
 
-def test_read_of_one_changed_block_prefetches_nothing(zeo, wcfs_mount):
+def test_read_of_one_changed_block_prefetches_nothing(database, wcfs_mount):
     # SPEC §6 "precision": the whole file read again after a one-block commit
     # loads that block alone, the blocks after it being in the page cache
     blksize, nblk = 256 * KiB, 16
-    w, f, oid = new_file(zeo, blksize, nblk)
-    mnt = wcfs_mount(zeo.zurl)
+    w, f, oid = new_file(database, blksize, nblk)
+    mnt = wcfs_mount(database.zurl)
     fdir = mnt.bigfile(oid)
     data = os.path.join(fdir, 'head', 'data')
     assert read_sequentially(data) == f.read()
@@ -194,11 +194,11 @@ def check_pages(piece, offset, floor, assigned, blksize):
                 offset + i, blk, v, floor[blk], assigned[blk])
 
 
-def test_sequential_reads_stay_exact_while_commits_move_the_head(zeo, wcfs_mount):
+def test_sequential_reads_stay_exact_while_commits_move_the_head(database, wcfs_mount):
     blksize, nblk = 128 * KiB, 48
-    w = Writer(zeo.db())
+    w = Writer(database.db())
     f, oid, _ = w.new_file(blksize, {blk: block_of(blk, 0, blksize) for blk in range(nblk)})
-    mnt = wcfs_mount(zeo.zurl)
+    mnt = wcfs_mount(database.zurl)
     fdir = mnt.bigfile(oid)
     data = os.path.join(fdir, 'head', 'data')
     commits = Commits(w, f, nblk, blksize)
