@@ -48,12 +48,12 @@ def block_hashes(data, blksize=BS):
 class Writer:
     """Random changes to one ZBigFile, each commit's content logged by tid."""
 
-    def __init__(self, zeo, logpath, seed):
+    def __init__(self, database, logpath, seed):
         from wcfs_lib import zwriter
         from zhelp import Writer as ZWriter
 
         self.rng = random.Random(seed)
-        self.w = ZWriter(zeo.db())
+        self.w = ZWriter(database.db())
         self.f = zwriter.ZBigFile(BS)
         for blk in range(24):
             self.f.write_block(blk, self.rng.randbytes(BS), self.rng.choice(zwriter.KINDS))
@@ -188,13 +188,13 @@ def reader(mountpoint, oid, logpath, stoppath, seed):
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-def test_readers_at_moving_tids_see_exactly_their_tid(zeo, wcfs_mount, tmp_path):
+def test_readers_at_moving_tids_see_exactly_their_tid(database, wcfs_mount, tmp_path):
     from zhelp import stat_int
 
     logpath = tmp_path / 'content.log'
     stoppath = tmp_path / 'stop'
-    w = Writer(zeo, logpath, seed=1)
-    mnt = wcfs_mount(zeo.zurl, '--kill-timeout', '10', '--revdir-timeout', '3')
+    w = Writer(database, logpath, seed=1)
+    mnt = wcfs_mount(database.zurl, '--kill-timeout', '10', '--revdir-timeout', '3')
     readers = []
     try:
         for i in range(NREADERS):
