@@ -228,3 +228,23 @@ def test_prefetched_records_are_the_records_loadBefore_gives(postgres):
             assert got == want, 'as of %016x' % at
     finally:
         database.close()
+
+
+def test_zconfig_through_the_unix_socket_serves_and_follows(postgres, wcfs_mount):
+    """zconfig:// reaches PostgreSQL where postgres:// cannot (a Unix socket);
+    the storage it describes, not the scheme, makes wcfs poll it."""
+    w = Writer(postgres.db())
+    f, oid, tid = w.new_file(BS, {blk: block('z%d' % blk) for blk in range(3)})
+    mnt = wcfs_mount(postgres.zconfig(socket=True, read_only=True))
+    fdir = mnt.bigfile(oid)
+    assert read_bytes(os.path.join(fdir, 'head', 'data')) == f.read()
+    f.write_block(2, block('zz'))
+    tid = w.commit()
+    wait_head(fdir, tid)
+    assert read_bytes(os.path.join(fdir, 'head', 'data')) == f.read()
+
+
+def test_history_free_database_through_zconfig_is_refused(postgres_history_free, wcfs_mount):
+    mnt = wcfs_mount(postgres_history_free.zconfig(), expect_fail=True)
+    assert mnt.proc.returncode == 1
+    assert 'history-free' in mnt.log() and 'Traceback' not in mnt.log()
