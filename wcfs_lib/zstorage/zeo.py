@@ -16,6 +16,8 @@ of serving wrong data later:
 - `ClientStorage._server.client.info`: the `info` broadcast, the only sign
   of a pack a read-only client gets; bound when the I/O object was made,
   so it is hooked there.
+- `ClientStorage._server.io_call` and `_server.client.protocol.call_sync`:
+  many calls sent at once, their answers awaited together (zeo_burst.py).
 """
 
 import collections
@@ -23,6 +25,7 @@ import collections
 import ZEO.ClientStorage
 from ZODB.utils import p64, u64
 
+from . import zeo_burst
 from .base import Database, oids_from_iterator
 from .plain import Invalidations
 
@@ -34,7 +37,7 @@ class MissingPrivate(Exception):
 def _privates(storage):
     """-> (call, prefetch, client) of `storage`; MissingPrivate naming the
     first that is gone."""
-    for path in ('_call', '_server.prefetch', '_server.client.info'):
+    for path in ('_call', '_server.prefetch', '_server.client.info', '_server.io_call'):
         obj = storage
         for name in path.split('.'):
             obj = getattr(obj, name, None)
@@ -88,11 +91,16 @@ class ZEODatabase(Database):
         (a, b] is among them. Else the storage's iterator, a round trip per
         transaction and per record. One iterator at a time: ZEO's client,
         walking several at once from threads, was seen to leave a load of
-        another thread unanswered for good."""
+        another thread unanswered for good. Between the two: the iterator's
+        calls sent in bursts (zeo_burst), where the server can list the
+        transactions."""
         if upto is not None:
             r = self._call('getInvalidations', p64(a))
             if r is not None and r[0] is not None and b <= u64(r[0]) <= upto:
                 return {u64(oid) for oid in r[1]}
+        oids = zeo_burst.changed_oids(self.storage, a, b)
+        if oids is not None:
+            return oids
         return oids_from_iterator(self.storage.iterator, a, b)
 
     def prefetch(self, oids, at):

@@ -1,0 +1,62 @@
+"""zeo_burst: the oids changed in (a, b] from a real ZEO server in bursts of
+calls, against the storage's iterator walked one call at a time."""
+
+import pytest
+import transaction
+import ZEO.ClientStorage
+from persistent.mapping import PersistentMapping
+from ZODB.TimeStamp import TimeStamp
+from ZODB.utils import p64, u64
+
+from wcfs_lib.localpg import last_transaction
+from wcfs_lib.zstorage import zeo_burst
+from wcfs_lib.zstorage.base import oids_from_iterator
+
+
+def commit_many(db, n, seed):
+    """n transactions, each changing a few of 20 objects; -> their tids."""
+    conn = db.open()
+    root = conn.root()
+    if 'objs' not in root:
+        root['objs'] = [PersistentMapping() for _ in range(20)]
+        transaction.commit()
+    tids = []
+    for i in range(n):
+        for k in range(1 + (i + seed) % 3):
+            root['objs'][(i * 7 + k * 3 + seed) % 20]['x'] = (i, k, seed)
+        transaction.commit()
+        tids.append(u64(last_transaction(db)))
+    conn.close()
+    return tids
+
+
+@pytest.fixture
+def client(zeo):
+    storage = ZEO.ClientStorage.ClientStorage(zeo.addr, read_only=True, wait_timeout=10)
+    try:
+        yield storage
+    finally:
+        storage.close()
+
+
+def test_burst_lists_what_the_iterator_lists(zeo, client):
+    tids = commit_many(zeo.db(), 40, seed=1)
+    for a, b in [(tids[0], tids[-1]), (tids[5], tids[20]), (tids[38], tids[39]),
+                 (tids[10], tids[10])]:
+        got = zeo_burst.changed_oids(client, a, b)
+        assert got == oids_from_iterator(client.iterator, a, b), (a, b)
+    # more transactions than a burst and a page hold
+    tids += commit_many(zeo.db(), zeo_burst.PAGE + 30, seed=2)
+    a, b = tids[3], tids[-2]
+    assert zeo_burst.changed_oids(client, a, b) == oids_from_iterator(client.iterator, a, b)
+
+
+def test_past_a_pack_it_gives_way_to_the_iterator(zeo, client):
+    tids = commit_many(zeo.db(), 10, seed=3)
+    zeo.db().pack(TimeStamp(p64(tids[-1])).timeTime() + 0.001)   # after every one of them
+    tids += commit_many(zeo.db(), 10, seed=4)
+    # undoLog stops at the packed transactions: (tids[2], ...] is not all listed
+    assert zeo_burst.changed_oids(client, tids[2], tids[-1]) is None
+    a = tids[12]
+    assert zeo_burst.changed_oids(client, a, tids[-1]) == \
+        oids_from_iterator(client.iterator, a, tids[-1])
