@@ -4,7 +4,8 @@ Threads: the main thread owns signals and runs `serve()` (timers, shutdown);
 one thread runs libfuse's loop (which starts its own workers, the FUSE
 threads); the watcher thread follows the database; a mover thread per file
 applies a step that waits for acks; up to prefetch.THREADS threads load the
-blocks after sequential reads. Shutdown is one path,
+blocks after sequential reads; on an MVCC database (RelStorage) a poller
+thread asks it for new commits (zstorage/mvcc.py). Shutdown is one path,
 `request_shutdown()`, whatever asked for it (SIGTERM, SIGINT, autoexit, an
 external unmount).
 
@@ -30,6 +31,8 @@ take only those below it in this list ("A > B": take A before B):
     WCFS._handles_lock        open files and directories
     Watcher._queue_cond       transactions not applied yet (taken alone)
     Watcher._zhead_cond       waiting for zhead (taken alone)
+    mvcc.Pool._cond           idle storage instances (taken alone)
+    mvcc.Prefetched._lock     records fetched ahead (taken alone)
 
 No lock is held across database I/O, /proc reads or kernel notifications
 (a notification waits for the read handler of the same page, and the lookup
