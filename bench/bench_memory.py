@@ -36,6 +36,12 @@ def status(pid):
     return tuple(v / MiB for v in common.proc_status(pid))
 
 
+def database_size(b):
+    if b.cluster is not None:
+        return b.cluster.sql('SELECT pg_database_size(%s)', common.PG_DBNAME)[0][0]
+    return os.path.getsize(b.dir / 'Data.fs')
+
+
 def write_bigfiles(b, nfiles, size):
     """Commit root['f0'].. as ZBigFiles of size bytes; -> their oids."""
     db = b.db()
@@ -70,6 +76,7 @@ def main():
     p.add_argument('--dir', default=None,
                    help='where to put the temporary directory with the database '
                         '(default: %s)' % tempfile.gettempdir())
+    common.add_db_option(p)
     args = p.parse_args()
     if args.size <= 0 or args.size * MiB % BLKSIZE or args.files <= 0:
         p.error('--size must be a positive multiple of 2, --files positive')
@@ -83,12 +90,12 @@ def main():
                 % (tempfile.gettempdir(), free / (1 << 30), total * ROOM / (1 << 30)))
 
     seen = []
-    with common.Bench('memory') as b:
+    with common.Bench('memory', db=args.db) as b:
         t0 = time.monotonic()
         oids = write_bigfiles(b, args.files, size)
         b.close_db()
         t_write = time.monotonic() - t0
-        dbsize = os.path.getsize(b.dir / 'Data.fs')
+        dbsize = database_size(b)
 
         mnt = b.mount()
         pid = mnt.proc.pid
@@ -113,10 +120,10 @@ def main():
     for what, r, h in seen:
         print('  %-16s VmRSS %6.1f MiB  VmHWM %6.1f MiB' % (what, r, h))
     print('  %-16s VmRSS %6.1f MiB  VmHWM %6.1f MiB' % ('%d s later' % IDLE, rss_idle, hwm_idle))
-    print('memory: %d files of %d MiB (%d MiB blocks; written in %.0f s, Data.fs %.2f GiB), '
+    print('memory: %s, %d files of %d MiB (%d MiB blocks; written in %.0f s, database %.2f GiB), '
           '%.2f GiB read through wcfs in %.0f s (%.0f MiB/s), blocks_loaded %d; wcfs right after '
           'the reads: VmRSS %.1f MiB, VmHWM %.1f MiB; %d s later VmRSS %.1f MiB'
-          % (args.files, args.size, BLKSIZE // MiB, t_write, dbsize / (1 << 30),
+          % (args.db, args.files, args.size, BLKSIZE // MiB, t_write, dbsize / (1 << 30),
              nread / (1 << 30), t_read, common.mibps(nread, t_read), stats['blocks_loaded'],
              rss, hwm, IDLE, rss_idle))
     print('memory: wcfs VmRSS %.1f MiB after reading %.2f GiB over %d bigfiles (target <= %d MiB: '
