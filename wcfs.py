@@ -98,7 +98,7 @@ def make_parser():
                         'and start-up waits for it (30)')
     p.add_argument('--db-connections', metavar='N', type=count, default=8,
                    help='RelStorage: at most N database connections for loads (1..16), '
-                        'N+2 in all with the one that polls and the first (8)')
+                        'N+3 in all with the two that poll and the first (8)')
     p.add_argument('--db-poll-interval', metavar='SECONDS', type=positive, default=0.01,
                    help='RelStorage: how often to ask the database for new commits (0.01)')
     p.add_argument('-o', dest='fuse_options', metavar='OPT[,OPT...]', type=fuse_options,
