@@ -1,10 +1,6 @@
 """What every kind of database offers wcfs, and what they share."""
 
-import logging
-
 from ZODB.utils import p64, u64
-
-log = logging.getLogger('wcfs.zstorage')
 
 
 class DatabaseUnavailable(Exception):
@@ -30,8 +26,6 @@ def oneline(exc):
 class Database:
     """One opened database. Subclasses give load, last_tid and follow; the
     rest has a default that suits a storage which can do no better."""
-
-    kind = 'storage'
 
     def __init__(self, storage):
         self.storage = storage

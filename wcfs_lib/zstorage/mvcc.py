@@ -148,7 +148,7 @@ class Pool:
             inst.close()
 
 
-UNCHANGED = frozenset()     # a poll that found no new transaction
+UNCHANGED = object()        # a poll that found no new transaction
 
 
 class LastTid:
@@ -216,8 +216,6 @@ class Prefetched:
 
 
 class MVCCDatabase(Database):
-    kind = 'mvcc'
-
     def __init__(self, storage, connections=CONNECTIONS, poll_interval=POLL_INTERVAL,
                  timeout=30):
         super().__init__(storage)

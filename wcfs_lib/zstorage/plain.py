@@ -10,8 +10,6 @@ from .base import Database
 
 
 class PlainDatabase(Database):
-    kind = 'storage'
-
     def load(self, oid, before, fresh, cache):
         return self.storage.loadBefore(oid, before)
 

@@ -3,7 +3,7 @@
 ZEO calls the invalidation hooks on its I/O thread: the follower only
 records and wakes there (loading from that thread deadlocks).
 
-wcfs uses three privates of ZEO's client, checked when the database is
+wcfs uses these privates of ZEO's client, checked when the database is
 opened so that an upgrade that drops one fails at start, loudly, instead
 of serving wrong data later:
 
@@ -17,7 +17,9 @@ of serving wrong data later:
   of a pack a read-only client gets; bound when the I/O object was made,
   so it is hooked there.
 - `ClientStorage._server.io_call` and `_server.client.protocol.call_sync`:
-  many calls sent at once, their answers awaited together (zeo_burst.py).
+  many calls sent at once, their answers awaited together (zeo_burst.py;
+  the protocol exists only while connected, so only io_call is checked
+  here, and zeo_burst gives way to the iterator without it).
 """
 
 import collections
@@ -56,8 +58,6 @@ def _version():
 
 
 class ZEODatabase(Database):
-    kind = 'zeo'
-
     def __init__(self, storage):
         super().__init__(storage)
         self._call, self._prefetch, self._client = _privates(storage)
@@ -88,12 +88,13 @@ class ZEODatabase(Database):
     def changed_oids(self, a, b, upto):
         """ZEO keeps the oids of its last transactions (invalidation-queue-size,
         or all those younger than invalidation-age): one round trip when
-        (a, b] is among them. Else the storage's iterator, a round trip per
-        transaction and per record. One iterator at a time: ZEO's client,
-        walking several at once from threads, was seen to leave a load of
-        another thread unanswered for good. Between the two: the iterator's
-        calls sent in bursts (zeo_burst), where the server can list the
-        transactions."""
+        (a, b] is among them. Else the iterator's calls sent in bursts
+        (zeo_burst), where the server can list the transactions; else the
+        storage's iterator, a round trip per transaction and per record.
+        Each request walks one iterator from its own thread: walking
+        several at once from threads of one request was seen to leave a
+        load of another thread unanswered for good. Nothing stops two
+        requests (two old Cats, or one and a resync) from walking at once."""
         if upto is not None:
             r = self._call('getInvalidations', p64(a))
             if r is not None and r[0] is not None and b <= u64(r[0]) <= upto:
