@@ -135,7 +135,7 @@ class ZEOServer:
     def db(self):
         """A ZODB.DB on a ClientStorage of this server, made once, closed at teardown."""
         if self._db is None:
-            self._db = ZODB.DB(ZEO.ClientStorage.ClientStorage(self.addr))
+            self._db = self.new_db()
         return self._db
 
     def new_db(self):
@@ -221,7 +221,7 @@ class PGServer:
     def db(self):
         """A ZODB.DB on a RelStorage of this database, made once, closed at teardown."""
         if self._db is None:
-            self._db = ZODB.DB(self.cluster.storage(self.dbname))
+            self._db = self.new_db()
         return self._db
 
     def new_db(self):
@@ -293,6 +293,16 @@ def postgres_history_free(pg_cluster):
 def database(request):
     """The zeo or the postgres fixture: the test runs once with each."""
     return request.getfixturevalue(request.param)
+
+
+@pytest.fixture
+def zeo_client(zeo):
+    """A read-only ClientStorage of the zeo fixture's server, as wcfs opens one."""
+    storage = ZEO.ClientStorage.ClientStorage(zeo.addr, read_only=True, wait_timeout=10)
+    try:
+        yield storage
+    finally:
+        storage.close()
 
 
 class WCFS:

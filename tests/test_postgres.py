@@ -36,6 +36,16 @@ def block(tag, n=BS):
     return (b'%s.' % tag.encode()) * (n // (len(tag) + 1)) + b'\0' * (n % (len(tag) + 1))
 
 
+def serves_and_follows(mnt, w, f, oid, blk):
+    """mnt shows f, and f after a commit that changes block blk."""
+    fdir = mnt.bigfile(oid)
+    assert read_bytes(os.path.join(fdir, 'head', 'data')) == f.read()
+    f.write_block(blk, block('changed %d' % blk))
+    tid = w.commit()
+    wait_head(fdir, tid)
+    assert read_bytes(os.path.join(fdir, 'head', 'data')) == f.read()
+
+
 def test_history_free_database_is_refused(postgres_history_free, wcfs_mount):
     mnt = wcfs_mount(postgres_history_free.zurl, expect_fail=True)
     assert mnt.proc.returncode == 1
@@ -194,13 +204,8 @@ def test_a_role_that_may_only_select_serves_and_the_database_is_left_as_it_was(p
     catalog = "SELECT relname, relkind FROM pg_class WHERE relnamespace = 'public'::regnamespace " \
               "ORDER BY relname"
     before = postgres.cluster.sql(catalog, dbname=postgres.dbname)
-    mnt = wcfs_mount(postgres.cluster.zurl(postgres.dbname, user=reader))
-    fdir = mnt.bigfile(oid)
-    assert read_bytes(os.path.join(fdir, 'head', 'data')) == f.read()
-    f.write_block(1, block('s1'))
-    tid = w.commit()
-    wait_head(fdir, tid)
-    assert read_bytes(os.path.join(fdir, 'head', 'data')) == f.read()
+    serves_and_follows(wcfs_mount(postgres.cluster.zurl(postgres.dbname, user=reader)),
+                       w, f, oid, 1)
     assert postgres.cluster.sql(catalog, dbname=postgres.dbname) == before
     assert 'permission denied' not in postgres.log
 
@@ -235,13 +240,7 @@ def test_zconfig_through_the_unix_socket_serves_and_follows(postgres, wcfs_mount
     the storage it describes, not the scheme, makes wcfs poll it."""
     w = Writer(postgres.db())
     f, oid, tid = w.new_file(BS, {blk: block('z%d' % blk) for blk in range(3)})
-    mnt = wcfs_mount(postgres.zconfig(socket=True, read_only=True))
-    fdir = mnt.bigfile(oid)
-    assert read_bytes(os.path.join(fdir, 'head', 'data')) == f.read()
-    f.write_block(2, block('zz'))
-    tid = w.commit()
-    wait_head(fdir, tid)
-    assert read_bytes(os.path.join(fdir, 'head', 'data')) == f.read()
+    serves_and_follows(wcfs_mount(postgres.zconfig(socket=True, read_only=True)), w, f, oid, 2)
 
 
 def test_history_free_database_through_zconfig_is_refused(postgres_history_free, wcfs_mount):

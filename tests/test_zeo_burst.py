@@ -1,9 +1,7 @@
 """zeo_burst: the oids changed in (a, b] from a real ZEO server in bursts of
 calls, against the storage's iterator walked one call at a time."""
 
-import pytest
 import transaction
-import ZEO.ClientStorage
 from persistent.mapping import PersistentMapping
 from ZODB.TimeStamp import TimeStamp
 from ZODB.utils import p64, u64
@@ -30,33 +28,24 @@ def commit_many(db, n, seed):
     return tids
 
 
-@pytest.fixture
-def client(zeo):
-    storage = ZEO.ClientStorage.ClientStorage(zeo.addr, read_only=True, wait_timeout=10)
-    try:
-        yield storage
-    finally:
-        storage.close()
-
-
-def test_burst_lists_what_the_iterator_lists(zeo, client):
+def test_burst_lists_what_the_iterator_lists(zeo, zeo_client):
     tids = commit_many(zeo.db(), 40, seed=1)
     for a, b in [(tids[0], tids[-1]), (tids[5], tids[20]), (tids[38], tids[39]),
                  (tids[10], tids[10])]:
-        got = zeo_burst.changed_oids(client, a, b)
-        assert got == oids_from_iterator(client.iterator, a, b), (a, b)
+        got = zeo_burst.changed_oids(zeo_client, a, b)
+        assert got == oids_from_iterator(zeo_client.iterator, a, b), (a, b)
     # more transactions than a burst and a page hold
     tids += commit_many(zeo.db(), zeo_burst.PAGE + 30, seed=2)
     a, b = tids[3], tids[-2]
-    assert zeo_burst.changed_oids(client, a, b) == oids_from_iterator(client.iterator, a, b)
+    assert zeo_burst.changed_oids(zeo_client, a, b) == oids_from_iterator(zeo_client.iterator, a, b)
 
 
-def test_past_a_pack_it_gives_way_to_the_iterator(zeo, client):
+def test_past_a_pack_it_gives_way_to_the_iterator(zeo, zeo_client):
     tids = commit_many(zeo.db(), 10, seed=3)
     zeo.db().pack(TimeStamp(p64(tids[-1])).timeTime() + 0.001)   # after every one of them
     tids += commit_many(zeo.db(), 10, seed=4)
     # undoLog stops at the packed transactions: (tids[2], ...] is not all listed
-    assert zeo_burst.changed_oids(client, tids[2], tids[-1]) is None
+    assert zeo_burst.changed_oids(zeo_client, tids[2], tids[-1]) is None
     a = tids[12]
-    assert zeo_burst.changed_oids(client, a, tids[-1]) == \
-        oids_from_iterator(client.iterator, a, tids[-1])
+    assert zeo_burst.changed_oids(zeo_client, a, tids[-1]) == \
+        oids_from_iterator(zeo_client.iterator, a, tids[-1])

@@ -2,7 +2,6 @@
 checks at open (an upgrade of ZEO that drops one must fail at start)."""
 
 import pytest
-import ZEO.ClientStorage
 from ZODB.MappingStorage import MappingStorage
 
 from wcfs_lib import zstorage
@@ -11,32 +10,24 @@ from wcfs_lib.zstorage.plain import PlainDatabase
 from wcfs_lib.zstorage.zeo import MissingPrivate, ZEODatabase
 
 
-@pytest.fixture
-def client(zeo):
-    storage = ZEO.ClientStorage.ClientStorage(zeo.addr, read_only=True, wait_timeout=10)
-    try:
-        yield storage
-    finally:
-        storage.close()
-
-
-def test_zeo_storage_is_served_by_zeo_database(client):
-    db = zstorage.database_of(client)
+def test_zeo_storage_is_served_by_zeo_database(zeo_client):
+    db = zstorage.database_of(zeo_client)
     assert isinstance(db, ZEODatabase)
-    assert db.last_tid() == int.from_bytes(client.lastTransaction(), 'big')
+    assert db.last_tid() == int.from_bytes(zeo_client.lastTransaction(), 'big')
 
 
-@pytest.mark.parametrize('private', ['_call', '_server.prefetch', '_server.client.info'])
-def test_missing_zeo_private_is_refused_naming_it(client, private):
+@pytest.mark.parametrize('private', ['_call', '_server.prefetch', '_server.client.info',
+                                     '_server.io_call'])
+def test_missing_zeo_private_is_refused_naming_it(zeo_client, private):
     *path, name = private.split('.')
-    obj = client
+    obj = zeo_client
     for step in path:
         obj = getattr(obj, step)
     saved = getattr(obj, name)
     setattr(obj, name, None)
     try:
         with pytest.raises(MissingPrivate, match=r'ClientStorage\.%s is gone' % private.replace('.', r'\.')):
-            zstorage.database_of(client)
+            zstorage.database_of(zeo_client)
     finally:
         setattr(obj, name, saved)
 
