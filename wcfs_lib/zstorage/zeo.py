@@ -91,10 +91,10 @@ class ZEODatabase(Database):
         (a, b] is among them. Else the iterator's calls sent in bursts
         (zeo_burst), where the server can list the transactions; else the
         storage's iterator, a round trip per transaction and per record.
-        Each request walks one iterator from its own thread: walking
-        several at once from threads of one request was seen to leave a
-        load of another thread unanswered for good. Nothing stops two
-        requests (two old Cats, or one and a resync) from walking at once."""
+        A request walks one iterator, from its own thread: iterators walked
+        at once from threads were seen to leave a load of another thread
+        unanswered for good. Nothing stops two requests (two old Cats, or
+        one and a resync) from walking at once."""
         if upto is not None:
             r = self._call('getInvalidations', p64(a))
             if r is not None and r[0] is not None and b <= u64(r[0]) <= upto:
