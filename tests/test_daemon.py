@@ -18,7 +18,9 @@
   than root (nobody) with the default pid file; a directory wcfs makes for
   its pid file is 0700;
 - a pid file that is empty because its wcfs is still writing it is not taken
-  for stale: the start waits for the pid and refuses a live one.
+  for stale: the start waits for the pid and refuses a live one;
+- a failure after start-up never writes to the start-up pipe's descriptor
+  number, which something else may have reused by then.
 
 Every daemon started here is ended at teardown by the pid in its pid file
 (SIGTERM, then SIGKILL), and a mount left behind is unmounted.
@@ -44,7 +46,7 @@ from ZODB.utils import u64
 
 from conftest import ROOT, START_TIMEOUT, STOP_TIMEOUT, free_port, is_mounted, read_text, \
     unmount, wait_for
-from wcfs_lib import zwriter
+from wcfs_lib import daemon, zwriter
 from zhelp import read_head
 
 RUN_TIMEOUT = 60        # seconds for a `wcfs -d` command to return
@@ -715,3 +717,20 @@ def test_no_autoexit_while_open(zeo, wcfs_d, mnt, what):
 
     wait_for(lambda: not wcfs_running(s.pid), 20, 'wcfs to exit %d s after the close' % AUTOEXIT)
     wait_for(lambda: not is_mounted(mnt), STOP_TIMEOUT, '%s to be unmounted' % mnt)
+
+
+def test_failure_after_start_up_does_not_write_to_the_reused_pipe_descriptor(tmp_path):
+    rfd, wfd = os.pipe()
+    pipe = daemon.StartupPipe(wfd)
+    pipe.report(None)
+    assert os.read(rfd, 100) == b'ready\n'
+    victim = os.open(tmp_path / 'victim', os.O_RDWR | os.O_CREAT)   # the lowest free number
+    try:
+        assert victim == wfd
+        pipe.report('RuntimeError: after start-up')
+        assert os.fstat(victim)     # still open, and nothing was written to it
+        assert (tmp_path / 'victim').read_bytes() == b''
+        assert os.read(rfd, 100) == b''     # the pipe was closed once, at the ready
+    finally:
+        os.close(victim)
+        os.close(rfd)

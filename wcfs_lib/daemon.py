@@ -193,38 +193,53 @@ def detach(pidfile, run):
         os.close(wfd)
         return _wait_ready(rfd, pid)
     os.close(rfd)
+    pipe = StartupPipe(wfd)
     try:
         ctx = daemon.DaemonContext(
             pidfile=daemon.pidfile.TimeoutPIDLockFile(pidfile, acquire_timeout=0),
             files_preserve=[wfd], umask=0o022, signal_map={}, detach_process=True)
         ctx.open()
     except lockfile.AlreadyLocked:
-        _report(wfd, 'pid file %s: taken by another wcfs started at the same time' % pidfile)
+        pipe.report('pid file %s: taken by another wcfs started at the same time' % pidfile)
         os._exit(1)
     except Exception as e:
-        _report(wfd, 'pid file %s: %s' % (pidfile, e))
+        pipe.report('pid file %s: %s' % (pidfile, e))
         os._exit(1)
-
-    def report(message):
-        _report(wfd, message)
 
     code = 1
     try:
-        code = run(report)
+        code = run(pipe.report)
     except BaseException as e:
         log.exception('wcfs daemon failed')
-        report('%s: %s' % (type(e).__name__, e))
+        pipe.report('%s: %s' % (type(e).__name__, e))
     finally:
         ctx.close()
         os._exit(code)
 
 
-def _report(wfd, message):
-    try:
-        os.write(wfd, b'ready\n' if message is None else ('error %s\n' % message).encode())
-        os.close(wfd)
-    except OSError:
-        pass
+class StartupPipe:
+    """The daemon's end of the start-up pipe: one report, then closed.
+
+    Once the report is written the descriptor is closed and its number may
+    be reused (by the log, a database socket, /dev/fuse): a later report
+    must never write there. It goes to the log only."""
+
+    def __init__(self, wfd):
+        self._wfd = wfd     # None once the report is written
+
+    def report(self, message):
+        """None: the filesystem serves; else why it does not (one line)."""
+        if self._wfd is None:
+            if message is not None:
+                log.error('after start-up: %s', message)
+            return
+        wfd, self._wfd = self._wfd, None
+        try:
+            os.write(wfd, b'ready\n' if message is None else ('error %s\n' % message).encode())
+        except OSError:
+            pass
+        finally:
+            os.close(wfd)
 
 
 def _wait_ready(rfd, child):
