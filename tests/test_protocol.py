@@ -952,7 +952,7 @@ def test_1000_channels_blocked_in_read_leave_data_reads_alone(serve):
         for _ in range(MAX_CHANNELS + 1 - len(s.channels)):
             s.chan(1)
     assert e.value.errno == errno.EMFILE
-    assert len(s.channels) == MAX_CHANNELS // 2
+    assert len(s.channels) == MAX_CHANNELS - MAX_CHANNELS // 5
     assert 'invalidations' in s.mnt.log(), 'the refused open is not logged'
     # every blocked read ends once it has a reply
     for ch in chans:

@@ -46,7 +46,7 @@ from .zstorage import RETRY_PAUSE, DatabaseUnavailable
 
 log = logging.getLogger('wcfs.bigfile')
 
-MAX_REVDIRS = 10000     # @<tid>/ directories over all files, half per uid; beyond: ENOSPC
+MAX_REVDIRS = 10000     # @<tid>/ directories over all files, shared per uid (quota.py); beyond: ENOSPC
 
 
 class Head(collections.namedtuple('Head', 'oid at blksize blktab size broken')):

@@ -61,8 +61,8 @@ from .watcher import Watcher
 
 log = logging.getLogger('wcfs')
 
-# Open head/invalidations; beyond, or past half of them for one uid, EMFILE.
-# Half is 1100: one user alone can still block 1000 channels in read (SPEC §4.6).
+# Open head/invalidations; beyond, or past one uid's share (quota.py), EMFILE.
+# One uid alone gets four fifths, 1760: it can still block 1000 in read (SPEC §4.6).
 MAX_CHANNELS = 2200
 MAX_THREADS = 2400          # every channel blocked in read, and data reads beside them
 READ_AHEAD_KB = 1024        # lets the kernel send 1 MiB reads
@@ -244,8 +244,8 @@ class Server:
 
     def open_channel(self, bf, caller_tid, uid):
         """A new channel of `bf` for user `uid`; None when MAX_CHANNELS are
-        open, or half of them by `uid` (EMFILE). channel_released(uid) gives
-        its slot back."""
+        open, or `uid` holds its share (quota.py): EMFILE. channel_released(uid)
+        gives its slot back."""
         refused = self.channel_quota.acquire(uid)
         if refused is not None:
             log.warning('open bigfile/%s/head/invalidations: EMFILE: %s', bf.name, refused)
