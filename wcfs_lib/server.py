@@ -28,6 +28,7 @@ take only those below it in this list ("A > B": take A before B):
     ZLoader._nodes_lock       decoded BTree nodes
     Quota._lock               slots of channels / @<tid>/ directories per uid
     Stats._lock               counters
+    Records._requests_lock    the count of database requests (taken alone)
     WCFS._handles_lock        open files and directories
     Watcher._queue_cond       transactions not applied yet (taken alone)
     Watcher._zhead_cond       waiting for zhead (taken alone)

@@ -19,6 +19,7 @@ one item where the storage only tells so):
 `DatabaseUnavailable` after the database timeout, and the count of requests.
 """
 
+import threading
 import time
 
 from ZODB.POSException import POSKeyError
@@ -45,6 +46,12 @@ class Records:
         self.db_timeout = db_timeout
         self._unreachable = False   # a request gave up on the database
         self.requests = 0           # round trips asked of the database (.wcfs/stats db_requests)
+        self._requests_lock = threading.Lock()  # guards requests: every thread asks
+
+    def _asked(self):
+        """Count one round trip: exact, whichever threads ask at once."""
+        with self._requests_lock:
+            self.requests += 1
 
     def record(self, oid, at, fresh=False, cache=True):
         """-> (data, serial, end) of `oid` as of `at`; None when the object
@@ -59,7 +66,7 @@ class Records:
             raise DatabaseUnavailable('oid %016x @%016x: database unreachable' % (oid, at))
         deadline = time.monotonic() + self.db_timeout
         while True:
-            self.requests += 1
+            self._asked()
             try:
                 r = self.database.load(p64(oid), p64(at + 1), fresh, cache)
                 break
@@ -85,7 +92,7 @@ class Records:
         the database cannot list them. With `upto` (>= b), the oids of the
         transactions in (b, upto] may be there too: the caller knows they
         changed nothing it looks at."""
-        self.requests += 1
+        self._asked()
         try:
             return self.database.changed_oids(a, b, upto)
         except Exception as e:
@@ -109,7 +116,7 @@ class Records:
     def last_tid(self):
         """The last transaction the database has committed, asked of the
         server, so that a tid a client saw is never 'future'."""
-        self.requests += 1
+        self._asked()
         try:
             return self.database.last_tid()
         except Exception as e:
