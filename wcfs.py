@@ -142,15 +142,22 @@ def reopen_log(handler):
             handler.release()
 
 
+def install_signals(srv):
+    """Signal handlers only record what was asked: the server's timer loop
+    acts on it (a handler runs in the main thread between two bytecodes,
+    maybe inside a log call holding the log's lock)."""
+    signal.signal(signal.SIGTERM, lambda *_: srv.request_shutdown())
+    signal.signal(signal.SIGINT, lambda *_: srv.request_shutdown())
+    signal.signal(signal.SIGHUP, lambda *_: srv.request_log_reopen())
+
+
 def serve(opts, handler, report):
     """Start the server, report(None) once it serves or report(why) if it
     cannot; serve until SIGTERM/SIGINT/autoexit. -> exit code."""
     from wcfs_lib import mount, server, zstorage
     setup_logging(opts, handler)
-    srv = server.Server(opts)
-    signal.signal(signal.SIGTERM, lambda *_: srv.request_shutdown())
-    signal.signal(signal.SIGINT, lambda *_: srv.request_shutdown())
-    signal.signal(signal.SIGHUP, lambda *_: reopen_log(handler))
+    srv = server.Server(opts, reopen_log=lambda: reopen_log(handler))
+    install_signals(srv)
     try:
         srv.start()
     except zstorage.UsageError as e:
@@ -162,8 +169,7 @@ def serve(opts, handler, report):
         report(str(e))
         return 1
     report(None)
-    srv.serve()
-    return 0
+    return srv.serve()
 
 
 def main(argv=None):

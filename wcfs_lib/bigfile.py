@@ -88,6 +88,7 @@ class BigFile:
         self.history = DeltaHistory(self.head.at)
         self.pending = None             # (Head, ranges): the step not applied yet
         self.moving = False             # a step is being applied (a thread owns it)
+        self.mover = None               # the last mover thread started (watcher thread; joined at shutdown)
         self.channels = set()
         self.revdirs = RevDirs()
 
@@ -161,7 +162,8 @@ class BigFile:
         if inline:
             self._apply_steps()
         else:
-            threading.Thread(target=self._mover, daemon=True, name='mover-' + self.name).start()
+            self.mover = threading.Thread(target=self._mover, daemon=True, name='mover-' + self.name)
+            self.mover.start()
 
     def shown_at(self):
         """What head/at shows: an idle file is as of every transaction the

@@ -94,9 +94,21 @@ class Prefetcher:
                 self._threads.append(t)
                 t.start()
 
+    def stop(self):
+        """End the threads once the loads queued before are done (shutdown)."""
+        with self._lock:
+            threads, self._threads = self._threads, []
+        for _ in threads:
+            self._queue.put(None)
+        for t in threads:
+            t.join()
+
     def _run(self):
         while True:
-            bf, head, blk, key = self._queue.get()
+            item = self._queue.get()
+            if item is None:
+                return
+            bf, head, blk, key = item
             try:
                 self.blocks.fill(key, head.blksize, lambda: bf.load_ahead(head, blk))
             except Exception as e:

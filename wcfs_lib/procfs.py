@@ -70,6 +70,18 @@ def thread_process(thread_id):
     return Process(pid, start, status.get('Name', '?').strip())
 
 
+def threads():
+    """{thread id: its command name} of this process's threads."""
+    out = {}
+    for name in os.listdir('/proc/self/task'):
+        try:
+            with open('/proc/self/task/%s/comm' % name) as f:
+                out[int(name)] = f.read().strip()
+        except OSError:
+            continue        # ended meanwhile
+    return out
+
+
 def count_open(pid, path):
     """How many descriptors of process `pid` are open on `path` (a real path)."""
     fddir = '/proc/%d/fd' % pid

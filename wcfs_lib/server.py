@@ -6,8 +6,10 @@ threads); the watcher thread follows the database; a mover thread per file
 applies a step that waits for acks; up to prefetch.THREADS threads load the
 blocks after sequential reads; on an MVCC database (RelStorage) a poller
 thread asks it for new commits (zstorage/mvcc.py). Shutdown is one path,
-`request_shutdown()`, whatever asked for it (SIGTERM, SIGINT, autoexit, an
-external unmount).
+`stop()` in the `finally` of `serve()`, whatever asked for it (SIGTERM,
+SIGINT, autoexit, an external unmount, a failing timer task): it joins every
+one of these threads, holding no lock, then closes the database. Signal
+handlers only record (`request_*`); the timer loop acts.
 
 Locks, every one of wcfs, and what each guards. A thread holding one may
 take only those below it in this list ("A > B": take A before B):
@@ -67,6 +69,9 @@ log = logging.getLogger('wcfs')
 MAX_CHANNELS = 2200
 MAX_THREADS = 2400          # every channel blocked in read, and data reads beside them
 READ_AHEAD_KB = 1024        # lets the kernel send 1 MiB reads
+TICK = 1.0                  # seconds between two runs of the timers
+FUSE_STOP_TIMEOUT = 30      # seconds the FUSE loop has to end once unmounted
+THREAD_EXIT_GRACE = 1.0     # seconds a joined thread may take to leave /proc/self/task
 
 
 class Malloc:
@@ -114,8 +119,12 @@ class Context:
 
 
 class Server:
-    def __init__(self, opts):
+    def __init__(self, opts, reopen_log=lambda: None):
         self.opts = opts
+        self.reopen_log = reopen_log            # SIGHUP: called by the timer loop
+        self._reopen_log_asked = False          # set by the SIGHUP handler
+        self._fuse_dev = None                   # the mount's device, for an abort
+        self._threads_before = set()            # thread ids when start() began
         self.zurl = opts.zurl
         self.zurl_shown = zstorage.masked(opts.zurl)    # in .wcfs/zurl and the log
         self.mountpoint = os.path.realpath(opts.mountpoint)
@@ -136,6 +145,7 @@ class Server:
 
     def start(self):
         """Open the database and mount; -> once the mount serves."""
+        self._threads_before = set(procfs.threads())
         self.malloc = Malloc()
         mount.check_mountpoint(self.mountpoint)
         self.database = zstorage.open_database(
@@ -161,6 +171,7 @@ class Server:
                 self._close_storage()
                 raise StartError('%s: mount failed: %s' % (self.mountpoint, self._fuse_error or
                                  'see the log'))
+        self._fuse_dev = os.stat(self.mountpoint).st_dev
         mount.set_read_ahead(self.mountpoint, READ_AHEAD_KB)
         log.info('serving %s on %s, zhead %016x', self.zurl_shown, self.mountpoint, self.watcher.zhead)
 
@@ -187,16 +198,27 @@ class Server:
     # ---- serving ----
 
     def serve(self):
-        """Run timers until shutdown is requested; then unmount and close."""
-        while not self.shutdown.wait(1.0):
-            self._expire_revdirs()
-            self._check_database()
-            self.malloc.trim()
-            if self._idle_too_long():
-                log.info('nothing open under %s for %gs: exiting (--autoexit)',
-                         self.mountpoint, self.opts.autoexit)
-                break
-        self.stop()
+        """Run timers until shutdown is requested; then unmount and close,
+        also when a timer task failed. -> exit code: 0, or 1 after a failure."""
+        try:
+            while not self.shutdown.wait(TICK):
+                self._tick()
+                if self._idle_too_long():
+                    log.info('nothing open under %s for %gs: exiting (--autoexit)',
+                             self.mountpoint, self.opts.autoexit)
+                    break
+            return 0
+        except Exception:
+            log.exception('timer loop of %s failed: shutting down', self.mountpoint)
+            return 1
+        finally:
+            self.stop()
+
+    def _tick(self):
+        self.act_on_signals()
+        self._expire_revdirs()
+        self._check_database()
+        self.malloc.trim()
 
     def _check_database(self):
         state = 'connected' if self.records.connected() else 'unreachable'
@@ -210,8 +232,22 @@ class Server:
         opens, last_close = self.ops.usage()
         return opens == 0 and time.monotonic() - last_close >= self.opts.autoexit
 
+    # ---- signals: the handlers only record, the timer loop acts ----
+
     def request_shutdown(self):
         self.shutdown.set()
+
+    def request_log_reopen(self):
+        """SIGHUP: reopen the log at the next tick (a handler runs between
+        two bytecodes of the main thread, maybe in the middle of writing a
+        log line: it must not close the file under it)."""
+        self._reopen_log_asked = True
+
+    def act_on_signals(self):
+        """What the handlers recorded since the last tick (timer loop)."""
+        if self._reopen_log_asked:
+            self._reopen_log_asked = False
+            self.reopen_log()
 
     def _expire_revdirs(self):
         for bf in self.table.files():
@@ -222,14 +258,55 @@ class Server:
                 self.ctx.kcache.forget_entry('bigfile/' + bf.name, rd.name)
 
     def stop(self):
+        """The one way out (SIGTERM, SIGINT, autoexit, an external unmount, a
+        failure): unmount, then end every thread wcfs started, each once
+        nothing can give it work any more (FUSE > watcher > movers >
+        prefetch), then close the database, which the threads used."""
         self.shutdown.set()
         self._wake_channels()
-        if self._fuse_thread.is_alive():
-            mount.unmount(self.mountpoint)
-            self._fuse_thread.join(timeout=30)
+        self._stop_fuse()
         self.watcher.stop()
+        for bf in self.table.files():
+            if bf.mover is not None:
+                bf.mover.join()
+        self.ctx.prefetch.stop()
         self._close_storage()
         log.info('unmounted %s', self.mountpoint)
+        self._log_threads_left()
+
+    def _stop_fuse(self):
+        """Unmount and wait for the FUSE loop. A request stuck past
+        FUSE_STOP_TIMEOUT (in the database) is cut off by aborting the
+        connection; its thread then has the database's own timeout to
+        return before the database is closed under it."""
+        if self._fuse_thread.is_alive():
+            mount.unmount(self.mountpoint)
+            self._fuse_thread.join(FUSE_STOP_TIMEOUT)
+        if self._fuse_thread.is_alive() and self._fuse_dev is not None:
+            log.warning('unmount %s: FUSE requests still busy after %ss: aborting the connection',
+                        self.mountpoint, FUSE_STOP_TIMEOUT)
+            mount.abort_connection(self._fuse_dev)
+            self._fuse_thread.join(self.opts.db_timeout)
+        if self._fuse_thread.is_alive():
+            log.error('unmount %s: the FUSE loop did not end; closing the database under it',
+                      self.mountpoint)
+
+    def _log_threads_left(self):
+        """Say which threads started since start() outlive the shutdown: none
+        should (threads from before, e.g. a numerical library's, are not ours).
+        A thread just joined may still be leaving the kernel's list: they
+        have THREAD_EXIT_GRACE to go."""
+        deadline = time.monotonic() + THREAD_EXIT_GRACE
+        while True:
+            left = {tid: comm for tid, comm in procfs.threads().items()
+                    if tid not in self._threads_before}
+            if not left or time.monotonic() >= deadline:
+                break
+            time.sleep(0.01)
+        if left:
+            names = {t.native_id: t.name for t in threading.enumerate()}
+            log.warning('threads still running at exit: %s',
+                        ', '.join(sorted(names.get(tid, comm) for tid, comm in left.items())))
 
     def _close_storage(self):
         try:
