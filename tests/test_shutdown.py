@@ -23,9 +23,9 @@ BS = 64 * KiB
 NBLK = 64
 
 
-def file_being_served(zeo):
+def file_being_served(database):
     """A file of NBLK blocks; -> (writer, f, oid, tid)."""
-    w = Writer(zeo.db())
+    w = Writer(database.db())
     f, oid, tid = w.new_file(BS, {blk: bytes([blk]) * BS for blk in range(NBLK)})
     return w, f, oid, tid
 
@@ -54,9 +54,9 @@ def close_quietly(ch):
 
 
 @pytest.mark.timeout(120)
-def test_sigterm_leaves_no_thread_and_no_mount(zeo, wcfs_mount):
-    w, f, oid, tid = file_being_served(zeo)
-    mnt = wcfs_mount(zeo.zurl, '--kill-timeout', '1000')
+def test_sigterm_leaves_no_thread_and_no_mount(database, wcfs_mount):
+    w, f, oid, tid = file_being_served(database)
+    mnt = wcfs_mount(database.zurl, '--kill-timeout', '1000')
     ch = busy(mnt.path, w, f, oid, tid)
     try:
         assert mnt.stop() == 0

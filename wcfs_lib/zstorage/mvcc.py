@@ -112,7 +112,8 @@ class Pool:
         self._timeout = timeout
         self._idle = []
         self._made = 0
-        self._cond = threading.Condition()  # guards _idle, _made
+        self._closed = False    # an instance given back then is closed, not kept
+        self._cond = threading.Condition()  # guards _idle, _made, _closed
 
     @contextlib.contextmanager
     def instance(self):
@@ -121,8 +122,12 @@ class Pool:
             yield inst
         finally:
             with self._cond:
-                self._idle.append(inst)
-                self._cond.notify()
+                closed = self._closed
+                if not closed:
+                    self._idle.append(inst)
+                    self._cond.notify()
+            if closed:
+                inst.close()
 
     def _take(self):
         with self._cond:
@@ -142,7 +147,10 @@ class Pool:
             raise
 
     def close(self):
+        """Close the idle instances now, those lent out when given back (one
+        instance is used by one thread at a time: not closed under it)."""
         with self._cond:
+            self._closed = True
             idle, self._idle = self._idle, []
         for inst in idle:
             inst.close()

@@ -1,0 +1,29 @@
+"""zstorage/mvcc.py Pool on a real RelStorage (the postgres fixture): close()
+releases every instance, also one lent out at the time (given back later):
+its database sessions end."""
+
+from conftest import wait_for
+from wcfs_lib.zstorage import mvcc
+
+
+def sessions(postgres):
+    """Client sessions on the fixture's database, as PostgreSQL counts them."""
+    return postgres.cluster.sql('SELECT count(*) FROM pg_stat_activity WHERE datname = %s',
+                                postgres.dbname)[0][0]
+
+
+def test_close_releases_the_instances_lent_out(postgres):
+    storage = postgres.cluster.storage(postgres.dbname)
+    try:
+        base = sessions(postgres)
+        pool = mvcc.Pool(storage.new_instance, 2, 10)
+        with pool.instance() as lent:
+            lent.poll()         # it opens its sessions
+            with pool.instance() as idle:
+                idle.poll()
+            assert sessions(postgres) > base
+            pool.close()        # while `lent` is lent out
+        wait_for(lambda: sessions(postgres) == base, 10,
+                 'the sessions of the pool to end (%d of them before)' % base)
+    finally:
+        storage.close()
