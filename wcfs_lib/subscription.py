@@ -87,24 +87,45 @@ class KillPolicy:
         to be the one that subscribed and still has `ch` open. `channels`:
         the file's open channels. Called with no lock held (reads /proc)."""
         owner = ch.owner
-        if owner is not None and self._holds_only(owner, ch, channels):
+        if owner is not None and owner.pid != os.getpid():
             try:
-                os.kill(owner.pid, signal.SIGKILL)
-                log.warning('%s: killed pid %d (%s): no ack within %gs',
-                            ch.path, owner.pid, owner.comm, self.kill_timeout)
-                self.stats.add('clients_killed')
-                return
+                if self._kill_if(owner, lambda: self._holds_only(owner, ch, channels)):
+                    log.warning('%s: killed pid %d (%s): no ack within %gs',
+                                ch.path, owner.pid, owner.comm, self.kill_timeout)
+                    self.stats.add('clients_killed')
+                    return
             except OSError as e:
                 log.warning('%s: cannot kill pid %d (%s): %s', ch.path, owner.pid, owner.comm, e)
                 return
         log.warning('%s: no ack within %gs; dropping the subscription (its process '
                     'cannot be identified for sure, not killed)', ch.path, self.kill_timeout)
 
+    @staticmethod
+    def _kill_if(owner, sure):
+        """SIGKILL the process `owner` if sure() (which reads /proc and checks
+        that `owner` is still that very process); -> whether it was killed.
+
+        The signal goes through a pidfd opened before sure() runs: once its
+        start time matched, the pidfd is that process whatever happens to
+        the pid after, so a pid reused between the check and the kill by
+        another process is never signalled (the kill then fails: ESRCH)."""
+        try:
+            pidfd = os.pidfd_open(owner.pid)
+        except ProcessLookupError:
+            return False
+        try:
+            if not sure():
+                return False
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+            return True
+        finally:
+            os.close(pidfd)
+
     def _holds_only(self, owner, ch, channels):
         """/proc shows paths, not open files: be sure only when the owner
         opened this channel, opened no other channel of the file, has one
         descriptor open on it, and is still the same process."""
-        if owner.pid == os.getpid() or not owner.same(ch.opener) or not owner.alive():
+        if not owner.same(ch.opener) or not owner.alive():
             return False
         opened = sum(1 for c in channels if owner.same(c.opener))
         path = os.path.join(self.mountpoint, ch.path)
