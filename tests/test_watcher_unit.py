@@ -4,7 +4,8 @@ import pytest
 
 from test_delta_table import Database, oid_of
 from wcfs_lib import zformat
-from wcfs_lib.bigfile import BigFileTable
+from wcfs_lib.bigfile import BigFile, BigFileTable
+from wcfs_lib.fileindex import FileIndex
 from wcfs_lib.oidindex import OidIndex
 from wcfs_lib.stats import Stats
 from wcfs_lib.watcher import Watcher
@@ -33,5 +34,35 @@ def test_a_file_whose_load_fails_leaves_nothing_in_the_oid_index():
             watcher._load(loading, ctx=None)
         assert oidindex.touched(zblks | {oid}) == {}
         assert table.start_loading(oid, at)[0] == 'new'     # the oid is free again
+    finally:
+        db.close()
+
+
+def test_a_file_published_after_the_watcher_noted_a_transaction_gets_it_once():
+    """Suspicion (issue 15, 6a), confirmed: the watcher notes transaction T
+    (the files loading get it in their backlog) and then, with no lock held,
+    reads which files are visible. A file published in between caught up on
+    T from its backlog: it must not be in what the watcher hands T to."""
+    db = Database()
+    try:
+        f = db.new_file()
+        f.write_block(0, b'first')
+        db.root['f'] = f
+        at, _ = db.commit()
+        oid = oid_of(f)
+        f.write_block(0, b'second')
+        tid, oids = db.commit()
+        table, oidindex = BigFileTable(), OidIndex()
+        kind, loading = table.start_loading(oid, at)
+        index = FileIndex(db.loader, oid, at, oidindex)
+
+        visible = table.note_transaction(tid, oids)     # the watcher, under zhead_lock
+        bf, backlog = table.publish(loading, lambda: BigFile(oid, index, None))
+        assert (bf, backlog) == (None, [(tid, oids)])   # mkdir catches up on T ...
+        index.update(tid, oids, oidindex.touched(oids).get(index.fid, ()))
+        bf, _ = table.publish(loading, lambda: BigFile(oid, index, None))
+        assert bf is not None and index.at == tid
+        # ... and the watcher, reading the table only now, does not give T again
+        assert index.fid not in visible and bf not in visible.values()
     finally:
         db.close()

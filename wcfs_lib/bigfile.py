@@ -484,12 +484,15 @@ class BigFileTable:
             return 'new', loading
 
     def note_transaction(self, tid, oids):
-        """A transaction for the files being loaded; -> {fid: BigFile} of the
-        visible files (the table's own dict: read it, never change it)."""
+        """A transaction: the files being loaded get it in their backlog;
+        -> {fid: BigFile} of the files visible now, which get it from the
+        watcher. Both under one hold of the lock, and a copy: a file
+        published after this caught up on it from its backlog, and must not
+        get it from the watcher too."""
         with self.lock:
             for loading in self._loading.values():
                 loading.backlog.append((tid, oids))
-            return self._by_fid
+            return dict(self._by_fid)
 
     def publish(self, loading, make):
         """Publish the file make() builds, unless transactions wait for it:

@@ -116,7 +116,7 @@ class Watcher:
         with self._zhead_cond:
             self._zhead_cond.notify_all()
         if oids is None:
-            targets = [(bf, ()) for bf in self.table.files()]
+            targets = [(bf, ()) for bf in files.values()]
         else:
             touched = self.oidindex.touched(oids)
             targets = [(files[fid], hits) for fid, hits in touched.items() if fid in files]
