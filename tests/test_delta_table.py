@@ -22,6 +22,7 @@ Both engines must give the expected ranges:
 The oids a transaction modified are read back from `storage.iterator`.
 """
 
+import threading
 import tracemalloc
 
 import pytest
@@ -582,3 +583,59 @@ def test_fileindex_agrees_with_compare_revisions_on_random_histories(setup, hist
         assert differing_pages(contents[0], contents[-1]) <= folded <= set().union(*each)
     finally:
         db.close()
+
+
+class PausingLock:
+    """A FileIndex's parts_lock that stops the thread taking it for the
+    `n`-th time until `go` is set (`paused` says it got there)."""
+
+    def __init__(self, n):
+        self._lock = threading.Lock()
+        self._n = n
+        self._count = 0
+        self.paused = threading.Event()
+        self.go = threading.Event()
+
+    def __enter__(self):
+        self._count += 1
+        if self._count == self._n:
+            self.paused.set()
+            self.go.wait(30)
+        self._lock.acquire()
+
+    def __exit__(self, *exc):
+        self._lock.release()
+
+
+def test_delta_since_during_an_update_sees_one_revision_of_the_index(db):
+    """Suspicion (issue 15, 6b), confirmed: delta_since reads head, nodes,
+    size and `at` with no lock while the watcher's update() moves them in
+    two steps (blktab and size, then `at`). Paused in between (where update
+    takes parts_lock the second time: after the diff of blktab, dropping
+    the parts of the blocks that moved), δR(a, at) must be the one of the
+    revision it says: here a block appended in (a, t0] and removed at t1
+    vanished from δR(a, t0) when blktab as of t1 was mixed in."""
+    f = db.new_file()
+    f.write_block(0, b'zero')
+    f.write_block(1, b'one')
+    db.root['f'] = f
+    a, _ = db.commit()
+    f.write_block(2, b'appended')         # a new entry in blktab, and a larger size
+    t0, changed = db.commit()
+    index = new_index(db.loader, oid_of(f), t0)
+    want = index.delta_since(a, changed)
+    assert want == (t0, blocks(2))
+    del f.blktab[2]                       # and gone again
+    t1, oids = db.commit()
+
+    index.parts_lock = PausingLock(2)
+    updating = threading.Thread(target=update, args=(index, t1, oids))
+    updating.start()
+    try:
+        assert index.parts_lock.paused.wait(30), 'update() never took parts_lock twice'
+        got = index.delta_since(a, changed)
+    finally:
+        index.parts_lock.go.set()
+        updating.join(30)
+    assert got == want, 'δR(a, t0) mid-update: %r' % (got,)
+    assert index.at == t1 and index.delta_since(a, changed | oids) == (t1, [])

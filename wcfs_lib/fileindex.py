@@ -27,7 +27,9 @@ that raises leaves it as it was.
 
 Threads: the watcher thread owns the index (load, update), or mkdir's thread
 before the file is published; readers call `note_parts` and take
-`parts_lock`.
+`parts_lock`, or `delta_since`, which reads head, blktab and size under
+`state_lock`: an update moves the three (and `at`) in one step under it, so
+that δR is never computed from blktab of one revision and `at` of another.
 """
 
 import bisect
@@ -53,6 +55,7 @@ class FileIndex:
         self.parts_lock = threading.Lock()      # guards parts, blk_parts
         self.parts = {}                         # ZBlk1 part oid -> {blk}
         self.blk_parts = {}                     # blk -> part oids registered for it
+        self.state_lock = threading.Lock()      # guards head (and head.at), nodes, size: one revision
         self.head = None
         self.nodes = {}                         # blktab node oid -> Bucket or Tree
         self._load(at)
@@ -80,7 +83,8 @@ class FileIndex:
             self.forget()
         self.oidindex.add_blocks(self.fid, zblks, blks)
         self.oidindex.own(self.fid, list(nodes) + [self.oid])
-        self.head, self.nodes, self.size = head, nodes, size
+        with self.state_lock:
+            self.head, self.nodes, self.size = head, nodes, size
 
     def forget(self):
         """Take every entry of this file out of the OidIndex (a new
@@ -131,19 +135,24 @@ class FileIndex:
             for oid in changed.intersection(self.parts):
                 blocks |= self.parts[oid]
         resized = []
+        nodes = None
         if not changed.isdisjoint(self.nodes):
-            moved, old_size = self._diff(tid, changed)
+            moved, nodes, size = self._diff(tid, changed)
             blocks |= moved
-            resized = resized_range(old_size, self.size)
+            resized = resized_range(self.size, size)
         if blocks:
             with self.parts_lock:
                 for blk in blocks:              # chunks are registered again when read
                     self._drop_parts(blk)
-        self.head.at = tid
+        with self.state_lock:                   # one step, for delta_since
+            if nodes is not None:
+                self.nodes, self.size = nodes, size
+            self.head.at = tid
         return merge_ranges(blocks_to_ranges(blocks, self.head.blksize) + resized)
 
     def _diff(self, tid, changed):
-        """Move `nodes` to `tid`; -> (blocks whose entry changed, old size)."""
+        """blktab as of `tid`, the OidIndex moved to it; -> (blocks whose
+        entry changed, the nodes, the size): update() moves the index."""
         old_nodes = self.nodes
         nodes = self._walk_changed(tid, changed)
         before, after = {}, {}
@@ -160,14 +169,13 @@ class FileIndex:
         if moved and min(moved) < 0:
             raise zformat.FormatError(self.head.blktab, tid, 'block number %d out of range'
                                       % min(moved))
-        old_size, size = self.size, self._size_of(nodes, tid)
+        size = self._size_of(nodes, tid)
         idx = self.oidindex
         for blk in moved:
             idx.change(self.fid, blk, before.get(blk), after.get(blk))
         idx.disown(self.fid, old_nodes.keys() - nodes.keys())
         idx.own(self.fid, nodes.keys() - old_nodes.keys())
-        self.nodes, self.size = nodes, size
-        return moved, old_size
+        return moved, nodes, size
 
     def _walk_changed(self, tid, changed):
         """The nodes of blktab as of `tid`: unchanged ones reused, changed
@@ -216,12 +224,12 @@ class FileIndex:
         it was computed against (the index may move meanwhile: the caller
         checks). Loads only the nodes of blktab that changed since `a` as of
         `a`: the cost follows the changes, not the file."""
-        head, nodes, size = self.head, self.nodes, self.size
-        at = self.at
+        with self.state_lock:
+            head, nodes, size, at = self.head, self.nodes, self.size, self.head.at
         if self.oid in changed:
             old = self.loader.zbigfile(self.oid, a)
             return at, whole(max(size, self.loader.size(old)))
-        before, size_a = self._entries_as_of(a, head.blktab, changed, nodes)
+        before, size_a = self._entries_as_of(a, head, changed, nodes)
         after = {}
         for oid in changed & nodes.keys():
             node = nodes[oid]
@@ -229,17 +237,19 @@ class FileIndex:
                 after.update(zip(node.keys, node.oids))
         blocks = {blk for blk in before.keys() | after.keys() if before.get(blk) != after.get(blk)}
         hits = self.oidindex.touched(changed).get(self.fid, ())
-        blocks.update(blk for blk in hits if self.zblk_of(blk, nodes) in changed)
+        blocks.update(blk for blk in hits if self.zblk_of(blk, nodes, head) in changed)
         with self.parts_lock:
             for oid in changed.intersection(self.parts):
                 blocks |= self.parts[oid]
         return at, merge_ranges(blocks_to_ranges(blocks, head.blksize) + resized_range(size_a, size))
 
-    def _entries_as_of(self, a, root, changed, nodes):
+    def _entries_as_of(self, a, head, changed, nodes):
         """-> ({blk: ZBlk} held as of `a` by the buckets that changed since,
-        the file size as of `a`). `nodes`: blktab as of now; a node that did
+        the file size as of `a`). `head`, `nodes`: the ZBigFile and blktab
+        as of now (one revision of the index); a node that did
         not change since `a` is the same now, and is descended into only
         when something below it changed."""
+        root = head.blktab
         hot = self._ancestors(root, changed, nodes)
         entries = {}
         stack = [(root, 0, True)]
@@ -263,7 +273,7 @@ class FileIndex:
                 entries.update(zip(node.keys, node.oids))
             if rightmost:
                 last = node.keys[-1] if len(node.keys) else None
-        size = 0 if last is None else zformat.file_size(last, self.head)
+        size = 0 if last is None else zformat.file_size(last, head)
         return entries, size
 
     def _node_as_of(self, oid, a):
@@ -288,10 +298,12 @@ class FileIndex:
 
     # ---- parts of ZBlk1 blocks that were read ----
 
-    def zblk_of(self, blk, nodes=None):
-        """The ZBlk of `blk` as of `at` (None: a hole), from the index alone."""
+    def zblk_of(self, blk, nodes=None, head=None):
+        """The ZBlk of `blk` as of `at` (None: a hole), from the index alone,
+        or from `nodes` and `head` of one revision of it."""
         nodes = self.nodes if nodes is None else nodes
-        node = nodes.get(self.head.blktab)
+        head = self.head if head is None else head
+        node = nodes.get(head.blktab)
         while isinstance(node, zformat.Tree):
             node = nodes.get(node.children[zformat._child_for(node, blk)])
         if node is None:

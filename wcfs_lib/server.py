@@ -23,6 +23,7 @@ take only those below it in this list ("A > B": take A before B):
     RevDirs.lock              a file's @<tid>/ directories and their use counts
     FileIndex.parts_lock      which oids each read block was made of
     > OidIndex.lock           which visible file each oid belongs to
+    FileIndex.state_lock      a file index's head, blktab and size as one revision (taken alone)
     BlockCache.lock           decoded blocks, loads in flight, prefetched blocks not read yet
     ReadStream._lock          where the last reads of an open data file ended (taken alone)
     Prefetcher._lock          the prefetch threads started (taken alone)
