@@ -55,6 +55,8 @@ SIGTERM stops the run early: the figures so far are printed, status 1.
 
 import argparse
 import errno
+import functools
+import hashlib
 import json
 import mmap
 import os
@@ -109,15 +111,24 @@ def expected_block(desc, blksize):
     return bytes(data)
 
 
-class ExpectedCache:
-    """expected_block, kept for the blocks checked again and again."""
+class Expected:
+    """The expected blocks, by descriptor: their digests, kept for the run
+    (16 bytes each), and their bytes, the last few MiB of them."""
 
     def __init__(self, limit=EXPECTED_CACHE):
         self.limit = limit
+        self.digests = {}
         self.blocks = {}
         self.nbytes = 0
 
-    def get(self, desc, blksize):
+    def digest(self, desc, blksize):
+        key = (desc, blksize)
+        d = self.digests.get(key)
+        if d is None:
+            d = self.digests[key] = digest(self.block(desc, blksize))
+        return d
+
+    def block(self, desc, blksize):
         key = (desc, blksize)
         data = self.blocks.get(key)
         if data is None:
@@ -128,6 +139,12 @@ class ExpectedCache:
             self.blocks[key] = data
             self.nbytes += blksize
         return data
+
+
+def digest(data):
+    """hashlib lets the GIL go while it hashes more than a few KiB: page faults
+    of a mapping served here by wcfs do not hold up the client's ack thread."""
+    return hashlib.blake2b(data, digest_size=16).digest()
 
 
 class ModelLog:
@@ -181,22 +198,28 @@ class ModelLog:
         return rng.choice(self.tids)
 
 
-def compare(data, model, tid, fi, cache):
-    """Check data (a buffer of the file fi as of tid) against the model; -> a
-    description of the first difference, or None."""
+def compare(data, model, tid, fi, expected, hold_gil=False):
+    """Check data (a buffer of the file fi as of tid) against the model, block
+    by block: by digest, or with hold_gil by a copy of the block compared
+    whole (the GIL held through every page fault); -> a description of the
+    first difference, or None."""
     blocks, bs = model.files[tid][fi], model.blksizes[fi]
     for blk, desc in enumerate(blocks):
-        got = bytes(data[blk * bs:(blk + 1) * bs])
-        want = cache.get(desc, bs)
-        if got != want:
-            off = next(i for i in range(min(len(got), len(want))) if got[i] != want[i]) \
-                if len(got) == len(want) else min(len(got), len(want))
+        got = data[blk * bs:(blk + 1) * bs]
+        if hold_gil:
+            same = bytes(got) == expected.block(desc, bs)
+        else:
+            same = digest(got) == expected.digest(desc, bs)
+        if not same:
+            got, want = bytes(got), expected.block(desc, bs)
+            off = next((i for i in range(len(got)) if got[i] != want[i]), len(got))
             return ('file %d (%s) @%016x blk %d: first wrong byte at %d of the block; %s'
-                    % (fi, model.oids[fi], tid, blk, off, whose(got, model, fi, blk, bs, cache)))
+                    % (fi, model.oids[fi], tid, blk, off, whose(got, model, fi, blk, bs,
+                                                                  expected)))
     return None
 
 
-def whose(got, model, fi, blk, bs, cache):
+def whose(got, model, fi, blk, bs, expected):
     """Which revision of the model the wrong bytes belong to, if any (last 200 tids)."""
     seen = set()
     for tid in reversed(model.tids[-200:]):
@@ -204,7 +227,7 @@ def whose(got, model, fi, blk, bs, cache):
         desc = blocks[blk] if blk < len(blocks) else None
         if desc not in seen:
             seen.add(desc)
-            if cache.get(desc, bs) == got:
+            if expected.block(desc, bs) == got:
                 return 'it is the block as of %016x' % tid
     return 'it is no recent revision of the block'
 
@@ -243,10 +266,10 @@ def running(stoppath, parent):
     return not os.path.exists(stoppath) and os.getppid() == parent
 
 
-def client_reader(mnt, model, rng, report, stoppath, parent):
+def client_reader(mnt, model, rng, report, stoppath, parent, hold_gil=False):
     from wcfs_lib import client
 
-    cache = ExpectedCache()
+    expected = Expected()
     views = {}                  # (file, 'latest' | 'lagging') -> View
 
     def move(key, tid):
@@ -270,7 +293,7 @@ def client_reader(mnt, model, rng, report, stoppath, parent):
                            % (fi, tid, size, model.size(tid, fi)))
             return
         data = memoryview(view.ndarray()) if size else b''
-        bad = compare(data, model, tid, fi, cache)
+        bad = compare(data, model, tid, fi, expected, hold_gil)
         if bad:
             report.problem('mismatches', 'client view %s: %s' % (key[1], bad))
         report.count('reads')
@@ -320,7 +343,7 @@ def drop(views, key):
 
 
 def tid_reader(mnt, model, rng, report, stoppath, parent):
-    cache = ExpectedCache()
+    expected = Expected()
     while running(stoppath, parent):
         model.update()
         fi = rng.randrange(len(model.oids))
@@ -335,7 +358,7 @@ def tid_reader(mnt, model, rng, report, stoppath, parent):
             report.problem('mismatches', 'file %d @%016x/data (%s): %d bytes, model %d'
                            % (fi, tid, how, len(data), model.size(tid, fi)))
         else:
-            bad = compare(data, model, tid, fi, cache)
+            bad = compare(data, model, tid, fi, expected)
             if bad:
                 report.problem('mismatches', '@<tid>/data (%s): %s' % (how, bad))
         report.count('reads')
@@ -400,7 +423,8 @@ def lag_sampler(mnt, model, rng, report, stoppath, parent):
             os.close(fd)
 
 
-READERS = {'client': client_reader, 'tid': tid_reader, 'lag': lag_sampler}
+READERS = {'client': client_reader, 'tid': tid_reader, 'lag': lag_sampler,
+           'client-gil': functools.partial(client_reader, hold_gil=True)}
 
 
 def reader_main(kind, mnt, logpath, stoppath, resultpath, seed, parent):
@@ -545,10 +569,10 @@ class Writer:
 class Readers:
     """The reader processes; one that dies is counted and started again."""
 
-    def __init__(self, b, mnt, logpath, nclient, ntid):
+    def __init__(self, b, mnt, logpath, nclient, ntid, client_kind):
         self.dir = b.dir
         self.argv = [mnt.path, str(logpath), str(b.dir / 'stop'), None, None, str(os.getpid())]
-        self.slots = [('client', i) for i in range(nclient)] + \
+        self.slots = [(client_kind, i) for i in range(nclient)] + \
                      [('tid', i) for i in range(ntid)] + [('lag', 0)]
         self.procs = {}             # slot -> (Popen, result path, stderr path)
         self.results = []           # every result file, of every incarnation
@@ -690,6 +714,9 @@ def main():
                    help='reader processes through wcfs_lib.client (default 3)')
     p.add_argument('--tid-readers', type=int, default=2,
                    help='reader processes of @<tid>/data (default 2)')
+    p.add_argument('--hold-gil', action='store_true',
+                   help='client readers check a view by copying each block (the GIL held '
+                        'through the page faults) rather than by hashing it')
     p.add_argument('--seed', type=int, default=1, help="the writer's random seed (default 1)")
     common.add_db_option(p)
     args = p.parse_args()
@@ -709,7 +736,8 @@ def main():
             mnt = b.mount()
             for oid in writer.oids:
                 mnt.bigfile(int(oid, 16))
-            readers = Readers(b, mnt, logpath, args.client_readers, args.tid_readers)
+            readers = Readers(b, mnt, logpath, args.client_readers, args.tid_readers,
+                              'client-gil' if args.hold_gil else 'client')
             t0 = time.monotonic()
             commits = 0
             try:
@@ -764,8 +792,9 @@ def print_report(args, writer, commits, elapsed, counts, msgs, lags, readers, st
           % (args.db, elapsed, ' (interrupted: %s)' % interrupted if interrupted else '',
              commits, ', '.join('%s %d' % kv for kv in sorted(writer.kinds.items())),
              len(writer.oids), ', '.join(str(bs) for bs in writer.blksizes)))
-    print('  readers: %d through the client (views: %d opens, %d resyncs), %d of @<tid>/data; '
-          '%.1f GiB checked' % (args.client_readers, counts.get('opens', 0),
+    print('  readers: %d through the client%s (views: %d opens, %d resyncs), %d of @<tid>/data; '
+          '%.1f GiB checked' % (args.client_readers, ', copying: GIL held' if args.hold_gil else '',
+                                 counts.get('opens', 0),
                                  counts.get('resyncs', 0), args.tid_readers,
                                  counts.get('bytes', 0) / (1 << 30)))
     for kind in ('mismatches', 'errors'):
