@@ -50,7 +50,9 @@ wcfs's log lines with ERROR or Traceback, and `clients_killed`, are shown
 Prints reads (whole files checked), mismatches, errors, crashed readers and
 head lag (median, p99, max), then one result line ending in OK or MISS; the
 exit status is 0 only if every target is met over the whole duration. ^C or
-SIGTERM stops the run early: the figures so far are printed, status 1.
+SIGTERM stops the run early, after the commit in progress (twice: at once):
+the figures so far are printed, but for the readers' last second (^C in a
+terminal ends wcfs too), status 1.
 """
 
 import argparse
@@ -86,6 +88,7 @@ CATCH_UP_TIMEOUT = 60           # after the writer stops, for head/at to reach t
 REPORT_EVERY = 2                # seconds between a reader's count lines
 MESSAGES_KEPT = 20              # a reader writes its first mismatches and errors in full
 READER_STOP_TIMEOUT = 60
+INTERRUPT_MARGIN = 1            # seconds of the readers' results dropped before a ^C
 EXPECTED_CACHE = 64 << 20       # bytes of expected blocks a reader keeps
 
 
@@ -243,7 +246,7 @@ class Report:
         self.last = time.monotonic()
 
     def write(self, **what):
-        self.f.write(json.dumps(what) + '\n')
+        self.f.write(json.dumps(dict(what, t=time.monotonic())) + '\n')
         self.f.flush()
 
     def count(self, name, n=1):
@@ -278,7 +281,7 @@ def client_reader(mnt, model, rng, report, stoppath, parent, hold_gil=False):
             views.pop(key).close()
             view = None
         if view is None:
-            views[key] = client_open(wc, model.oids[key[0]], tid)
+            views[key] = wc.open(int(model.oids[key[0]], 16), at=tid)
             report.count('opens')
         else:
             view.resync(tid)
@@ -327,10 +330,6 @@ def client_reader(mnt, model, rng, report, stoppath, parent, hold_gil=False):
                 time.sleep(rng.uniform(0, 0.05))
         for key in list(views):
             drop(views, key)
-
-
-def client_open(wc, oid, tid):
-    return wc.open(int(oid, 16), at=tid)
 
 
 def drop(views, key):
@@ -506,7 +505,8 @@ class Writer:
             self.root['counter'] = self.root.get('counter', 0) + 1
             changed = []
         elif what == 'multi':
-            changed = self.rng.sample(range(len(self.zf)), min(len(self.zf), self.rng.choice((2, 3))))
+            n = min(len(self.zf), self.rng.choice((2, 3)))
+            changed = self.rng.sample(range(len(self.zf)), n)
             for fi in changed:
                 self.change(fi, self.rng.choice(self.KINDS[:6]))
         else:
@@ -559,8 +559,11 @@ class Writer:
         self.write(fi, blk, (desc[0], desc[1], tuple(patches.items())), kind)
 
     def close(self):
-        transaction.abort()             # a commit that ^C cut short
-        self.conn.close()
+        try:
+            transaction.abort()         # a commit that ^C cut short
+            self.conn.close()
+        except Exception as e:          # the server ended under it (^C in a terminal)
+            print('soak: closing the writer: %s' % e, file=sys.stderr)
         self.log.close()
 
 
@@ -633,15 +636,19 @@ class Readers:
                 proc.wait()
 
 
-def tail_of(path, lines=30):
+def tail_of(path, lines=20):
+    """The last lines of a reader's output, but faulthandler's list of modules."""
     try:
-        return '\n'.join(path.read_text(errors='replace').splitlines()[-lines:])
+        text = path.read_text(errors='replace')
     except OSError:
         return ''
+    return '\n'.join([line for line in text.splitlines()
+                      if not line.startswith('Extension modules:')][-lines:])
 
 
-def collect(paths):
-    """-> (summed counts, {kind: [first messages]}, lags) of the result files."""
+def collect(paths, until):
+    """-> (summed counts, {kind: [first messages]}, lags) of the result files,
+    as written before `until` (CLOCK_MONOTONIC)."""
     total, msgs, lags = {}, {'mismatches': [], 'errors': []}, []
     for path in paths:
         counts = {}
@@ -654,6 +661,8 @@ def collect(paths):
                 rec = json.loads(line)
             except ValueError:
                 continue                # a line cut short by a crash
+            if rec.pop('t') >= until:
+                break
             if 'counts' in rec:
                 counts = rec['counts']
             elif 'lag' in rec:
@@ -695,12 +704,36 @@ def percentile(values, p):
     return s[max(0, min(len(s) - 1, -(-len(s) * p // 100) - 1))]
 
 
+def wcfs_stats(mnt, problems):
+    """.wcfs/stats at the end; wcfs gone is an error."""
+    try:
+        if mnt.proc.poll() is None:
+            return common.read_stats(mnt.path)
+        problems['errors'].append('wcfs exited with %s' % mnt.proc.returncode)
+    except OSError as e:
+        problems['errors'].append('.wcfs/stats at the end: %s' % e)
+    return {}
+
+
 def wcfs_log_errors(mnt):
     return [line for line in mnt.log().splitlines() if 'ERROR' in line or 'Traceback' in line]
 
 
-def interrupt(signum, frame):
-    raise KeyboardInterrupt('signal %s' % signal.Signals(signum).name)
+class StopRequest:
+    """SIGINT or SIGTERM: the writer ends after its commit (not in the middle
+    of one); a second one interrupts at once."""
+
+    def __init__(self):
+        self.by = None
+
+    def __call__(self, signum, frame):
+        if self.by is not None:
+            raise KeyboardInterrupt('signal %s again' % signal.Signals(signum).name)
+        self.by = 'signal %s' % signal.Signals(signum).name
+
+    def install(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, self)
 
 
 def main():
@@ -723,7 +756,8 @@ def main():
     if args.duration <= 0 or args.interval < 0 or args.files < 1 or \
             args.client_readers < 0 or args.tid_readers < 0:
         p.error('--duration and --files must be positive, the others not negative')
-    signal.signal(signal.SIGTERM, interrupt)
+    stop = StopRequest()
+    stop.install()
 
     problems = {'mismatches': [], 'errors': []}
     interrupted = None
@@ -738,31 +772,41 @@ def main():
                 mnt.bigfile(int(oid, 16))
             readers = Readers(b, mnt, logpath, args.client_readers, args.tid_readers,
                               'client-gil' if args.hold_gil else 'client')
+            print('soak: %s: writer and %d readers running for %.0f s (in %s)'
+                  % (args.db, len(readers.slots), args.duration, b.dir), flush=True)
             t0 = time.monotonic()
             commits = 0
-            try:
-                while time.monotonic() - t0 < args.duration:
-                    t = time.monotonic()
+            while time.monotonic() - t0 < args.duration and stop.by is None:
+                t = time.monotonic()
+                try:
                     writer.step()
-                    commits += 1
+                except Exception:
+                    if stop.by is None:
+                        raise
+                    break               # ^C in a terminal ended the database server too
+                commits += 1
+                if stop.by is None:     # else the readers may have seen wcfs end (^C)
                     readers.check()
-                    time.sleep(max(0.0, args.interval - (time.monotonic() - t)))
-            except KeyboardInterrupt as e:
-                interrupted = str(e) or 'SIGINT'
+                time.sleep(max(0.0, args.interval - (time.monotonic() - t)))
+            interrupted = stop.by
             for sig in (signal.SIGINT, signal.SIGTERM):     # the rest is bounded: let it end
                 signal.signal(sig, signal.SIG_IGN)
-            elapsed = time.monotonic() - t0
-            readers.stop()
+            until = time.monotonic()
+            elapsed = until - t0
             if interrupted is None:
+                readers.stop()
                 catch_up(mnt, writer, writer.tid, problems)
-            if mnt.proc.poll() is not None:
-                problems['errors'].append('wcfs exited with %s' % mnt.proc.returncode)
-                stats = {}
+                stats = wcfs_stats(mnt, problems)
             else:
-                stats = common.read_stats(mnt.path)
+                # ^C in a terminal reached wcfs and the database server too:
+                # what the readers saw from then on (the handler runs a
+                # little late) is not counted.
+                until -= INTERRUPT_MARGIN
+                readers.kill()
+                stats = {}
             log_errors = wcfs_log_errors(mnt)
             writer.close()
-            counts, msgs, lags = collect(readers.results)
+            counts, msgs, lags = collect(readers.results, until)
         finally:
             if readers is not None:
                 readers.kill()
@@ -829,4 +873,4 @@ if __name__ == '__main__':
         try:
             sys.exit(main())
         except KeyboardInterrupt as e:
-            sys.exit('soak: interrupted (%s) before the writer started; everything ended' % e)
+            sys.exit('soak: interrupted (%s); everything ended' % (e or 'SIGINT'))
