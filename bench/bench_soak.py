@@ -832,9 +832,11 @@ def main():
 def print_report(args, writer, commits, elapsed, counts, msgs, lags, readers, stats, log_errors,
                  figures, interrupted):
     """Print what was seen; -> whether every target was met."""
-    print('soak: %s, %.0f s%s: %d commits (%s); %d files, blksizes %s'
+    print('soak: %s, %.0f s%s: %d commits, %.1f a second (one every %.3f s asked: %s); '
+          '%d files, blksizes %s'
           % (args.db, elapsed, ' (interrupted: %s)' % interrupted if interrupted else '',
-             commits, ', '.join('%s %d' % kv for kv in sorted(writer.kinds.items())),
+             commits, commits / elapsed if elapsed else 0, args.interval,
+             ', '.join('%s %d' % kv for kv in sorted(writer.kinds.items())),
              len(writer.oids), ', '.join(str(bs) for bs in writer.blksizes)))
     print('  readers: %d through the client%s (views: %d opens, %d resyncs), %d of @<tid>/data; '
           '%.1f GiB checked' % (args.client_readers, ', copying: GIL held' if args.hold_gil else '',
