@@ -7,7 +7,8 @@ wcfs mount, writer and reader processes; --soak-db picks its database), and
 --busy processes that spin (`while True: pass`). Each run is the venv's
 pytest on the test file (both databases, or --database's one), with its
 output kept in a file; a run that passes prints one line, the first that
-fails has its output printed at the end (its last --lines lines); the
+fails has its output printed at the end (from pytest's FAILURES on, --lines
+lines of it, without the PostgreSQL server's log); the
 outputs are kept (the directory is named) unless every run passed. If the
 soak ends on its own, its last lines are shown and another is started.
 
@@ -19,6 +20,7 @@ at the end), the busy loops with SIGKILL; also on ^C or SIGTERM.
 
 import argparse
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -63,6 +65,25 @@ def stop(proc, sig, timeout):
 
 def tail(path, lines):
     return '\n'.join(Path(path).read_text(errors='replace').splitlines()[-lines:])
+
+
+POSTGRES_LOG_LINE = re.compile(r'^\d{4}-\d\d-\d\d [\d:.]+ \w+ \[\d+\] ')
+
+
+def failure(path, lines):
+    """pytest's report of a failed run: from its FAILURES section on, at most
+    `lines` lines, but the PostgreSQL server's log lines (the fixture prints
+    its log at teardown: thousands of warnings), and its last line."""
+    text = Path(path).read_text(errors='replace').splitlines()
+    start = next((i for i, line in enumerate(text) if ' FAILURES ' in line), 0)
+    kept = [line for line in text[start:] if not POSTGRES_LOG_LINE.match(line)]
+    out = kept[:lines]
+    if len(kept) > lines:
+        out += ['[... %d lines]' % (len(kept) - lines - 1), kept[-1]]
+    dropped = len(text) - start - len(kept)
+    if dropped:
+        out.append('[%d lines of the PostgreSQL log left out]' % dropped)
+    return '\n'.join(out)
 
 
 class Soak:
@@ -130,7 +151,7 @@ def main():
     p.add_argument('--busy', type=int, default=0, metavar='N',
                    help='processes that spin beside the runs (default 0)')
     p.add_argument('--lines', type=int, default=200,
-                   help="lines of the first failure's output to print (default 200)")
+                   help="lines of the first failure's report to print (default 200)")
     args = p.parse_args()
     if args.runs < 1 or args.busy < 0:
         p.error('--runs must be positive, --busy not negative')
@@ -174,9 +195,9 @@ def main():
             soak.stop()
 
     if failures:
-        print('stress: first failure (%s), its last %d lines:\n%s'
-              % (failures[0], args.lines, tail(failures[0], args.lines)))
-    if not failures:
+        print('stress: the first failure (%s):\n%s'
+              % (failures[0], failure(failures[0], args.lines)))
+    else:
         shutil.rmtree(dir, ignore_errors=True)
     print('stress: %d of %d runs passed%s (%d asked); %d failed; kernel %s: %s'
           % (passed, ran, ' (interrupted: %s)' % interrupted if interrupted else '',
