@@ -286,6 +286,9 @@ def client_reader(mnt, model, rng, report, stoppath, parent, hold_gil=False):
         else:
             view.resync(tid)
             report.count('resyncs')
+        if views[key].at != tid:
+            report.problem('mismatches', 'client view %s of file %d: at %016x, asked %016x'
+                           % (key[1], key[0], views[key].at, tid))
 
     def check(key, view):
         fi = key[0]
