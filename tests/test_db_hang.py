@@ -127,6 +127,31 @@ def test_hung_database_requests_get_EIO_and_head_catches_up_after(database, wcfs
     assert 'Traceback' not in mnt.log()
 
 
+def test_requests_in_flight_as_the_database_hangs_get_EIO(database, wcfs_mount):
+    # The requests reach the server before wcfs can know that it hangs: they
+    # wait on connections that it then gives up on (ZEO: the ping that
+    # aborts it; PostgreSQL: the deadline of each use).
+    w = Writer(database.db())
+    f, oid, tid0 = w.new_file(BS, {0: b'x' * BS, 1: b'y' * BS})
+    mnt = wcfs_mount(database.zurl, '--db-timeout', str(DB_TIMEOUT))
+    fdir = mnt.bigfile(oid)
+    data = os.path.join(fdir, 'head', 'data')
+    with ThreadPoolExecutor(2) as pool, hung(database):
+        read = pool.submit(errno_of, read_bytes, data)
+        mkdir = pool.submit(errno_of, os.mkdir, os.path.join(fdir, '@' + hex16(tid0)))
+        assert read.result(timeout=HUNG) == 'EIO'
+        assert mkdir.result(timeout=HUNG) == 'EIO'
+        wait_for(lambda: stats(mnt)['database'] == 'unreachable', HUNG,
+                 'stats to say database: unreachable')
+    f.write_block(1, b'Y' * BS)
+    tid1 = w.commit()
+    wait_head(fdir, tid1, timeout=CAUGHT_UP)
+    assert read_bytes(data) == b'x' * BS + b'Y' * BS
+    os.mkdir(os.path.join(fdir, '@' + hex16(tid0)))
+    assert read_bytes(os.path.join(fdir, '@' + hex16(tid0), 'data')) == b'x' * BS + b'y' * BS
+    assert 'Traceback' not in mnt.log()
+
+
 class Target:
     """What a Watchdog cuts: here it only counts."""
 
