@@ -150,6 +150,7 @@ class Prober:
     for `timeout` seconds (see the module doc)."""
 
     def __init__(self, storage, call, client, timeout):
+        self._storage = storage
         self._call = call
         self._client = client
         self._loop = storage._server.loop
@@ -181,8 +182,8 @@ class Prober:
                     continue
                 future.exception()      # a disconnect: ZEO connects anew by itself
             protocol = self._client.protocol
-            if protocol is None:
-                ping = None         # connecting: ZEO's own timeout applies
+            if protocol is None or not self._storage.is_connected():
+                ping = None         # connecting or verifying: ZEO's own timeout applies
                 continue
             try:
                 ping = (self._call('ping', wait=False), time.monotonic(), protocol)
