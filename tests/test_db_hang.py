@@ -15,6 +15,7 @@ import os
 import re
 import signal
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -153,15 +154,20 @@ def test_requests_in_flight_as_the_database_hangs_get_EIO(database, wcfs_mount):
 
 
 class Target:
-    """What a Watchdog cuts: here it only counts."""
+    """What a Watchdog cuts: here it counts cuts, and says how long ago its
+    connection last received data (`heard`: seconds, or None: cannot tell)."""
 
-    def __init__(self):
+    def __init__(self, heard=None):
         self.cuts = 0
         self.was_cut = threading.Event()
+        self.heard = heard
 
     def cut(self):
         self.cuts += 1
         self.was_cut.set()
+
+    def silent_for(self):
+        return self.heard
 
 
 def test_watchdog_cuts_a_use_past_its_deadline_and_only_it():
@@ -181,5 +187,25 @@ def test_watchdog_cuts_a_use_past_its_deadline_and_only_it():
             with dog.watching('bad', Target()):
                 raise KeyError('x')
         assert (quick.cuts, slow.cuts) == (0, 1)
+    finally:
+        dog.stop()
+
+
+def test_watchdog_spares_a_use_whose_answer_is_arriving():
+    # A long answer (a 64 MiB block over a slow link) is not a server that
+    # hangs: while data came within the timeout, the use goes on; once the
+    # connection is silent for the timeout, it is cut.
+    dog = Watchdog(0.5)
+    try:
+        talking = Target(heard=0.1)
+        with pytest.raises(GaveUp):
+            with dog.watching('long answer', talking):
+                deadline = time.monotonic() + 2     # four timeouts
+                while time.monotonic() < deadline:
+                    assert talking.cuts == 0
+                    time.sleep(0.05)
+                talking.heard = 0.6                 # silent for longer than the timeout
+                assert talking.was_cut.wait(HUNG)
+                raise OSError('cut')
     finally:
         dog.stop()

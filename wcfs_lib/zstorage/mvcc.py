@@ -21,7 +21,8 @@ What this is built on (measured with relstorage 4.3, PostgreSQL 15):
   TCP keepalives are answered by the kernel, statement_timeout would be
   enforced by the stopped server, and a cancel request goes to it too. A
   call waits in recv for ever. So every use of the database has a deadline
-  (Watchdog): past it, the socket of its connection is shut down, which
+  (Watchdog): past it, unless data arrived on its connection within the
+  timeout (TCP_INFO), the socket of its connection is shut down, which
   makes the call return with an error, and the instance is closed, not
   lent again. RelStorage would reconnect within that very call (a poll),
   waiting connect_timeout more: a cut instance refuses to.
@@ -40,6 +41,7 @@ import contextlib
 import logging
 import os
 import socket
+import struct
 import threading
 import time
 
@@ -86,26 +88,56 @@ def lost(exc):
     return is_disconnect(exc) and not isinstance(exc, SnapshotBehind)
 
 
-def shut_down(conn):
-    """Shut the socket of the psycopg2 connection `conn` (or None) down: a
-    call blocked on it returns with an error. The descriptor stays libpq's
-    to close. Called while the connection is in use: should libpq close it
-    at that very moment and another connection of ours get its number, that
-    one is cut instead, which its user sees as a lost connection."""
+@contextlib.contextmanager
+def _socket_of(conn):
+    """A socket object over a duplicate of the descriptor of the psycopg2
+    connection `conn`, or None (no connection, closed, not a socket). Used
+    while the connection is in use: should libpq close it at that very
+    moment and another connection of ours get its number, that one is seen
+    instead; cut, its user sees a lost connection."""
     try:
         fd = os.dup(conn.fileno())
     except Exception:           # None, or closed already
+        yield None
         return
     try:
         sock = socket.socket(fileno=fd)
     except OSError:             # not a socket (any more)
         os.close(fd)
+        yield None
         return
     with sock:
+        yield sock
+
+
+def shut_down(conn):
+    """Shut the socket of the psycopg2 connection `conn` (or None) down: a
+    call blocked on it returns with an error. The descriptor stays libpq's
+    to close."""
+    with _socket_of(conn) as sock:
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:     # not connected any more
+                pass
+
+
+_TCPI_LAST_DATA_RECV = 52   # offset of tcpi_last_data_recv (ms, u32) in Linux's struct tcp_info
+
+
+def silent_for(conn):
+    """Seconds since the socket of the psycopg2 connection `conn` last
+    received data; None where it cannot tell (no connection, a Unix socket)."""
+    with _socket_of(conn) as sock:
+        if sock is None:
+            return None
         try:
-            sock.shutdown(socket.SHUT_RDWR)
-        except OSError:         # not connected any more
-            pass
+            info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
+        except OSError:
+            return None
+    if len(info) < _TCPI_LAST_DATA_RECV + 4:
+        return None
+    return struct.unpack_from('I', info, _TCPI_LAST_DATA_RECV)[0] / 1000
 
 
 def _refuse_to_connect(*args, **kwargs):
@@ -143,6 +175,9 @@ class Instance:
         load = self.storage._load_connection
         load._new_connection = _refuse_to_connect
         shut_down(load.connection)
+
+    def silent_for(self):
+        return silent_for(self.storage._load_connection.connection)
 
     def close(self, cut=False):
         """Release the instance; cut it first where its connection may
@@ -221,15 +256,17 @@ class _Use:
 
 class Watchdog:
     """Cuts the connections of a use of the database that outlasts `timeout`
-    seconds (see the module doc): one thread, asleep until the oldest use
-    is due. A use is a few round trips: this bounds a request's wait for a
-    server that hangs, whatever the server does."""
+    seconds while none of them received anything for as long (see the
+    module doc): one thread, asleep until the first use is due. A use is a
+    few round trips: this bounds a request's wait for a server that hangs,
+    whatever the server does, and spares a long answer that is arriving
+    (a 64 MiB block over a slow link)."""
 
     def __init__(self, timeout):
         self.timeout = timeout
-        self._uses = {}                     # id -> _Use, oldest (first due) first
+        self._uses = {}                     # id -> _Use
         self._stopped = False
-        self._cond = threading.Condition()  # guards _uses, _stopped, each use's targets and cut
+        self._cond = threading.Condition()  # guards _uses, _stopped, each use's due, targets and cut
         self._thread = threading.Thread(target=self._run, name='db-watchdog', daemon=True)
         self._thread.start()
 
@@ -278,22 +315,33 @@ class Watchdog:
                         target.cut()
 
     def _wait_late(self):
-        """Wait until some use is due; -> those due, None once stopped. With
-        _cond. Without a use to time, it waits `timeout`: a use that begins
-        meanwhile is due later."""
+        """Wait until some use is due and silent; -> those, None once
+        stopped. With _cond. Without a use to time, it waits `timeout`: a
+        use that begins meanwhile is due later."""
         while not self._stopped:
             now = time.monotonic()
-            late, first = [], None
+            late, first = [], now + self.timeout
             for use in self._uses.values():
                 if use.cut:
                     continue
-                if use.due > now:
-                    first = use.due
-                    break
-                late.append(use)
+                if use.due <= now:
+                    heard = self._heard(use)
+                    if heard is None:
+                        late.append(use)
+                        continue
+                    use.due = now + self.timeout - heard    # data arrives: wait on
+                first = min(first, use.due)
             if late:
                 return late
-            self._cond.wait(self.timeout if first is None else first - now)
+            self._cond.wait(first - now)
+        return None
+
+    def _heard(self, use):
+        """-> how many seconds ago the connections of `use` last received
+        data, if less than the timeout; else None."""
+        ages = [a for a in (t.silent_for() for t in use.targets) if a is not None]
+        if ages and min(ages) < self.timeout:
+            return min(ages)
         return None
 
 
@@ -329,6 +377,9 @@ class LastTid:
     def cut(self):
         """Make a call blocked on the connection return (Watchdog)."""
         shut_down(self._conn)
+
+    def silent_for(self):
+        return silent_for(self._conn)
 
     def close(self):
         conn, self._conn, self._cursor = self._conn, None, None
