@@ -41,13 +41,12 @@ import contextlib
 import logging
 import os
 import socket
-import struct
 import threading
 import time
 
 from ZODB.utils import p64, u64
 
-from .base import Database, is_disconnect, oneline
+from .base import Database, is_disconnect, oneline, silence
 
 log = logging.getLogger('wcfs.zstorage')
 
@@ -122,22 +121,11 @@ def shut_down(conn):
                 pass
 
 
-_TCPI_LAST_DATA_RECV = 52   # offset of tcpi_last_data_recv (ms, u32) in Linux's struct tcp_info
-
-
 def silent_for(conn):
     """Seconds since the socket of the psycopg2 connection `conn` last
     received data; None where it cannot tell (no connection, a Unix socket)."""
     with _socket_of(conn) as sock:
-        if sock is None:
-            return None
-        try:
-            info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
-        except OSError:
-            return None
-    if len(info) < _TCPI_LAST_DATA_RECV + 4:
-        return None
-    return struct.unpack_from('I', info, _TCPI_LAST_DATA_RECV)[0] / 1000
+        return None if sock is None else silence(sock)
 
 
 def _refuse_to_connect(*args, **kwargs):
@@ -266,7 +254,7 @@ class Watchdog:
         self.timeout = timeout
         self._uses = {}                     # id -> _Use
         self._stopped = False
-        self._cond = threading.Condition()  # guards _uses, _stopped, each use's due, targets and cut
+        self._cond = threading.Condition()  # guards _uses, _stopped, each use's due, targets, cut
         self._thread = threading.Thread(target=self._run, name='db-watchdog', daemon=True)
         self._thread.start()
 

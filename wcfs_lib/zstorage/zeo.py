@@ -27,10 +27,11 @@ of serving wrong data later:
 A server that hangs (stopped, or a partition) keeps its connection open,
 and ZEO waits for an answer for ever once connected (its timeout is for
 connecting). So a ping goes to the server every second or so; one left
-unanswered for the database timeout aborts the connection: every call
-waiting on it fails (ClientDisconnected: EIO after the timeout), the
-database counts as unreachable, and ZEO connects anew, which verifies its
-cache: what was committed meanwhile comes as invalidations or a resync.
+unanswered for the database timeout, while nothing else arrives either
+(TCP_INFO), aborts the connection: every call waiting on it fails
+(ClientDisconnected: EIO after the timeout), the database counts as
+unreachable, and ZEO connects anew, which verifies its cache: what was
+committed meanwhile comes as invalidations or a resync.
 """
 
 import collections
@@ -44,7 +45,7 @@ import ZEO.asyncio.smp
 from ZODB.utils import p64, u64
 
 from . import zeo_burst
-from .base import Database, oids_from_iterator
+from .base import Database, oids_from_iterator, silence
 from .plain import Invalidations
 
 log = logging.getLogger('wcfs.zstorage')
@@ -175,7 +176,7 @@ class Prober:
             if ping is not None:
                 future, sent, protocol = ping
                 if not future.done():
-                    if time.monotonic() - sent >= self._timeout:
+                    if time.monotonic() - sent >= self._timeout and not self._hears(protocol):
                         future.add_done_callback(_retrieve)     # ClientDisconnected, later
                         self._cut(protocol)
                         ping = None
@@ -189,6 +190,14 @@ class Prober:
                 ping = (self._call('ping', wait=False), time.monotonic(), protocol)
             except Exception:       # disconnected meanwhile, or closed
                 ping = None
+
+    def _hears(self, protocol):
+        """Did the connection receive data within the timeout? A ping waits
+        behind a long answer that is arriving (a big record, a slow link)."""
+        transport = getattr(protocol.sm_protocol, 'transport', None)
+        sock = transport and transport.get_extra_info('socket')
+        quiet = None if sock is None else silence(sock)
+        return quiet is not None and quiet < self._timeout
 
     def _cut(self, protocol):
         self._hung = protocol
