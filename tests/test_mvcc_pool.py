@@ -16,13 +16,15 @@ def test_close_releases_the_instances_lent_out(postgres):
     storage = postgres.cluster.storage(postgres.dbname)
     try:
         base = sessions(postgres)
-        pool = mvcc.Pool(storage.new_instance, 2, 10)
-        with pool.instance() as lent:
-            lent.poll()         # it opens its sessions
-            with pool.instance() as idle:
-                idle.poll()
-            assert sessions(postgres) > base
-            pool.close()        # while `lent` is lent out
+        pool = mvcc.Pool(storage.new_instance, 2)
+        lent = pool.take(10)
+        lent.poll()             # it opens its sessions
+        idle = pool.take(10)
+        idle.poll()
+        pool.give_back(idle)
+        assert sessions(postgres) > base
+        pool.close()            # while `lent` is lent out
+        pool.give_back(lent)
         wait_for(lambda: sessions(postgres) == base, 10,
                  'the sessions of the pool to end (%d of them before)' % base)
     finally:

@@ -5,11 +5,14 @@ one thread runs libfuse's loop (which starts its own workers, the FUSE
 threads); the watcher thread follows the database; a mover thread per file
 applies a step that waits for acks; up to prefetch.THREADS threads load the
 blocks after sequential reads; on an MVCC database (RelStorage) a poller
-thread asks it for new commits (zstorage/mvcc.py). Shutdown is one path,
-`stop()` in the `finally` of `serve()`, whatever asked for it (SIGTERM,
-SIGINT, autoexit, an external unmount, a failing timer task): it joins every
-one of these threads, holding no lock, then closes the database. Signal
-handlers only record (`request_*`); the timer loop acts.
+thread asks it for new commits and a watchdog thread cuts the connection
+of a use that outlasts --db-timeout (zstorage/mvcc.py); on ZEO a prober
+thread pings the server and aborts a connection that hangs
+(zstorage/zeo.py). Shutdown is one path, `stop()` in the `finally` of
+`serve()`, whatever asked for it (SIGTERM, SIGINT, autoexit, an external
+unmount, a failing timer task): it joins every one of these threads,
+holding no lock, then closes the database. Signal handlers only record
+(`request_*`); the timer loop acts.
 
 Locks, every one of wcfs, and what each guards. A thread holding one may
 take only those below it in this list ("A > B": take A before B):
@@ -36,6 +39,7 @@ take only those below it in this list ("A > B": take A before B):
     Watcher._queue_cond       transactions not applied yet (taken alone)
     Watcher._zhead_cond       waiting for zhead (taken alone)
     mvcc.Pool._cond           idle storage instances (taken alone)
+    mvcc.Watchdog._cond       uses of the database being timed (taken alone)
     mvcc.Prefetched._lock     records fetched ahead (taken alone)
 
 No lock is held across database I/O, /proc reads or kernel notifications

@@ -9,9 +9,11 @@ the server, the oids changed in a range of transactions, and a follower that
 hands the watcher `(tid, oids)` of every commit (several commits folded into
 one item where the storage only tells so):
 
-- zeo.py: a ZEO ClientStorage; the server pushes every commit.
+- zeo.py: a ZEO ClientStorage; the server pushes every commit. Pinged: a
+  connection to a server that hangs is aborted after the database timeout.
 - mvcc.py: an IMVCCStorage (RelStorage on PostgreSQL); polled, and loaded
   through a bounded pool of instances, each brought to the revision asked.
+  Every use of a connection is cut off after the database timeout.
 - plain.py: any other storage (FileStorage, MappingStorage); it pushes
   through registerDB, if at all.
 

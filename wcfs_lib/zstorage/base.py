@@ -1,6 +1,11 @@
 """What every kind of database offers wcfs, and what they share."""
 
+import socket
+import struct
+
 from ZODB.utils import p64, u64
+
+_TCPI_LAST_DATA_RECV = 52   # offset of tcpi_last_data_recv (ms, u32) in Linux's struct tcp_info
 
 
 class DatabaseUnavailable(Exception):
@@ -16,6 +21,19 @@ def is_disconnect(exc):
             cls.__name__ in ('OperationalError', 'InterfaceError'):
         return True     # PostgreSQL went away, or its connection was closed
     return isinstance(exc, (ConnectionError, TimeoutError))
+
+
+def silence(sock):
+    """Seconds since the TCP socket `sock` last received data (a server that
+    hangs sends none; one sending a long answer does); None where the
+    kernel does not tell (not TCP)."""
+    try:
+        info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 104)
+    except OSError:
+        return None
+    if len(info) < _TCPI_LAST_DATA_RECV + 4:
+        return None
+    return struct.unpack_from('I', info, _TCPI_LAST_DATA_RECV)[0] / 1000
 
 
 def oneline(exc):

@@ -17,25 +17,36 @@ What this is built on (measured with relstorage 4.3, PostgreSQL 15):
   of many oids in one query, kept until they are loaded.
 - A lost connection raises psycopg2.OperationalError; the instance opens a
   new one at its next use, once the server is back.
+- A server that hangs (stopped, or a partition) is never noticed by libpq:
+  TCP keepalives are answered by the kernel, statement_timeout would be
+  enforced by the stopped server, and a cancel request goes to it too. A
+  call waits in recv for ever. So every use of the database has a deadline
+  (Watchdog): past it, unless data arrived on its connection within the
+  timeout (TCP_INFO), the socket of its connection is shut down, which
+  makes the call return with an error, and the instance is closed, not
+  lent again. RelStorage would reconnect within that very call (a poll),
+  waiting connect_timeout more: a cut instance refuses to.
 
 The private parts of RelStorage used here: an instance's load cursor
-(`_load_connection.cursor`), and the table object_state of a
-history-preserving schema, to list the oids of a range of transactions and
-to fetch many records in one query, and the table transaction, to ask for
-the last tid cheaply on a connection from its adapter
-(`_adapter.connmanager.open`).
+(`_load_connection.cursor`), its connection (`.connection`, to shut its
+socket down) and how it opens a new one (`._new_connection`, to refuse),
+and the table object_state of a history-preserving schema, to list the
+oids of a range of transactions and to fetch many records in one query,
+and the table transaction, to ask for the last tid cheaply on a
+connection from its adapter (`_adapter.connmanager.open`).
 """
 
 import collections
 import contextlib
 import logging
 import os
+import socket
 import threading
 import time
 
 from ZODB.utils import p64, u64
 
-from .base import Database, is_disconnect, oneline
+from .base import Database, is_disconnect, oneline, silence
 
 log = logging.getLogger('wcfs.zstorage')
 
@@ -65,6 +76,62 @@ class SnapshotBehind(ConnectionError):
     replica behind its primary): retried as if it were away."""
 
 
+class GaveUp(TimeoutError):
+    """A use of the database outlasted the database timeout: its connection
+    was cut (Watchdog)."""
+
+
+def lost(exc):
+    """Does `exc` say that a connection is gone or unusable (not that the
+    database is behind, nor that the request is bad)?"""
+    return is_disconnect(exc) and not isinstance(exc, SnapshotBehind)
+
+
+@contextlib.contextmanager
+def _socket_of(conn):
+    """A socket object over a duplicate of the descriptor of the psycopg2
+    connection `conn`, or None (no connection, closed, not a socket). Used
+    while the connection is in use: should libpq close it at that very
+    moment and another connection of ours get its number, that one is seen
+    instead; cut, its user sees a lost connection."""
+    try:
+        fd = os.dup(conn.fileno())
+    except Exception:           # None, or closed already
+        yield None
+        return
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError:             # not a socket (any more)
+        os.close(fd)
+        yield None
+        return
+    with sock:
+        yield sock
+
+
+def shut_down(conn):
+    """Shut the socket of the psycopg2 connection `conn` (or None) down: a
+    call blocked on it returns with an error. The descriptor stays libpq's
+    to close."""
+    with _socket_of(conn) as sock:
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:     # not connected any more
+                pass
+
+
+def silent_for(conn):
+    """Seconds since the socket of the psycopg2 connection `conn` last
+    received data; None where it cannot tell (no connection, a Unix socket)."""
+    with _socket_of(conn) as sock:
+        return None if sock is None else silence(sock)
+
+
+def _refuse_to_connect(*args, **kwargs):
+    raise GaveUp('this storage instance was cut off after the database timeout')
+
+
 class Instance:
     """One storage instance, and the revision its snapshot shows."""
 
@@ -90,7 +157,21 @@ class Instance:
             raise SnapshotBehind('the database is at %016x, behind the %016x asked'
                                  % (self.tid, tid))
 
-    def close(self):
+    def cut(self):
+        """Make a call blocked on its connection return, and any later one
+        fail (the instance is closed after the call): never blocks."""
+        load = self.storage._load_connection
+        load._new_connection = _refuse_to_connect
+        shut_down(load.connection)
+
+    def silent_for(self):
+        return silent_for(self.storage._load_connection.connection)
+
+    def close(self, cut=False):
+        """Release the instance; cut it first where its connection may
+        lead to a server that hangs (a rollback would wait for it)."""
+        if cut:
+            self.cut()
         try:
             self.storage.release()
         except Exception as e:
@@ -103,48 +184,46 @@ class PoolBusy(ConnectionError):
 
 
 class Pool:
-    """At most `size` instances, each lent to one thread at a time; a
-    thread waits at most `timeout` seconds for one."""
+    """At most `size` instances, each lent to one thread at a time."""
 
-    def __init__(self, make, size, timeout):
+    def __init__(self, make, size):
         self._make = make
         self._size = size
-        self._timeout = timeout
         self._idle = []
         self._made = 0
         self._closed = False    # an instance given back then is closed, not kept
         self._cond = threading.Condition()  # guards _idle, _made, _closed
 
-    @contextlib.contextmanager
-    def instance(self):
-        inst = self._take()
-        try:
-            yield inst
-        finally:
-            with self._cond:
-                closed = self._closed
-                if not closed:
-                    self._idle.append(inst)
-                    self._cond.notify()
-            if closed:
-                inst.close()
-
-    def _take(self):
+    def take(self, timeout):
+        """-> an instance; PoolBusy when none is free within `timeout` seconds."""
         with self._cond:
             if not self._cond.wait_for(lambda: self._idle or self._made < self._size,
-                                       self._timeout):
-                raise PoolBusy('all %d database connections busy for %g s'
-                               % (self._size, self._timeout))
+                                       timeout):
+                raise PoolBusy('all %d database connections busy for %.3g s'
+                               % (self._size, timeout))
             if self._idle:
                 return self._idle.pop()
             self._made += 1
         try:
             return Instance(self._make())
         except BaseException:
-            with self._cond:
-                self._made -= 1
-                self._cond.notify()
+            self.forget()
             raise
+
+    def give_back(self, inst):
+        with self._cond:
+            closed = self._closed
+            if not closed:
+                self._idle.append(inst)
+                self._cond.notify()
+        if closed:
+            inst.close()
+
+    def forget(self):
+        """An instance taken will not come back (its caller closes it)."""
+        with self._cond:
+            self._made -= 1
+            self._cond.notify()
 
     def close(self):
         """Close the idle instances now, those lent out when given back (one
@@ -154,6 +233,112 @@ class Pool:
             idle, self._idle = self._idle, []
         for inst in idle:
             inst.close()
+
+
+class _Use:
+    """One use of the database that a Watchdog watches."""
+
+    __slots__ = ('due', 'what', 'targets', 'cut')
+
+    def __init__(self, due, what, targets):
+        self.due = due
+        self.what = what
+        self.targets = targets      # what to cut(): Instance, LastTid
+        self.cut = False
+
+    def left(self):
+        return max(0.0, self.due - time.monotonic())
+
+
+class Watchdog:
+    """Cuts the connections of a use of the database that outlasts `timeout`
+    seconds while none of them received anything for as long (see the
+    module doc): one thread, asleep until the first use is due. A use is a
+    few round trips: this bounds a request's wait for a server that hangs,
+    whatever the server does, and spares a long answer that is arriving
+    (a 64 MiB block over a slow link)."""
+
+    def __init__(self, timeout):
+        self.timeout = timeout
+        self._uses = {}                     # id -> _Use
+        self._stopped = False
+        self._cond = threading.Condition()  # guards _uses, _stopped, each use's due, targets, cut
+        self._thread = threading.Thread(target=self._run, name='db-watchdog', daemon=True)
+        self._thread.start()
+
+    @contextlib.contextmanager
+    def watching(self, what, *targets):
+        """Run the block within the timeout: past it, `targets` and those
+        attached later are cut, and the error that makes the block fail
+        becomes GaveUp. -> the use."""
+        use = _Use(time.monotonic() + self.timeout, what, list(targets))
+        with self._cond:
+            self._uses[id(use)] = use      # due after every other: no need to wake the thread
+        try:
+            yield use
+        except Exception:
+            if use.cut:
+                raise GaveUp('%s: no answer from the database within %g s'
+                             % (what, self.timeout)) from None
+            raise
+        finally:
+            with self._cond:
+                del self._uses[id(use)]
+
+    def attach(self, use, target):
+        """Cut `target` too when `use` is due; at once if it is past due."""
+        with self._cond:
+            use.targets.append(target)
+            if use.cut:
+                target.cut()
+
+    def stop(self):
+        with self._cond:
+            self._stopped = True
+            self._cond.notify()
+        self._thread.join(timeout=10)
+
+    def _run(self):
+        # nothing logged here: GaveUp says it, where the request fails
+        with self._cond:
+            while True:
+                late = self._wait_late()
+                if late is None:
+                    return
+                for use in late:
+                    use.cut = True
+                    for target in use.targets:
+                        target.cut()
+
+    def _wait_late(self):
+        """Wait until some use is due and silent; -> those, None once
+        stopped. With _cond. Without a use to time, it waits `timeout`: a
+        use that begins meanwhile is due later."""
+        while not self._stopped:
+            now = time.monotonic()
+            late, first = [], now + self.timeout
+            for use in self._uses.values():
+                if use.cut:
+                    continue
+                if use.due <= now:
+                    heard = self._heard(use)
+                    if heard is None:
+                        late.append(use)
+                        continue
+                    use.due = now + self.timeout - heard    # data arrives: wait on
+                first = min(first, use.due)
+            if late:
+                return late
+            self._cond.wait(first - now)
+        return None
+
+    def _heard(self, use):
+        """-> how many seconds ago the connections of `use` last received
+        data, if less than the timeout; else None."""
+        ages = [a for a in (t.silent_for() for t in use.targets) if a is not None]
+        if ages and min(ages) < self.timeout:
+            return min(ages)
+        return None
 
 
 UNCHANGED = object()        # a poll that found no new transaction
@@ -184,6 +369,13 @@ class LastTid:
         except Exception:
             self.close()            # a new connection at the next call
             raise
+
+    def cut(self):
+        """Make a call blocked on the connection return (Watchdog)."""
+        shut_down(self._conn)
+
+    def silent_for(self):
+        return silent_for(self._conn)
 
     def close(self):
         conn, self._conn, self._cursor = self._conn, None, None
@@ -227,7 +419,8 @@ class MVCCDatabase(Database):
     def __init__(self, storage, connections=CONNECTIONS, poll_interval=POLL_INTERVAL,
                  timeout=30):
         super().__init__(storage)
-        self.pool = Pool(storage.new_instance, connections, timeout)
+        self.pool = Pool(storage.new_instance, connections)
+        self.watchdog = Watchdog(timeout)
         self.poll_interval = poll_interval
         self._ahead = Prefetched(PREFETCH_BYTES)
         self._connected = True
@@ -240,32 +433,32 @@ class MVCCDatabase(Database):
             r = self._ahead.take(oid, before)
             if r is not None:
                 return r
-        with self.pool.instance() as inst:
+        with self._instance('load') as inst:
             if fresh:
-                self._noting(inst.poll)
+                inst.poll()
             inst.at_least(u64(before) - 1)
-            return self._noting(inst.storage.loadBefore, oid, before)
+            return inst.storage.loadBefore(oid, before)
 
     def last_tid(self):
-        with self.pool.instance() as inst:
-            self._noting(inst.poll)
+        with self._instance('last transaction') as inst:
+            inst.poll()
             return inst.tid
 
     def changed_oids(self, a, b, upto):
         """One query for all of (a, b]: the oids of their records."""
-        with self.pool.instance() as inst:
+        with self._instance('changed objects') as inst:
             inst.at_least(b)
             cursor = inst.storage._load_connection.cursor
-            self._noting(cursor.execute, _CHANGED_OIDS, (a, b))
+            cursor.execute(_CHANGED_OIDS, (a, b))
             return {zoid for zoid, in cursor.fetchall()}
 
     def prefetch(self, oids, at):
         """Fetch the records of `oids` as of `at` in one query; load() takes
         them. A record missing then is left to load(), which says so."""
-        with self.pool.instance() as inst:
+        with self._instance('prefetch') as inst:
             inst.at_least(at)
             cursor = inst.storage._load_connection.cursor
-            self._noting(cursor.execute, _RECORDS_AS_OF, (list(oids), at))
+            cursor.execute(_RECORDS_AS_OF, (list(oids), at))
             rows = cursor.fetchall()
         before = p64(at + 1)
         for zoid, tid, state, end in rows:
@@ -273,16 +466,34 @@ class MVCCDatabase(Database):
                 self._ahead.put(p64(zoid), before,
                                 (bytes(state), p64(tid), None if end is None else p64(end)))
 
-    def _noting(self, call, *args):
-        """call(*args), noting whether the database answered."""
+    @contextlib.contextmanager
+    def _instance(self, what):
+        """An instance of the pool for one use, waited for and used within
+        the database timeout (Watchdog); one whose connection was cut or
+        lost is closed instead of lent again. Notes whether the database
+        answered."""
+        inst, broken = None, False
         try:
-            r = call(*args)
+            with self.watchdog.watching(what) as use:
+                inst = self.pool.take(use.left())
+                self.watchdog.attach(use, inst)
+                try:
+                    yield inst
+                except BaseException as e:
+                    broken = lost(e)
+                    raise
         except Exception as e:
-            if is_disconnect(e):
+            if lost(e):
                 self._connected = False
             raise
+        finally:
+            # the use is over: use.cut says for good whether it was cut
+            if inst is not None and (broken or use.cut):
+                self.pool.forget()
+                inst.close(cut=True)
+            elif inst is not None:
+                self.pool.give_back(inst)
         self._connected = True
-        return r
 
     def connected(self):
         return self._connected
@@ -310,6 +521,8 @@ class MVCCDatabase(Database):
                 away = oids is False
                 if away:
                     resync = True
+                    inst.close(cut=True)    # it may be cut, or lead to a server that hangs
+                    inst = Instance(self.storage.new_instance())
                     self._stop.wait(min(1.0, 10 * self.poll_interval))
                     continue
                 if oids is UNCHANGED:
@@ -331,10 +544,11 @@ class MVCCDatabase(Database):
         is the one inst has (and not `always`); False when it failed (said
         once per outage: not when `quiet`)."""
         try:
-            if not always and probe() <= inst.tid:
-                oids = UNCHANGED
-            else:
-                oids = inst.poll()
+            with self.watchdog.watching('poll', probe, inst):
+                if not always and probe() <= inst.tid:
+                    oids = UNCHANGED
+                else:
+                    oids = inst.poll()
         except Exception as e:
             self._connected = False
             if not quiet:
@@ -350,5 +564,6 @@ class MVCCDatabase(Database):
         self._stop.set()
         if self._poller is not None:
             self._poller.join(timeout=10)
+        self.watchdog.stop()
         self.pool.close()
         self.storage.close()

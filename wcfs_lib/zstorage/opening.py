@@ -104,7 +104,7 @@ class HistoryFree(Exception):
 def database_of(storage, connections=None, poll_interval=None, db_timeout=30):
     """-> the Database that serves `storage`, by its kind."""
     if is_zeo(storage):
-        return ZEODatabase(storage)
+        return ZEODatabase(storage, db_timeout)
     if is_mvcc(storage):
         if getattr(storage, 'keep_history', True) is False:
             raise HistoryFree(HISTORY_FREE)

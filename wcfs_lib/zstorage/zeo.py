@@ -20,16 +20,37 @@ of serving wrong data later:
   many calls sent at once, their answers awaited together (zeo_burst.py;
   the protocol exists only while connected, so only io_call is checked
   here, and zeo_burst gives way to the iterator without it).
+- `ClientStorage._server.loop`, `_server.client.closed` and
+  `_server.client.protocol.sm_protocol.transport`: the connection, aborted
+  when the server hangs (Prober; the classes' attributes are checked).
+
+A server that hangs (stopped, or a partition) keeps its connection open,
+and ZEO waits for an answer for ever once connected (its timeout is for
+connecting). So a ping goes to the server every second or so; one left
+unanswered for the database timeout, while nothing else arrives either
+(TCP_INFO), aborts the connection: every call waiting on it fails
+(ClientDisconnected: EIO after the timeout), the database counts as
+unreachable, and ZEO connects anew, which verifies its cache: what was
+committed meanwhile comes as invalidations or a resync.
 """
 
 import collections
+import logging
+import threading
+import time
 
 import ZEO.ClientStorage
+import ZEO.asyncio.base
+import ZEO.asyncio.smp
 from ZODB.utils import p64, u64
 
 from . import zeo_burst
-from .base import Database, oids_from_iterator
+from .base import Database, oids_from_iterator, silence
 from .plain import Invalidations
+
+log = logging.getLogger('wcfs.zstorage')
+
+PING_INTERVAL = 1.0     # seconds between pings, at most (a third of the timeout, if less)
 
 
 class MissingPrivate(Exception):
@@ -39,13 +60,18 @@ class MissingPrivate(Exception):
 def _privates(storage):
     """-> (call, prefetch, client) of `storage`; MissingPrivate naming the
     first that is gone."""
-    for path in ('_call', '_server.prefetch', '_server.client.info', '_server.io_call'):
+    for path in ('_call', '_server.prefetch', '_server.client.info', '_server.io_call',
+                 '_server.loop'):
         obj = storage
         for name in path.split('.'):
             obj = getattr(obj, name, None)
         if obj is None:
             raise MissingPrivate('ZEO %s: ClientStorage.%s is gone; wcfs needs it (see '
                                  'wcfs_lib/zstorage/zeo.py)' % (_version(), path))
+    if not hasattr(ZEO.asyncio.base.ZEOBaseProtocol, 'sm_protocol') or \
+            not hasattr(ZEO.asyncio.smp.SizedMessageProtocol, 'transport'):
+        raise MissingPrivate('ZEO %s: a protocol\'s sm_protocol.transport is gone; wcfs needs '
+                             'it (see wcfs_lib/zstorage/zeo.py)' % _version())
     return storage._call, storage._server.prefetch, storage._server.client
 
 
@@ -58,10 +84,12 @@ def _version():
 
 
 class ZEODatabase(Database):
-    def __init__(self, storage):
+    def __init__(self, storage, timeout=30):
         super().__init__(storage)
         self._call, self._prefetch, self._client = _privates(storage)
         self._prefetching = collections.deque(maxlen=64)   # prefetches kept alive
+        self._timeout = timeout
+        self._prober = None
 
     def load(self, oid, before, fresh, cache):
         if fresh or not cache:
@@ -84,6 +112,7 @@ class ZEODatabase(Database):
             on_pack()
 
         self._client.info = on_info
+        self._prober = Prober(self.storage, self._call, self._client, self._timeout)
 
     def changed_oids(self, a, b, upto):
         """ZEO keeps the oids of its last transactions (invalidation-queue-size,
@@ -109,7 +138,82 @@ class ZEODatabase(Database):
         self._prefetching.append(future)
 
     def connected(self):
-        return self.storage.is_connected()
+        return self.storage.is_connected() and not (self._prober and self._prober.hung())
+
+    def close(self):
+        if self._prober is not None:
+            self._prober.stop()
+        self.storage.close()
+
+
+class Prober:
+    """Pings the server; aborts the connection when a ping stays unanswered
+    for `timeout` seconds (see the module doc)."""
+
+    def __init__(self, storage, call, client, timeout):
+        self._storage = storage
+        self._call = call
+        self._client = client
+        self._loop = storage._server.loop
+        self._timeout = timeout
+        self._interval = min(PING_INTERVAL, timeout / 3)
+        self._stop = threading.Event()
+        self._hung = None   # the protocol (connection) aborted last
+        self._thread = threading.Thread(target=self._run, name='zeo-prober', daemon=True)
+        self._thread.start()
+
+    def hung(self):
+        """Is the connection one that hangs, not aborted yet?"""
+        return self._hung is not None and self._client.protocol is self._hung
+
+    def stop(self):
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def _run(self):
+        ping = None         # (future, sent at, the protocol it went on)
+        while not self._stop.wait(self._interval) and not self._client.closed:
+            if ping is not None:
+                future, sent, protocol = ping
+                if not future.done():
+                    if time.monotonic() - sent >= self._timeout and not self._hears(protocol):
+                        future.add_done_callback(_retrieve)     # ClientDisconnected, later
+                        self._cut(protocol)
+                        ping = None
+                    continue
+                future.exception()      # a disconnect: ZEO connects anew by itself
+            protocol = self._client.protocol
+            if protocol is None or not self._storage.is_connected():
+                ping = None         # connecting or verifying: ZEO's own timeout applies
+                continue
+            try:
+                ping = (self._call('ping', wait=False), time.monotonic(), protocol)
+            except Exception:       # disconnected meanwhile, or closed
+                ping = None
+
+    def _hears(self, protocol):
+        """Did the connection receive data within the timeout? A ping waits
+        behind a long answer that is arriving (a big record, a slow link)."""
+        transport = getattr(protocol.sm_protocol, 'transport', None)
+        sock = transport and transport.get_extra_info('socket')
+        quiet = None if sock is None else silence(sock)
+        return quiet is not None and quiet < self._timeout
+
+    def _cut(self, protocol):
+        self._hung = protocol
+        log.warning('database: no answer to a ping within %g s: aborting the connection',
+                    self._timeout)
+
+        def abort():
+            # only the connection that hangs: ZEO may have made another
+            if self._client.protocol is protocol and protocol.sm_protocol is not None:
+                protocol.sm_protocol.transport.abort()
+
+        self._loop.call_soon_threadsafe(abort)
+
+
+def _retrieve(future):
+    future.exception()
 
 
 def is_zeo(storage):
