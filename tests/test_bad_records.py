@@ -2,16 +2,19 @@
 
 A database writer may store any bytes as any object. Every record has a
 largest size for its kind (a BTree node, the ZBigFile object, a block's
-record: man wcfs(8), "Limits"), checked on its length before a byte of it is
-decoded; the scan before the unpickler is one bounded pass (MAX_OPS opcodes,
-memo indices below MAX_OPS), never a slow walk of a huge record; large records
-that need the unpickler decode one at a time.
+record: man wcfs(8), "Database records"), checked on its length before a
+byte of it is decoded, and on PostgreSQL, where no cache holds the record,
+before it is even sent; the scan before the unpickler is one bounded pass
+(MAX_OPS opcodes, memo indices below MAX_OPS), never a slow walk of a huge
+record; large records that need the unpickler decode one at a time. wcfs's
+ZEO client receives a big record in one join (ZEO's own receive is
+quadratic in the message's size).
 
-First without a mount (zformat alone), then through a real mount on both
-databases: a 32 MiB record of NONE opcodes without STOP as one file's blktab
-breaks that file (EIO, refused by its size, logged once) and another file
-follows the next commit; a block record whose memo index is just under its
-length is refused.
+First without a mount (zformat, the ZEO receive, a bounded load), then
+through a real mount on both databases: a 32 MiB record of NONE opcodes
+without STOP as one file's blktab breaks that file (EIO, refused by its
+size, logged once) and another file follows the next commit; a block record
+whose memo index is just under its length is refused.
 """
 
 import errno
@@ -32,7 +35,7 @@ from ZODB.utils import p64, u64
 from test_protocol import BS, randbytes, serve  # noqa: F401  (serve: a fixture)
 from wcfs_lib import zformat, zstorage
 from wcfs_lib.zstorage import zeo_receive
-from zhelp import MiB, raw_store, read_bytes, wait_head
+from zhelp import MiB, Writer, raw_store, read_bytes, wait_head
 
 AT = 0x0285cbac258bf266         # the one revision of the records of the unit tests
 Z = 'wendelin.bigfile.file_zodb.'
@@ -239,6 +242,27 @@ def test_zeo_receive_stops_at_close():
     p.connection_made(Transport())
     p.data_received(b''.join(struct.pack('>I', 3) + m for m in (b'one', b'two')))
     assert got == [b'one']
+
+
+# ---- a record over its bound, not even sent where the database can tell ----
+
+def test_bounded_load_is_refused_before_the_record_is_sent_on_postgres(database):
+    w = Writer(database.db())
+    f, _oid, tid = w.new_file(BS, {0: b'x' * 1000})
+    zblk = u64(f.blktab[0]._p_oid)
+    opened = zstorage.open_database(database.zurl, 10)
+    try:
+        records = zstorage.Records(opened)
+        data = records.record(zblk, tid, cache=False)[0]
+        assert records.record(zblk, tid, cache=False, max_size=len(data))[0] == data
+        if database.zurl.startswith('postgres://'):
+            with pytest.raises(zstorage.RecordTooLarge) as e:
+                records.record(zblk, tid, cache=False, max_size=len(data) - 1)
+            assert e.value.size == len(data)
+        else:       # ZEO cannot tell a size before it sends the record
+            assert records.record(zblk, tid, cache=False, max_size=len(data) - 1)[0] == data
+    finally:
+        opened.close()
 
 
 # ==== through a real mount ====

@@ -17,13 +17,15 @@ BTree nodes are decoded once per (oid, serial) and kept in a bounded cache:
 they make up the block index and are small. Block data is decoded and handed
 back; keeping it is the caller's business (the kernel's page cache).
 
-A record arrives whole from the database, and may hold anything a writer
-put there. Its length is checked against the largest record of its kind
-(MAX_NODE_RECORD, MAX_ZBIGFILE_RECORD, max_block_record) before a byte of
-it is decoded; its pickles are then scanned in one pass of at most MAX_OPS
-opcodes, which bounds what the unpickler may add to it (an object an
-opcode, a memo of at most MAX_OPS entries); larger records that need the
-unpickler decode one at a time (man wcfs(8), "Limits").
+A record may hold anything a writer put there. Its length is checked
+against the largest record of its kind (MAX_NODE_RECORD, MAX_ZBIGFILE_RECORD,
+max_block_record) before a byte of it is decoded, and where no cache holds
+it (a block's, a node a transaction just wrote) and the database can tell
+its size first (RelStorage), before it is even sent. Its pickles are then
+scanned in one pass of at most MAX_OPS opcodes, which bounds what the
+unpickler may add to it (an object an opcode, a memo of at most MAX_OPS
+entries); larger records that need the unpickler decode one at a time (man
+wcfs(8), "Database records").
 """
 
 import bisect
@@ -42,6 +44,7 @@ import zodbpickle.pickle
 from ZODB.utils import u64
 
 from .blockdata import HOLE, BlockData
+from .zstorage import RecordTooLarge
 
 ZMODULE = 'wendelin.bigfile.file_zodb'
 ZBIGFILE = ZMODULE + '.ZBigFile'
@@ -75,8 +78,12 @@ def max_block_record(blksize):
 def check_size(oid, at, data, limit, what):
     """FormatError if the record `data` is longer than `limit`."""
     if len(data) > limit:
-        raise FormatError(oid, at, 'record of %d bytes refused: %s takes at most %d'
-                          % (len(data), what, limit))
+        raise _too_large(oid, at, len(data), limit, what)
+
+
+def _too_large(oid, at, size, limit, what):
+    return FormatError(oid, at, 'record of %d bytes refused: %s takes at most %d'
+                       % (size, what, limit))
 
 
 class FormatError(Exception):
@@ -226,8 +233,9 @@ def _scan(data):
     """Walk the opcodes of both pickles of the record by table, in one pass,
     before the unpickler runs them. ValueError for a record that does not end
     within MAX_OPS opcodes (each makes at most an object: a byte of `]` is a
-    list of 72 bytes), that names a memo index of MAX_OPS or more (the C unpickler
-    sizes its memo by the largest index: 14 bytes would take gigabytes), or
+    list of 72 bytes), that names a memo index of MAX_OPS or more (the C
+    unpickler sizes its memo by the largest index: 14 bytes would take
+    gigabytes), or
     that the walk cannot follow (the unpickler would refuse it too).
     -> where the state pickle starts."""
     n = len(data)
@@ -492,17 +500,25 @@ class ZLoader:
 
     # records
 
-    def record(self, oid, at, fresh=False, cache=True):
-        """-> (data, serial) of `oid` as of `at`; ObjectMissing if it has none."""
-        data, serial, _end = self.record_span(oid, at, fresh, cache)
+    def record(self, oid, at, fresh=False, cache=True, bound=None):
+        """-> (data, serial) of `oid` as of `at`; ObjectMissing if it has none.
+        bound: (the largest size, what the record is) of a record no cache
+        holds: a longer one is refused, and where the database can tell its
+        size first, not even loaded."""
+        data, serial, _end = self.record_span(oid, at, fresh, cache, bound)
         return data, serial
 
-    def record_span(self, oid, at, fresh=False, cache=True):
+    def record_span(self, oid, at, fresh=False, cache=True, bound=None):
         """-> (data, serial, end): the record of `oid` as of `at`, valid for
         every revision in [serial, end) (end None: up to now)."""
-        r = self.records.record(oid, at, fresh, cache)
+        try:
+            r = self.records.record(oid, at, fresh, cache, None if bound is None else bound[0])
+        except RecordTooLarge as e:
+            raise _too_large(oid, at, e.size, *bound) from None
         if r is None:
             raise ObjectMissing(oid, at)
+        if bound is not None:
+            check_size(oid, at, r[0], *bound)
         return r
 
     def prefetch(self, oids, at):
@@ -533,16 +549,19 @@ class ZLoader:
 
     # BTrees
 
-    def node(self, oid, at, kinds=LOBTREE):
-        """-> (Bucket or Tree, serial) of a BTree node as of `at`."""
-        data, serial = self.record(oid, at)
+    def node(self, oid, at, kinds=LOBTREE, uncached=False):
+        """-> (Bucket or Tree, serial) of a BTree node as of `at`. uncached:
+        no cache is likely to hold it (a transaction just wrote it, or it
+        was just prefetched): asked for bounded by a node's size."""
+        bound = (MAX_NODE_RECORD, 'a BTree node')
+        data, serial = self.record(oid, at, bound=bound if uncached else None)
         key = (oid, serial)
         with self._nodes_lock:
             node = self._nodes.get(key)
             if node is not None:
                 self._nodes.move_to_end(key)
                 return node, serial
-        check_size(oid, at, data, MAX_NODE_RECORD, 'a BTree node')
+        check_size(oid, at, data, *bound)
         try:
             node = parse_node(*decode_record(data), kinds)
         except Exception as e:
@@ -624,8 +643,8 @@ class ZLoader:
         # (BlockCache) and the kernel; storing 2 MiB records in ZEO's cache
         # costs a file write each (about 15% of wcfs's CPU in a cold read)
         # and pushes out the BTree nodes that every block lookup needs.
-        data, _serial = self.record(oid, at, cache=False)
-        check_size(oid, at, data, max_block_record(blksize), 'a block of blksize %d' % blksize)
+        bound = (max_block_record(blksize), 'a block of blksize %d' % blksize)
+        data, _serial = self.record(oid, at, cache=False, bound=bound)
         try:
             return decode_data_record(data, self._large_decode_lock)
         except Exception as e:
