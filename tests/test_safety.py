@@ -26,14 +26,13 @@ import textwrap
 import threading
 
 import pytest
-from ZODB.Connection import TransactionMetaData
-from ZODB.utils import p64, u64
+from ZODB.utils import u64
 
 from chanhelp import Client
 from conftest import wait_for
 from test_protocol import BS, randbytes, serve, vmrss  # noqa: F401  (serve: a fixture)
 from wcfs_lib import zwriter
-from zhelp import KiB, MiB, head_at, process_state, read_bytes, stat_int, wait_head
+from zhelp import KiB, MiB, head_at, process_state, raw_store, read_bytes, stat_int, wait_head
 
 ZMODULE = b'wendelin.bigfile.file_zodb'
 
@@ -198,18 +197,6 @@ def test_one_write_of_many_wants_asks_the_database_a_bounded_number_of_times(ser
 
 
 # ---- H: one bad record, one broken file ----
-
-def raw_store(storage, records):
-    """Commit raw records {oid: data} in one transaction; -> its tid."""
-    t = TransactionMetaData()
-    storage.tpc_begin(t)
-    for oid, data in records.items():
-        serial = storage.loadBefore(p64(oid), p64(u64(storage.lastTransaction()) + 1))[1]
-        storage.store(p64(oid), serial, data, '', t)
-    storage.tpc_vote(t)
-    storage.tpc_finish(t)
-    return u64(storage.lastTransaction())
-
 
 def nested_bucket_tree(depth):
     """A LOBTree record with one inline bucket {0: a list nested `depth` deep}."""

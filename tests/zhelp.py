@@ -19,6 +19,7 @@ import textwrap
 import time
 
 import transaction
+from ZODB.Connection import TransactionMetaData
 from ZODB.TimeStamp import TimeStamp
 from ZODB.utils import p64, u64
 
@@ -63,6 +64,18 @@ class Writer:
         """Commit a transaction that changes no ZBigFile; -> its tid."""
         self.root['counter'] = self.root.get('counter', 0) + 1
         return self.commit()
+
+
+def raw_store(storage, records):
+    """Commit raw records {oid: data} in one transaction; -> its tid."""
+    t = TransactionMetaData()
+    storage.tpc_begin(t)
+    for oid, data in records.items():
+        serial = storage.loadBefore(p64(oid), p64(u64(storage.lastTransaction()) + 1))[1]
+        storage.store(p64(oid), serial, data, '', t)
+    storage.tpc_vote(t)
+    storage.tpc_finish(t)
+    return u64(storage.lastTransaction())
 
 
 def tid_time(tid):

@@ -85,7 +85,7 @@ def compare_revisions(loader, oid, a, b):
     changed = set()
     for blk in map_a.keys() | map_b.keys():
         za, zb = map_a.get(blk), map_b.get(blk)
-        if za != zb or (za is not None and _touched(loader, za, a, b)):
+        if za != zb or (za is not None and _touched(loader, za, a, b, hb.blksize)):
             changed.add(blk)
     return merge_ranges(blocks_to_ranges(changed, hb.blksize) + resized_range(size_a, size_b))
 
@@ -94,13 +94,13 @@ def _mapping(loader, head):
     return dict(loader.walk(head.blktab, head.at))
 
 
-def _touched(loader, zblk, a, b):
+def _touched(loader, zblk, a, b, blksize):
     """Did a transaction in (a, b] modify the ZBlk `zblk` or its chunks?
 
     An object was modified in (a, b] exactly when its record as of b was
     written after a: one load per object, as of b only.
     """
-    klass, state, serial = loader.decode(zblk, b)
+    klass, state, serial = loader.decode(zblk, b, blksize=blksize)
     if serial > a:
         return True
     if klass != zformat.ZBLK1 or not isinstance(state, zformat.Ref):

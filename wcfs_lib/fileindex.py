@@ -113,7 +113,7 @@ class FileIndex:
                     self.loader.prefetch(level[i:i + PREFETCH], at)
                 if oid in nodes:
                     raise zformat.FormatError(oid, at, 'BTree node reached twice')
-                node, _ = self.loader.node(oid, at)
+                node, _ = self.loader.node(oid, at, uncached=True)
                 nodes[oid] = node
                 if isinstance(node, zformat.Tree):
                     below.extend(node.children)
@@ -191,7 +191,7 @@ class FileIndex:
                 raise zformat.FormatError(oid, tid, 'BTree node reached twice')
             node = old_nodes.get(oid) if oid not in changed else None
             if node is None:
-                node, _ = self.loader.node(oid, tid)
+                node, _ = self.loader.node(oid, tid, uncached=True)
             nodes[oid] = node
             if isinstance(node, zformat.Tree):
                 stack.extend((child, depth + 1) for child in node.children)

@@ -32,6 +32,7 @@ take only those below it in this list ("A > B": take A before B):
     Prefetcher._lock          the prefetch threads started (taken alone)
     ObjectRevisions.lock      verdicts on a ZBigFile object's revisions
     ZLoader._nodes_lock       decoded BTree nodes
+    ZLoader._large_decode_lock  the one record over 1 MiB being unpickled (taken alone)
     Quota._lock               slots of channels / @<tid>/ directories per uid
     Stats._lock               counters
     Records._requests_lock    the count of database requests (taken alone)

@@ -16,11 +16,22 @@ Contract (see shared/ZBIGFILE.md for the format itself):
 BTree nodes are decoded once per (oid, serial) and kept in a bounded cache:
 they make up the block index and are small. Block data is decoded and handed
 back; keeping it is the caller's business (the kernel's page cache).
+
+A record may hold anything a writer put there. Its length is checked
+against the largest record of its kind (MAX_NODE_RECORD, MAX_ZBIGFILE_RECORD,
+max_block_record) before a byte of it is decoded, and where no cache holds
+it (a block's, a node a transaction just wrote) and the database can tell
+its size first (RelStorage), before it is even sent. Its pickles are then
+scanned in one pass of at most MAX_OPS opcodes, which bounds what the
+unpickler may add to it (an object an opcode, a memo of at most MAX_OPS
+entries); larger records that need the unpickler decode one at a time (man
+wcfs(8), "Database records").
 """
 
 import bisect
 import codecs
 import collections
+import contextlib
 import io
 import pickletools
 import re
@@ -33,6 +44,7 @@ import zodbpickle.pickle
 from ZODB.utils import u64
 
 from .blockdata import HOLE, BlockData
+from .zstorage import RecordTooLarge
 
 ZMODULE = 'wendelin.bigfile.file_zodb'
 ZBIGFILE = ZMODULE + '.ZBigFile'
@@ -44,6 +56,34 @@ IOBTREE = ('BTrees.IOBTree.IOBTree', 'BTrees.IOBTree.IOBucket')
 PAGE_SIZE = 4096
 MAX_BLKSIZE = 64 << 20      # ZBIGFILE.md: a block is decoded whole in memory
 MAX_FILE_SIZE = 1 << 63     # st_size is a signed 64-bit integer
+
+# The largest record of each kind. BTrees' LOBTree and IOBTree hold at most
+# 60 entries a bucket and 500 children a tree node: under 20 KiB pickled.
+MAX_NODE_RECORD = 1 << 20       # a node of blktab or of a ZBlk1's chunk tree
+MAX_ZBIGFILE_RECORD = 64 << 10  # the ZBigFile object, (blksize, blktab): some 100 bytes
+RECORD_SLACK = 64 << 10         # what a block's record holds besides its data
+# Opcodes a record may run, and the bound of its memo indices: the largest
+# node BTrees write runs a few thousand; each opcode makes at most one object.
+MAX_OPS = 1 << 16
+LARGE_RECORD = 1 << 20          # larger records that need the unpickler: one at a time
+
+
+def max_block_record(blksize):
+    """The largest record of a ZBlk0, ZBlk1 or ZData of a file of `blksize`:
+    its data pickled as bytes, or as latin-1 text (Python 3's protocol 2),
+    which takes up to two bytes a byte."""
+    return 2 * blksize + RECORD_SLACK
+
+
+def check_size(oid, at, data, limit, what):
+    """FormatError if the record `data` is longer than `limit`."""
+    if len(data) > limit:
+        raise _too_large(oid, at, len(data), limit, what)
+
+
+def _too_large(oid, at, size, limit, what):
+    return FormatError(oid, at, 'record of %d bytes refused: %s takes at most %d'
+                       % (size, what, limit))
 
 
 class FormatError(Exception):
@@ -176,15 +216,12 @@ _STOP = ord('.')
 _U64 = struct.Struct('>Q').unpack
 
 
-class _MemoTooBig(ValueError):
-    pass
-
-
 # A run of BTree entries as ZODB pickles them: a key (BININT1, BININT2,
 # BININT or LONG1), then a persistent reference to the value (SHORT_BINBYTES
 # oid, its class by BINGET or GLOBAL, TUPLE2, BINPERSID) with BINPUTs between.
-# Its memo indices are one byte: harmless whatever the record's length. One
-# C-level match skips a bucket's entries, which are most of a big file's index.
+# Its memo indices are one byte: harmless. One C-level match skips a bucket's
+# entries, which are most of a big file's index; an entry takes at least 20
+# bytes for its 7 opcodes, so half its bytes count for more than its opcodes.
 _BTREE_ENTRIES = re.compile(
     rb'(?:(?:K.|M..|J....|\x8a(?:\x01.|\x02..|\x03...|\x04....|\x05.{5}|\x06.{6}|'
     rb'\x07.{7}|\x08.{8}))'
@@ -192,36 +229,33 @@ _BTREE_ENTRIES = re.compile(
 _KEY_OPS = frozenset(b'KMJ\x8a')
 
 
-def _check_memo(data):
-    """Refuse memo indices past the record's length: the C unpickler sizes its
-    memo by the largest index, so 14 hostile bytes could take gigabytes.
-
-    A walk over the opcodes of both pickles of the record by table (the hot
-    path of loading a big file's index); what it cannot follow is judged
-    by pickletools. -> where the state pickle starts, None when the walk
-    could not tell."""
-    try:
-        return _scan_memo(data)
-    except _MemoTooBig:
-        raise
-    except (KeyError, IndexError, struct.error, ValueError):
-        _check_memo_slowly(data)
-        return None
-
-
-def _scan_memo(data):
+def _scan(data):
+    """Walk the opcodes of both pickles of the record by table, in one pass,
+    before the unpickler runs them. ValueError for a record that does not end
+    within MAX_OPS opcodes (each makes at most an object: a byte of `]` is a
+    list of 72 bytes), that names a memo index of MAX_OPS or more (the C
+    unpickler sizes its memo by the largest index: 14 bytes would take
+    gigabytes), or
+    that the walk cannot follow (the unpickler would refuse it too).
+    -> where the state pickle starts."""
     n = len(data)
     plain, other = _PLAIN_OPS, _OTHER_OPS
-    i = 0
-    first_end = None
     entries, keys = _BTREE_ENTRIES.match, _KEY_OPS
+    i = ops = 0
+    first_end = None
     while True:
+        if ops >= MAX_OPS:
+            raise ValueError('pickle runs over %d opcodes' % MAX_OPS)
+        if i >= n:
+            raise ValueError('pickle ends at byte %d before its STOP' % n)
         op = data[i]
         if op in keys:
             m = entries(data, i)
             if m is not None:
+                ops += (m.end() - i) >> 1
                 i = m.end()
                 continue
+        ops += 1
         i += 1
         skip = plain.get(op)
         if skip is not None:
@@ -231,42 +265,52 @@ def _scan_memo(data):
                     break
                 first_end = i
             continue
-        kind, how = other[op]
+        kind, how = other.get(op, (None, None))
         if kind == 'sized':
+            if i + how.size > n:
+                raise ValueError('pickle ends at byte %d inside an opcode' % n)
             size = how.unpack_from(data, i)[0]
             if size < 0:
-                raise ValueError('negative size')
+                raise ValueError('negative size at byte %d' % i)
             i += how.size + size
         elif kind == 'memo':
-            if int.from_bytes(data[i:i + how], 'little') > n:
-                raise _MemoTooBig('pickle memo index past a record of %d bytes' % n)
+            _check_memo_index(int.from_bytes(data[i:i + how], 'little'))
             i += how
-        else:
+        elif kind is not None:
             start = i
             for _ in range(how):
-                i = data.index(b'\n', i) + 1
-            if kind == 'memo lines' and int(data[start:i - 1]) > n:
-                raise _MemoTooBig('pickle memo index past a record of %d bytes' % n)
+                i = data.find(b'\n', i) + 1
+                if i == 0:
+                    raise ValueError('pickle ends at byte %d inside a line' % n)
+            if kind == 'memo lines':
+                _check_memo_index(int(data[start:i - 1]))
+        else:
+            raise ValueError('unknown opcode 0x%02x at byte %d' % (op, i - 1))
     if i > n:
-        raise ValueError('truncated')
+        raise ValueError('pickle ends at byte %d inside an opcode' % n)
     return first_end
 
 
-def _check_memo_slowly(data):
-    f = io.BytesIO(data)
-    for _pickle in ('class', 'state'):
-        for op, arg, _ in pickletools.genops(f):
-            if op.name in _MEMO_OPS and isinstance(arg, int) and arg > len(data):
-                raise ValueError('pickle memo index %d in a record of %d bytes'
-                                 % (arg, len(data)))
+def _check_memo_index(index):
+    if index >= MAX_OPS:
+        raise ValueError('pickle memo index %d, over %d' % (index, MAX_OPS - 1))
 
 
-def decode_record(data):
-    """-> (class name, state) of a raw ZODB record."""
-    _check_memo(data)
-    unpickler = _unpickler(data)
-    meta = unpickler.load()
-    state = unpickler.load()
+_NO_GATE = contextlib.nullcontext()
+
+
+def decode_record(data, gate=_NO_GATE):
+    """-> (class name, state) of a raw ZODB record; `gate` (a lock) is held
+    while the unpickler decodes a record over LARGE_RECORD."""
+    _scan(data)
+    return _decode(data, gate)
+
+
+def _decode(data, gate):
+    with gate if len(data) > LARGE_RECORD else _NO_GATE:
+        unpickler = _unpickler(data)
+        meta = unpickler.load()
+        state = unpickler.load()
     return _class_name(meta), state
 
 
@@ -278,17 +322,15 @@ def _unpickler(data):
     return unpickler
 
 
-def decode_data_record(data):
+def decode_data_record(data, gate=_NO_GATE):
     """decode_record for the record of a block or a chunk: a state that is
     one byte string comes as a BlockData over `data` itself, not as a copy
-    (the unpickler would copy every byte of a block once more)."""
-    start = _check_memo(data)
-    span = None if start is None else _bytes_state(data, start)
-    unpickler = _unpickler(data)
-    meta = unpickler.load()
+    (the unpickler would copy every byte of a block once more); only other
+    states go through `gate`."""
+    span = _bytes_state(data, _scan(data))
     if span is None:
-        return _class_name(meta), unpickler.load()
-    return _class_name(meta), BlockData(data, *span)
+        return _decode(data, gate)
+    return _class_name(_unpickler(data).load()), BlockData(data, *span)
 
 
 # the opcodes of a pickled byte string (protocol 3 bytes, Python 2 str) ->
@@ -453,31 +495,47 @@ class ZLoader:
         self._nodes = collections.OrderedDict()     # (oid, serial) -> node
         self._nodes_max = node_cache_size
         self._nodes_lock = threading.Lock()         # guards _nodes
+        # held by the one decode of a record over LARGE_RECORD through the unpickler
+        self._large_decode_lock = threading.Lock()
 
     # records
 
-    def record(self, oid, at, fresh=False, cache=True):
-        """-> (data, serial) of `oid` as of `at`; ObjectMissing if it has none."""
-        data, serial, _end = self.record_span(oid, at, fresh, cache)
+    def record(self, oid, at, fresh=False, cache=True, bound=None):
+        """-> (data, serial) of `oid` as of `at`; ObjectMissing if it has none.
+        bound: (the largest size, what the record is) of a record no cache
+        holds: a longer one is refused, and where the database can tell its
+        size first, not even loaded."""
+        data, serial, _end = self.record_span(oid, at, fresh, cache, bound)
         return data, serial
 
-    def record_span(self, oid, at, fresh=False, cache=True):
+    def record_span(self, oid, at, fresh=False, cache=True, bound=None):
         """-> (data, serial, end): the record of `oid` as of `at`, valid for
         every revision in [serial, end) (end None: up to now)."""
-        r = self.records.record(oid, at, fresh, cache)
+        try:
+            r = self.records.record(oid, at, fresh, cache, None if bound is None else bound[0])
+        except RecordTooLarge as e:
+            raise _too_large(oid, at, e.size, *bound) from None
         if r is None:
             raise ObjectMissing(oid, at)
+        if bound is not None:
+            check_size(oid, at, r[0], *bound)
         return r
 
     def prefetch(self, oids, at):
         """Ask for the records of `oids` as of `at` at once, if the storage can."""
         self.records.prefetch(oids, at)
 
-    def decode(self, oid, at, fresh=False):
-        """-> (class name, state, serial) of `oid` as of `at`."""
+    def decode(self, oid, at, fresh=False, blksize=None):
+        """-> (class name, state, serial) of `oid` as of `at`; with `blksize`,
+        the record may be as large as a block's of that blksize, else as a
+        BTree node's."""
         data, serial = self.record(oid, at, fresh)
+        if blksize is None:
+            check_size(oid, at, data, MAX_NODE_RECORD, 'an object that is not a block')
+        else:
+            check_size(oid, at, data, max_block_record(blksize), 'a block of blksize %d' % blksize)
         try:
-            klass, state = decode_record(data)
+            klass, state = decode_record(data, self._large_decode_lock)
         except Exception as e:
             raise FormatError(oid, at, 'undecodable record: %s' % e) from None
         return klass, state, serial
@@ -491,15 +549,19 @@ class ZLoader:
 
     # BTrees
 
-    def node(self, oid, at, kinds=LOBTREE):
-        """-> (Bucket or Tree, serial) of a BTree node as of `at`."""
-        data, serial = self.record(oid, at)
+    def node(self, oid, at, kinds=LOBTREE, uncached=False):
+        """-> (Bucket or Tree, serial) of a BTree node as of `at`. uncached:
+        no cache is likely to hold it (a transaction just wrote it, or it
+        was just prefetched): asked for bounded by a node's size."""
+        bound = (MAX_NODE_RECORD, 'a BTree node')
+        data, serial = self.record(oid, at, bound=bound if uncached else None)
         key = (oid, serial)
         with self._nodes_lock:
             node = self._nodes.get(key)
             if node is not None:
                 self._nodes.move_to_end(key)
                 return node, serial
+        check_size(oid, at, data, *bound)
         try:
             node = parse_node(*decode_record(data), kinds)
         except Exception as e:
@@ -562,7 +624,7 @@ class ZLoader:
 
     def load_block_data(self, zblk, at, blksize):
         """-> (BlockData of at most blksize bytes, oids the block is made of)."""
-        klass, state = self._decode_data(zblk, at)
+        klass, state = self._decode_data(zblk, at, blksize)
         if klass in ZBLK0:
             data = _as_data(state, zblk, at)
             if len(data) > blksize:
@@ -575,15 +637,16 @@ class ZLoader:
             return self._load_zblk1(zblk, state.oid, at, blksize)
         raise FormatError(zblk, at, 'block object is a %s, not a ZBlk0 or ZBlk1' % klass)
 
-    def _decode_data(self, oid, at):
+    def _decode_data(self, oid, at, blksize):
         # Straight from the server, not through its client cache (ZEO): a
         # block's record is decoded once per revision and kept by wcfs
         # (BlockCache) and the kernel; storing 2 MiB records in ZEO's cache
         # costs a file write each (about 15% of wcfs's CPU in a cold read)
         # and pushes out the BTree nodes that every block lookup needs.
-        data, _serial = self.record(oid, at, cache=False)
+        bound = (max_block_record(blksize), 'a block of blksize %d' % blksize)
+        data, _serial = self.record(oid, at, cache=False, bound=bound)
         try:
-            return decode_data_record(data)
+            return decode_data_record(data, self._large_decode_lock)
         except Exception as e:
             raise FormatError(oid, at, 'undecodable record: %s' % e) from None
 
@@ -593,7 +656,7 @@ class ZLoader:
         end = 0
         for off, zdata in self.walk(chunktab, at, IOBTREE, visit=lambda oid, _: oids.append(oid)):
             oids.append(zdata)
-            klass, state = self._decode_data(zdata, at)
+            klass, state = self._decode_data(zdata, at, blksize)
             if klass != ZDATA:
                 raise FormatError(zdata, at, 'chunk object is a %s, not ZData' % klass)
             chunk = _as_data(state, zdata, at)
@@ -615,6 +678,7 @@ class ZLoader:
 def zbigfile_of(oid, at, data, serial):
     """The ZBigFileHead of the record `data` of `oid` as of `at`; NotZBigFile
     when wcfs cannot serve it (another class, bad state, blksize refused)."""
+    check_size(oid, at, data, MAX_ZBIGFILE_RECORD, 'a ZBigFile')
     try:
         klass, state = decode_record(data)
     except Exception as e:

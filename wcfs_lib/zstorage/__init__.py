@@ -27,11 +27,12 @@ import time
 from ZODB.POSException import POSKeyError
 from ZODB.utils import p64, u64
 
-from .base import Database, DatabaseUnavailable, is_disconnect, oneline
+from .base import Database, DatabaseUnavailable, RecordTooLarge, is_disconnect, oneline
 from .opening import OpenError, UsageError, database_of, masked, open_database, resolve
 
-__all__ = ['Database', 'DatabaseUnavailable', 'OpenError', 'Records', 'RETRY_PAUSE',
-           'UsageError', 'database_of', 'is_disconnect', 'masked', 'open_database', 'resolve']
+__all__ = ['Database', 'DatabaseUnavailable', 'OpenError', 'Records', 'RecordTooLarge',
+           'RETRY_PAUSE', 'UsageError', 'database_of', 'is_disconnect', 'masked',
+           'open_database', 'resolve']
 
 RETRY_PAUSE = 0.5   # seconds between tries of work that waits for the database
 
@@ -55,14 +56,16 @@ class Records:
         with self._requests_lock:
             self.requests += 1
 
-    def record(self, oid, at, fresh=False, cache=True):
+    def record(self, oid, at, fresh=False, cache=True, max_size=None):
         """-> (data, serial, end) of `oid` as of `at`; None when the object
         does not exist then (or was packed away). `end` is the tid of the
         next revision of the object, or None.
 
         fresh: ask the server, not a client cache (which does not learn of
         packs). cache=False: a record read once (a block's data), which
-        a client cache had better not keep.
+        a client cache had better not keep. max_size: the record is in no
+        cache (a block's, or one a transaction just wrote); where the
+        database can tell its size first, RecordTooLarge for one longer.
         """
         if self._unreachable and not self.connected():
             raise DatabaseUnavailable('oid %016x @%016x: database unreachable' % (oid, at))
@@ -70,7 +73,10 @@ class Records:
         while True:
             self._asked()
             try:
-                r = self.database.load(p64(oid), p64(at + 1), fresh, cache)
+                if max_size is None:
+                    r = self.database.load(p64(oid), p64(at + 1), fresh, cache)
+                else:
+                    r = self.database.load_bounded(p64(oid), p64(at + 1), cache, max_size)
                 break
             except POSKeyError:
                 r = None

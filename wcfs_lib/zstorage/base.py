@@ -12,6 +12,14 @@ class DatabaseUnavailable(Exception):
     """The database did not answer within the database timeout."""
 
 
+class RecordTooLarge(Exception):
+    """A record longer than the bound it was asked for with: not loaded."""
+
+    def __init__(self, size):
+        super().__init__('record of %d bytes' % size)
+        self.size = size
+
+
 def is_disconnect(exc):
     """Does `exc` mean the database is away for now (not that the request is bad)?"""
     cls = type(exc)
@@ -53,6 +61,13 @@ class Database:
         the server has it now, whatever a cache says; cache=False: not kept
         in a client cache. Raises POSKeyError, or a disconnect (is_disconnect)."""
         raise NotImplementedError
+
+    def load_bounded(self, oid, before, cache, max_size):
+        """load() of a record that no cache holds (a block's, or one a
+        transaction just wrote), where the database can tell its size
+        before it sends it: RecordTooLarge for one over max_size. This
+        default cannot, and loads it."""
+        return self.load(oid, before, False, cache)
 
     def last_tid(self):
         """The database's last transaction (an int), asked of the server."""

@@ -44,9 +44,10 @@ import socket
 import threading
 import time
 
+from ZODB.POSException import POSKeyError
 from ZODB.utils import p64, u64
 
-from .base import Database, is_disconnect, oneline, silence
+from .base import Database, RecordTooLarge, is_disconnect, oneline, silence
 
 log = logging.getLogger('wcfs.zstorage')
 
@@ -56,14 +57,25 @@ CONNECTIONS = 8             # instances (database connections) loads may use
 PACK_CHECK_INTERVAL = float(os.environ.get('WCFS_PACK_CHECK_INTERVAL', 60))
 
 _CHANGED_OIDS = 'SELECT DISTINCT zoid FROM object_state WHERE tid > %s AND tid <= %s'
-# the record of each oid as of a tid, and the tid of its next revision
+# the record of each oid as of a tid when it is at most %s bytes long (a
+# longer one is not read), and the tid of its next revision
 _RECORDS_AS_OF = '''
-    SELECT s.zoid, s.tid, s.state,
+    SELECT s.zoid, s.tid, CASE WHEN octet_length(s.state) <= %s THEN s.state END,
            (SELECT min(n.tid) FROM object_state n WHERE n.zoid = s.zoid AND n.tid > s.tid)
     FROM (SELECT DISTINCT ON (zoid) zoid, tid, state FROM object_state
           WHERE zoid = ANY(%s) AND tid <= %s ORDER BY zoid, tid DESC) s'''
+# the record of one oid as of a tid when it is at most %s bytes long, its
+# length (octet_length reads it from the header: a longer one is not read),
+# and the tid of its next revision
+_RECORD_AS_OF_BOUNDED = '''
+    SELECT s.tid, CASE WHEN octet_length(s.state) <= %s THEN s.state END,
+           octet_length(s.state),
+           (SELECT min(n.tid) FROM object_state n WHERE n.zoid = s.zoid AND n.tid > s.tid)
+    FROM (SELECT zoid, tid, state FROM object_state
+          WHERE zoid = %s AND tid <= %s ORDER BY tid DESC LIMIT 1) s'''
 _LAST_TID = 'SELECT tid FROM transaction ORDER BY tid DESC LIMIT 1'
 PREFETCH_BYTES = 16 << 20   # records fetched ahead and not loaded yet, at most
+PREFETCH_RECORD = 1 << 20   # longer records are left to the load (bounded) that asks
 
 
 def is_mvcc(storage):
@@ -439,6 +451,25 @@ class MVCCDatabase(Database):
             inst.at_least(u64(before) - 1)
             return inst.storage.loadBefore(oid, before)
 
+    def load_bounded(self, oid, before, cache, max_size):
+        """One query that sends the record only if it is at most max_size
+        long: RelStorage would ship a 100 MiB one in seconds."""
+        r = self._ahead.take(oid, before)
+        if r is not None:
+            return r
+        at = u64(before) - 1
+        with self._instance('load') as inst:
+            inst.at_least(at)
+            cursor = inst.storage._load_connection.cursor
+            cursor.execute(_RECORD_AS_OF_BOUNDED, (max_size, u64(oid), at))
+            rows = cursor.fetchall()
+        if not rows or rows[0][2] is None:
+            raise POSKeyError(oid)              # no record then, or the object deleted
+        tid, state, size, end = rows[0]
+        if state is None:
+            raise RecordTooLarge(size)
+        return bytes(state), p64(tid), None if end is None else p64(end)
+
     def last_tid(self):
         with self._instance('last transaction') as inst:
             inst.poll()
@@ -458,7 +489,7 @@ class MVCCDatabase(Database):
         with self._instance('prefetch') as inst:
             inst.at_least(at)
             cursor = inst.storage._load_connection.cursor
-            cursor.execute(_RECORDS_AS_OF, (list(oids), at))
+            cursor.execute(_RECORDS_AS_OF, (PREFETCH_RECORD, list(oids), at))
             rows = cursor.fetchall()
         before = p64(at + 1)
         for zoid, tid, state, end in rows:

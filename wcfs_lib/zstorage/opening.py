@@ -19,7 +19,7 @@ import time
 import zodburi
 
 from .base import is_disconnect, oneline
-from . import postgres
+from . import postgres, zeo_receive
 from .mvcc import MVCCDatabase, is_mvcc
 from .plain import PlainDatabase
 from .zeo import MissingPrivate, ZEODatabase, is_zeo
@@ -51,6 +51,10 @@ def masked(zurl):
 def open_database(zurl, db_timeout, connections=None, poll_interval=None):
     """-> the Database of `zurl`, opened read-only. OpenError when it cannot
     be opened, or cannot serve wcfs (a history-free RelStorage)."""
+    try:
+        zeo_receive.install()       # before any ZEO connection: zconfig:// may make one too
+    except MissingPrivate as e:
+        raise OpenError('%s: %s' % (masked(zurl), e)) from None
     factory = resolve(zurl, db_timeout)
     storage = _open(factory, zurl, db_timeout)
     try:

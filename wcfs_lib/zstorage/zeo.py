@@ -20,6 +20,8 @@ of serving wrong data later:
   many calls sent at once, their answers awaited together (zeo_burst.py;
   the protocol exists only while connected, so only io_call is checked
   here, and zeo_burst gives way to the iterator without it).
+- `ZEO.asyncio.base.SizedMessageProtocol`: replaced, before any connection,
+  by a receive linear in the message's size (zeo_receive.py).
 - `ClientStorage._server.loop`, `_server.client.closed` and
   `_server.client.protocol.sm_protocol.transport`: the connection, aborted
   when the server hangs (Prober; the classes' attributes are checked).
