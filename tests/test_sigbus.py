@@ -20,8 +20,9 @@ Here the window is made wide on purpose: wcfs runs under a launcher (this
 file, `launch`) that answers every getattr and lookup of a head/data a
 while after it read the head, as a descheduled worker thread does; wcfs
 itself is unchanged. Each round a stat of head/data (any user's `ls -l`)
-reads the old head just before a commit grows the file, and a reader
-process resyncs its view to the commit and reads the grown block.
+reads the old head just before a commit grows the file (or, now and then,
+shrinks it), and a reader process resyncs its view to the commit (or opens
+another view) and reads every block.
 """
 
 import os
@@ -64,14 +65,19 @@ def launch(delay, argv):
 
 
 def reader(mountpoint, oid):
-    """Hold a view; for each tid on stdin, resync to it and print the view's
-    size and the first byte of every block (each block's page is touched)."""
+    """Hold a view; for each line `resync|reopen <tid>` on stdin, resync it
+    to tid (or close it and open another), and print the view's size and the
+    first byte of every block (each block's page is touched)."""
     from wcfs_lib import client
 
     with client.connect(mountpoint) as wc:
         view = None
         for line in sys.stdin:
-            tid = int(line, 16)
+            how, tid = line.split()
+            tid = int(tid, 16)
+            if how == 'reopen' and view is not None:
+                view.close()
+                view = None
             if view is None:
                 view = wc.open(oid, at=tid)
             else:
@@ -111,15 +117,16 @@ class Reader:
         self.proc = subprocess.Popen([sys.executable, __file__, 'reader', mountpoint, hex16(oid)],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
-    def resync(self, tid):
-        """-> (size, first byte of each block) of the view resynced to tid."""
-        self.proc.stdin.write(hex16(tid) + '\n')
+    def move(self, how, tid):
+        """how: 'resync' or 'reopen' -> (size, first byte of each block) of
+        the view as of tid."""
+        self.proc.stdin.write('%s %s\n' % (how, hex16(tid)))
         self.proc.stdin.flush()
         line = self.proc.stdout.readline()
         if not line:
             rc = self.proc.wait()
-            how = 'signal %s' % signal.Signals(-rc).name if rc < 0 else 'status %d' % rc
-            raise AssertionError('the reader died (%s) resyncing to %s' % (how, hex16(tid)))
+            died = 'signal %s' % signal.Signals(-rc).name if rc < 0 else 'status %d' % rc
+            raise AssertionError('the reader died (%s) on %s %s' % (died, how, hex16(tid)))
         size, firsts = line.split()
         return int(size), bytes.fromhex(firsts)
 
@@ -153,7 +160,7 @@ def test_view_resynced_to_growth_raced_by_a_stat_gets_no_sigbus(zeo, tmp_path):
         data = os.path.join(mnt.path, 'bigfile', hex16(oid), 'head', 'data')
         reader = Reader(mnt.path, oid)
         try:
-            reader.resync(tid)
+            reader.move('reopen', tid)
             for r in range(ROUNDS):
                 nblk = f.size() // BS
                 if nblk > MAX_BLOCKS:
@@ -165,7 +172,7 @@ def test_view_resynced_to_growth_raced_by_a_stat_gets_no_sigbus(zeo, tmp_path):
                 stat.start()
                 tid = w.commit()
                 try:
-                    size, firsts = reader.resync(tid)
+                    size, firsts = reader.move('reopen' if r % 3 == 2 else 'resync', tid)
                 except AssertionError as e:
                     raise AssertionError('round %d: %s; head/data has %d bytes at %s, the '
                                          'kernel holds %d' % (r, e, f.size(), hex16(tid),
