@@ -13,8 +13,9 @@ but refuses an answer to a request sent before the last change it took
 that the kernel takes while the getattr wcfs made itself for the new size
 is in flight, makes the kernel refuse the new size: the kernel is left with
 the old one. Under heavy load (a worker thread descheduled between reading
-the head and replying, a requesting process slow to run) that happened in
-tests/test_isolation_stress.py to a reader opening a view.
+the head and replying, a requesting process slow to run) any lookup can do
+that, such as a reader's when it opens a view: the SIGBUS seen in
+tests/test_isolation_stress.py on a busy machine.
 
 Here the window is made wide on purpose: wcfs runs under a launcher (this
 file, `launch`) that answers every getattr and lookup of a head/data a
@@ -96,7 +97,11 @@ class SlowGetattrWCFS:
         os.mkdir(self.path)
         self.proc = spawn([sys.executable, __file__, 'wcfs', str(REPLY_DELAY), zurl, self.path],
                           self.logpath)
-        wait_for(self.serving, 20, 'wcfs to serve at %s' % self.path)
+        try:
+            wait_for(self.serving, 20, 'wcfs to serve at %s' % self.path)
+        except BaseException:
+            self.close()
+            raise
 
     def serving(self):
         if self.proc.poll() is not None:
