@@ -18,6 +18,20 @@ Rules (DESIGN "FUSE binding and kernel page cache control"):
   path and reason, and that notification is skipped; whoever called goes on
   with every other file (SPEC §3).
 
+The size of a file whose data changed. A page fault past the size the
+kernel holds for a file is SIGBUS, and a fault never asks wcfs for the size:
+when head/at shows a tid at which head/data grew, the kernel must hold the
+new size already, or a client mapping the grown blocks dies. The kernel takes
+the size from every answer to a lookup or getattr, but refuses an answer to
+a request sent before the last answer it took (its attr_version; a
+notification counts too). So the lookup that finds the nodeid to notify may
+be refused: an answer made from the old head (a getattr handled just before
+the head moved, its reply or its caller late) that the kernel takes while
+that lookup is in flight wins, and the kernel keeps the old size. Once the
+notification is done, no answer to a request sent before it is taken: the
+file is looked up again after it, and that answer, made from the new head,
+is the one the kernel keeps.
+
 How a nodeid is found, without trusting what a path inside the mount leads
 to (DESIGN "Moving a head", step 4). Root can mount anything over any
 directory or file of the mount (other users cannot: SPEC §3), and a path
@@ -110,7 +124,9 @@ class KernelCache:
     def invalidate_data(self, relpath, ranges):
         """Drop byte ranges [(start, stop), ...] of a file from the page cache.
 
-        Its attributes (size, mtime) are dropped with them.
+        Its attributes (size, mtime) are dropped with them, and the kernel
+        then holds the size that getattr answers now (see the module's
+        docstring: the size of a file whose data changed).
         """
         if self._session is None or not ranges:
             return
@@ -120,6 +136,7 @@ class KernelCache:
         for start, stop in ranges:
             self._notify(relpath, self._lib.fuse_lowlevel_notify_inval_inode,
                          ino, start, stop - start)
+        self._ino(relpath)      # the new size, in an answer the kernel takes
 
     def invalidate_attr(self, relpath):
         """Drop only the cached attributes of a file (size, mtime)."""
