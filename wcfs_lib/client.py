@@ -21,7 +21,8 @@ Contract:
 - Errors are `WCFSError` (or ValueError for bad arguments), naming the file
   and request, e.g. `bigfile/<oid>: want <tid>: <message from wcfs>`. A view
   whose channel failed (EIO: wcfs dropped it) raises `WCFSError` from every
-  later call; its arrays may then show newer data.
+  later call; its arrays go on showing the file as of the last `at`
+  (`@<at>/data` is mapped over the whole view when the channel fails).
 
 How a view is made (SPEC §4): the view's address range is reserved once
 (`reserve` bytes of PROT_NONE, so the file can grow in place). `head/data` is
@@ -694,6 +695,17 @@ class View:
             os.close(old_rev)
         self._finish(req, 'done')
 
+    def _freeze(self):
+        if self._rev_fd is None or self._base is None or not self.size:
+            return
+        try:
+            _mmap(self._base, _round_up(self.size, PAGE), mmap.PROT_READ,
+                  mmap.MAP_SHARED | MAP_FIXED, self._rev_fd, 0,
+                  '%s/@%016x/data' % (self.name, self.at))
+            self._overlaid = [(0, self.size)]
+        except OSError as e:
+            log.error('%s: keeping the view as of %016x: %s', self.name, self.at, e)
+
     def _overlay(self, ranges):
         """Map @<at>/data over ranges; if the kernel refuses more mappings, over everything."""
         what = '%s/@%016x/data' % (self.name, self.at)
@@ -711,8 +723,14 @@ class View:
             self._overlaid = [(0, self.size)]
 
     def _fail(self, exc):
-        """The channel cannot go on: close it (wcfs stops waiting for its acks), fail requests."""
+        """The channel cannot go on: close it (wcfs stops waiting for its acks), fail requests.
+
+        Head moves on without this view from now on, and may shrink under
+        it: a page of head/data touched past head's new end would be
+        SIGBUS. So first map @<at>/data over the whole view, and its arrays
+        go on showing the file as of `at`."""
         log.error('%s: channel failed: %s', self.name, exc)
+        self._freeze()
         self._error = exc
         fd, self._fd = self._fd, None
         self.conn._remove_channel(fd, wait=False)
