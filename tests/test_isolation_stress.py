@@ -205,9 +205,9 @@ def test_readers_at_moving_tids_see_exactly_their_tid(database, wcfs_mount, tmp_
     logpath = tmp_path / 'content.log'
     stoppath = tmp_path / 'stop'
     w = Writer(database, logpath, seed=1)
-    # The default kill timeout: on a machine loaded 20 times over its cores, a
-    # reader's ack thread was seen not to run for 10 s (a reader with two
-    # channels is dropped, not killed; its views then fail, by design).
+    # The default kill timeout: on a machine loaded 20 times over its cores a
+    # reader's ack thread may not run for 10 s, and a reader with two channels
+    # is then dropped, not killed: its views fail, by design (SPEC 4.4).
     mnt = wcfs_mount(database.zurl, '--revdir-timeout', '3')
     readers = []
     try:
