@@ -13,6 +13,8 @@ import subprocess
 
 import pytest
 
+from conftest import wait_for
+
 from wcfs_lib import procfs
 from wcfs_lib.subscription import KillPolicy
 
@@ -29,8 +31,16 @@ def end(proc):
     proc.wait()
 
 
-def with_pid(pid, tries=200):
-    """A new sleeper that got `pid` (freed just before), or None."""
+def ticks_since_boot():
+    with open('/proc/uptime') as f:
+        return float(f.read().split()[0]) * os.sysconf('SC_CLK_TCK')
+
+
+def with_pid(pid, start, tries=200):
+    """A new sleeper that got `pid` (freed just before), or None. It starts
+    after the clock tick `start`: a pid and a start time name one process
+    only across ticks (a reuse within the same tick cannot be told apart)."""
+    wait_for(lambda: ticks_since_boot() > start + 1, 10, 'a clock tick past %d' % start)
     for _ in range(tries):
         with open(NS_LAST_PID, 'w') as f:
             f.write(str(pid - 1))
@@ -62,7 +72,7 @@ def test_pid_reused_between_the_check_and_the_kill_is_not_killed(procs):
         another process takes its pid."""
         assert owner.alive()
         end(owner_proc)
-        victim = with_pid(owner.pid)
+        victim = with_pid(owner.pid, owner.start)
         assert victim is not None, 'pid %d was not reused' % owner.pid
         procs.append(victim)
         return True
@@ -86,7 +96,7 @@ def test_a_pid_reused_before_the_check_is_not_killed(procs):
     procs.append(proc)
     owner = procfs.thread_process(proc.pid)
     end(proc)
-    victim = with_pid(owner.pid)
+    victim = with_pid(owner.pid, owner.start)
     assert victim is not None, 'pid %d was not reused' % owner.pid
     procs.append(victim)
     assert not KillPolicy._kill_if(owner, owner.alive)    # the start time differs
