@@ -243,7 +243,7 @@ class MVCCDatabase(Database):
             self._noting(inst.poll)
             return inst.tid
 
-    def changed_oids(self, a, b, upto):
+    def listed_oids(self, a, b, upto):
         """One query for all of (a, b]: the oids of their records."""
         with self.pool.instance() as inst:
             inst.at_least(b)
