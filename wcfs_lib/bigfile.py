@@ -25,15 +25,18 @@ channels, so a write that waited for the database would hold up every
 other channel's `want` of the file (issue 15). The answerer takes the
 oldest Cat first (the walk of history for it covers the others'), stops
 working for a channel once it is dropped or closed, and brings an answer
-computed before the head moved forward with the δ history.
+computed before the head moved forward with the δ history. δR(Cat, z) of
+such a Cat, once computed, is kept (`since`): with the history it gives
+δR(Cat, S) for every S after z, for the answerer and for updates alike,
+with no database and no comparison of trees.
 
 A file whose step fails for any reason other than an unreachable database is
 marked broken: its reads give EIO (logged once, with the reason), and the
 other files go on (DESIGN "Failures stay where they happen").
 
 Locks (the order of every lock of wcfs is in server.py): `BigFile.cond`
-guards head, at, pending, moving, answering, history, channels and their
-protocol states. It is never held across database I/O, /proc reads or
+guards head, at, pending, moving, answering, history, since, channels and
+their protocol states. It is never held across database I/O, /proc reads or
 kernel notifications.
 """
 
@@ -57,6 +60,8 @@ log = logging.getLogger('wcfs.bigfile')
 
 MAX_REVDIRS = 10000     # @<tid>/ directories over all files, half per uid; beyond: ENOSPC
 ANSWERER_POLL = 1.0     # seconds between checks for shutdown while the answerer waits for a step
+INDEX_TRIES = 3         # δR from the index computed again when it moved meanwhile
+MAX_SINCE = 1024        # δR(Cat, z) kept per file for Cats older than its history
 
 
 class Head(collections.namedtuple('Head', 'oid at blksize blktab size broken')):
@@ -104,6 +109,7 @@ class BigFile:
         self.pending = None             # (Head, ranges): the step not applied yet
         self.moving = False             # a step is being applied (a thread owns it)
         self.answering = False          # the answerer thread runs
+        self.since = {}                 # Cat older than the history -> (z, δR(Cat, z)), oldest z
         self.channels = set()
         self.revdirs = RevDirs()
 
@@ -320,8 +326,9 @@ class BigFile:
     def _answerer(self):
         """Answer the wants whose δR needs the database, one at a time, the
         oldest Cat first; between two steps of the head only, as the mover
-        does (SPEC 4.2). `found` keeps δR(Cat, S) computed as of an S that
-        the head has since left: the δ history brings it forward."""
+        does (SPEC 4.2). `found` keeps δR(Cat, S) computed as of an S other
+        than what head/at shows: the δ history brings it forward from there,
+        and one past head/at waits for the head to get there."""
         found = {}                      # (channel, Cat) -> (S, δR(Cat, S) or None)
         try:
             with self.cond:
@@ -333,12 +340,15 @@ class BigFile:
                     if job is None:
                         break
                     if job in found:
-                        self._answer_asked(*job, *found.pop(job))
+                        if self._answer_asked(*job, *found[job]):
+                            del found[job]
+                        else:
+                            self.cond.wait(ANSWERER_POLL)
                         continue
                     sat = self.shown_at()
                     self.cond.release()
                     try:
-                        found[job] = (sat, self._delta_or_none(job[1], sat, _gone(job[0])))
+                        found[job] = self._answer_of(*job, sat)
                     except Cancelled:
                         pass                # the channel is gone: not asked any more
                     finally:
@@ -362,33 +372,84 @@ class BigFile:
         cat, _, ch = min(asked)
         return ch, cat
 
+    def _answer_of(self, ch, cat, sat):
+        """-> (S, δR(cat, S)): S a revision the file's index was at (kept,
+        or now), which needs no comparison of trees however the head moved,
+        or else `sat`;
+        (sat, None) while the database is unreachable. No lock held;
+        Cancelled once `ch` is gone."""
+        gone = _gone(ch)
+        try:
+            try:
+                found = self._delta_from_index(cat, gone)
+            except (DatabaseUnavailable, Cancelled):
+                raise
+            except Exception:
+                found = None    # _delta meets it again, says so, and reports the whole file
+            return found or (sat, self._delta(cat, sat, gone))
+        except DatabaseUnavailable:
+            return sat, None
+
     def _answer_asked(self, ch, cat, since, ranges):
         """Answer `want <cat>` on `ch` with δR(cat, since) = `ranges` (None:
-        the database was unreachable) and what changed since. cond held."""
+        the database was unreachable) and what changed since; -> False when
+        head/at has not reached `since` yet. cond held."""
         sat = self.shown_at()
         if ranges is None:
             ch.send(protocol.format_error('want %016x: database unreachable' % cat))
             ch.state.waiting = None
+        elif since > sat:
+            return False
         elif self.history.covers(since):
             self._send_have(ch, sat, merge_ranges(ranges + self.history.ranges(since, sat)))
         # else the history forgot `since`: the next round computes it again
+        return True
+
+    def _delta_from_index(self, a, cancelled=None, before=None):
+        """-> (z, δR(a, z)): kept from an earlier call, or for z the
+        revision of the file's index: the oids that changed in (a, z],
+        looked up in the index (exact, and the cost follows the
+        transactions); None where the database cannot list them, the index
+        kept moving meanwhile, or it is past `before`."""
+        with self.cond:
+            known = self.since.get(a)
+        if known is not None and (before is None or known[0] <= before):
+            return known
+        for _ in range(INDEX_TRIES):
+            applied = self.ctx.applied()    # first: the index has every transaction up to it
+            at = self.index.at
+            if a > at or (before is not None and at > before):
+                return None
+            # transactions in (at, applied] did not touch the file
+            changed = self.loader.records.changed_oids(a, at, upto=applied, cancelled=cancelled)
+            if changed is None:
+                return None
+            moved_at, ranges = self.index.delta_since(a, frozenset(changed))
+            if moved_at == at:
+                with self.cond:
+                    self._keep_since(a, at, ranges)
+                return at, ranges
+        return None
+
+    def _keep_since(self, a, z, ranges):
+        """Keep δR(a, z) unless one of an older z is kept. cond held."""
+        known = self.since.get(a)
+        if known is None or z < known[0]:
+            if known is None and len(self.since) >= MAX_SINCE:
+                del self.since[next(iter(self.since))]
+            self.since[a] = (z, ranges)
 
     def _delta_from_database(self, a, b, cancelled=None):
-        """δR(a, b) for `a` older than the history: the oids that changed in
-        (a, b], from the storage's iterator, looked up in the index (exact,
-        and the cost follows the transactions); where the index is not at b
-        with nothing of the file changed since, or the storage cannot list
-        transactions, the trees as of a and b are compared."""
-        applied = self.ctx.applied()    # first: the index has every transaction up to it
-        at = self.index.at
-        if a <= at <= b:
-            # transactions in (at, applied] did not touch the file
-            changed = self.loader.records.changed_oids(a, at, upto=applied,
-                                                       cancelled=cancelled)
-            if changed is not None:
-                moved_at, ranges = self.index.delta_since(a, frozenset(changed))
-                if moved_at == at:
-                    return ranges
+        """δR(a, b) for `a` older than the history: δR(a, z) for some z <= b
+        (_delta_from_index) and the history from z to b; else, or where the
+        storage cannot list transactions, the trees as of a and b are
+        compared."""
+        found = self._delta_from_index(a, cancelled, before=b)
+        if found is not None:
+            z, ranges = found
+            with self.cond:
+                if self.history.covers(z):
+                    return merge_ranges(ranges + self.history.ranges(z, b))
         return compare_revisions(self.loader, self.oid, a, b)
 
     def _delta_retrying(self, a, b, cancelled=None):
