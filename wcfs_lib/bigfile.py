@@ -338,7 +338,9 @@ class BigFile:
                         continue
                     job = self._oldest_asked()
                     if job is None:
-                        break
+                        # with cond still held: a want asked after this starts a new thread
+                        self.answering = False
+                        return
                     if job in found:
                         if self._answer_asked(*job, *found[job]):
                             del found[job]
@@ -355,9 +357,8 @@ class BigFile:
                         self.cond.acquire()
         except Exception:
             log.exception('bigfile/%s: answering wants failed', self.name)
-        finally:
-            with self.cond:
-                self.answering = False
+        with self.cond:
+            self.answering = False
 
     def _oldest_asked(self):
         """(channel, Cat) of the oldest Cat not yet answered that is not in
