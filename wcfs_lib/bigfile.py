@@ -18,14 +18,26 @@ would put the old data back in the page cache for good. While a step is
 being applied (`moving`), a `want` is answered `have <Sat> wait`, and
 answered for real once the step is done.
 
+A `want` whose δR needs the database (a Cat older than the file's δ
+history) is answered by the file's answerer thread, not by the write that
+asked: the kernel takes the inode's lock for every write to the file's
+channels, so a write that waited for the database would hold up every
+other channel's `want` of the file (issue 15). The answerer takes the
+oldest Cat first (the walk of history for it covers the others'), stops
+working for a channel once it is dropped or closed, and brings an answer
+computed before the head moved forward with the δ history. δR(Cat, z) of
+such a Cat, once computed, is kept (`since`): with the history it gives
+δR(Cat, S) for every S after z, for the answerer and for updates alike,
+with no database and no comparison of trees.
+
 A file whose step fails for any reason other than an unreachable database is
 marked broken: its reads give EIO (logged once, with the reason), and the
 other files go on (DESIGN "Failures stay where they happen").
 
 Locks (the order of every lock of wcfs is in server.py): `BigFile.cond`
-guards head, at, pending, moving, history, channels and their protocol
-states. It is never held across database I/O, /proc reads or kernel
-notifications.
+guards head, at, pending, moving, answering, history, since, channels and
+their protocol states. It is never held across database I/O, /proc reads or
+kernel notifications.
 """
 
 import collections
@@ -42,11 +54,14 @@ from .delta import DeltaHistory, compare_revisions, merge_ranges, whole
 from .revdir import RevDirs
 from .revisions import ObjectRevisions
 from .subscription import Update
-from .zstorage import RETRY_PAUSE, DatabaseUnavailable
+from .zstorage import RETRY_PAUSE, Cancelled, DatabaseUnavailable
 
 log = logging.getLogger('wcfs.bigfile')
 
 MAX_REVDIRS = 10000     # @<tid>/ directories over all files, shared per uid (quota.py); beyond: ENOSPC
+ANSWERER_POLL = 1.0     # seconds between checks for shutdown while the answerer waits for a step
+INDEX_TRIES = 3         # δR from the index computed again when it moved meanwhile
+MAX_SINCE = 1024        # δR(Cat, z) kept per file for Cats older than its history
 
 
 class Head(collections.namedtuple('Head', 'oid at blksize blktab size broken')):
@@ -59,6 +74,11 @@ class Head(collections.namedtuple('Head', 'oid at blksize blktab size broken')):
 
 def tid_time(tid):
     return TimeStamp(p64(tid)).timeTime()
+
+
+def _gone(ch):
+    """A `cancelled` callable for work that only `ch` needs."""
+    return lambda: ch.dropped or ch.closed
 
 
 def head_of(zh, size):
@@ -89,6 +109,8 @@ class BigFile:
         self.pending = None             # (Head, ranges): the step not applied yet
         self.moving = False             # a step is being applied (a thread owns it)
         self.mover = None               # the last mover thread started (watcher thread; joined at shutdown)
+        self.answering = False          # the answerer thread runs
+        self.since = {}                 # Cat older than the history -> (z, δR(Cat, z)), oldest z
         self.channels = set()
         self.revdirs = RevDirs()
 
@@ -229,7 +251,8 @@ class BigFile:
                     self.cond.release()     # δR may need the database
                     try:
                         for ch, cat in needed:
-                            update.since_cat[(ch, cat)] = self._delta_retrying(cat, target)
+                            update.since_cat[(ch, cat)] = self._delta_retrying(
+                                cat, target, cancelled=_gone(ch))
                     finally:
                         self.cond.acquire()
                     continue
@@ -256,14 +279,15 @@ class BigFile:
             ch.count_subscribed()
         self.ctx.stats.add('invalidations_sent')
 
-    def _delta(self, a, b):
-        """δR(a, b) with a <= b <= zhead; no lock held (may load from the database)."""
+    def _delta(self, a, b, cancelled=None):
+        """δR(a, b) with a <= b <= zhead; no lock held (may load from the
+        database). Cancelled once cancelled() is true."""
         with self.cond:
             if self.history.covers(a):
                 return self.history.ranges(a, b)
         try:
-            return self._delta_from_database(a, b)
-        except DatabaseUnavailable:
+            return self._delta_from_database(a, b, cancelled)
+        except (DatabaseUnavailable, Cancelled):
             raise
         except Exception as e:
             log.warning('bigfile/%s: δR(%016x, %016x): %s; reporting the whole file',
@@ -275,68 +299,181 @@ class BigFile:
         their `have`, when no update waits for acks: from the thread that
         moves the head between two steps (`mover`), or once no step is being
         applied (the watcher calls this after every transaction while some
-        `want` of the file waits)."""
-        while True:
-            with self.cond:
-                if self.moving and not mover:
-                    return
-                head, sat = self.head, self.shown_at()
-                waiting = [(ch, ch.state.waiting) for ch in self.channels
-                           if ch.state.waiting is not None and not ch.dropped and not ch.closed]
-                if not waiting:
-                    self.ctx.waiting.discard(self)
-                    return
-                ready = [(ch, cat) for ch, cat in waiting
-                         if cat <= sat and not ch.state.unacked]
-            if not ready:
+        `want` of the file waits). Those whose δR needs the database go to
+        the answerer thread."""
+        with self.cond:
+            if self.moving and not mover:
                 return
-            answers = [(ch, cat, self._delta_or_none(cat, sat)) for ch, cat in ready]
-            with self.cond:
-                if (self.moving and not mover) or self.head is not head:
+            sat = self.shown_at()
+            waiting = [(ch, ch.state.waiting) for ch in self.channels
+                       if ch.state.waiting is not None and not ch.dropped and not ch.closed]
+            if not waiting:
+                self.ctx.waiting.discard(self)
+                return
+            for ch, cat in waiting:
+                if cat > sat or ch.state.unacked:
                     continue
-                for ch, cat, ranges in answers:
-                    if ch.state.waiting != cat or ch.dropped or ch.closed:
-                        continue
-                    if ranges is None:
-                        ch.send(protocol.format_error('want %016x: database unreachable' % cat))
-                        ch.state.waiting = None
-                    else:
-                        self._send_have(ch, sat, ranges)
-            return
+                if self.history.covers(cat):
+                    self._send_have(ch, sat, self.history.ranges(cat, sat))
+                else:
+                    self._start_answerer()
 
-    def _delta_from_database(self, a, b):
-        """δR(a, b) for `a` older than the history: the oids that changed in
-        (a, b], from the storage's iterator, looked up in the index (exact,
-        and the cost follows the transactions); where the index is not at b
-        with nothing of the file changed since, or the storage cannot list
-        transactions, the trees as of a and b are compared."""
-        applied = self.ctx.applied()    # first: the index has every transaction up to it
-        at = self.index.at
-        if a <= at <= b:
+    def _start_answerer(self):
+        """cond held."""
+        if not self.answering:
+            self.answering = True
+            threading.Thread(target=self._answerer, daemon=True,
+                             name='answerer-' + self.name).start()
+
+    def _answerer(self):
+        """Answer the wants whose δR needs the database, one at a time, the
+        oldest Cat first; between two steps of the head only, as the mover
+        does (SPEC 4.2). `found` keeps δR(Cat, S) computed as of an S other
+        than what head/at shows: the δ history brings it forward from there,
+        and one past head/at waits for the head to get there."""
+        found = {}                      # (channel, Cat) -> (S, δR(Cat, S) or None)
+        try:
+            with self.cond:
+                while not self.ctx.shutdown.is_set():
+                    if self.moving:
+                        self.cond.wait(ANSWERER_POLL)
+                        continue
+                    job = self._oldest_asked()
+                    if job is None:
+                        # with cond still held: a want asked after this starts a new thread
+                        self.answering = False
+                        return
+                    if job in found:
+                        if self._answer_asked(*job, *found[job]):
+                            del found[job]
+                        else:
+                            self.cond.wait(ANSWERER_POLL)
+                        continue
+                    sat = self.shown_at()
+                    self.cond.release()
+                    try:
+                        found[job] = self._answer_of(*job, sat)
+                    except Cancelled:
+                        pass                # the channel is gone: not asked any more
+                    finally:
+                        self.cond.acquire()
+        except Exception:
+            log.exception('bigfile/%s: answering wants failed', self.name)
+        with self.cond:
+            self.answering = False
+
+    def _oldest_asked(self):
+        """(channel, Cat) of the oldest Cat not yet answered that is not in
+        the δ history, or None. cond held."""
+        sat = self.shown_at()
+        asked = [(ch.state.waiting, id(ch), ch) for ch in self.channels
+                 if ch.state.waiting is not None and ch.state.waiting <= sat
+                 and not ch.state.unacked and not ch.dropped and not ch.closed
+                 and not self.history.covers(ch.state.waiting)]
+        if not asked:
+            return None
+        cat, _, ch = min(asked)
+        return ch, cat
+
+    def _answer_of(self, ch, cat, sat):
+        """-> (S, δR(cat, S)): S a revision the file's index was at (kept,
+        or now), which needs no comparison of trees however the head moved,
+        or else `sat`;
+        (sat, None) while the database is unreachable. No lock held;
+        Cancelled once `ch` is gone."""
+        gone = _gone(ch)
+        try:
+            try:
+                found = self._delta_from_index(cat, gone)
+            except (DatabaseUnavailable, Cancelled):
+                raise
+            except Exception:
+                found = None    # _delta meets it again, says so, and reports the whole file
+            return found or (sat, self._delta(cat, sat, gone))
+        except DatabaseUnavailable:
+            return sat, None
+
+    def _answer_asked(self, ch, cat, since, ranges):
+        """Answer `want <cat>` on `ch` with δR(cat, since) = `ranges` (None:
+        the database was unreachable) and what changed since; -> False when
+        head/at has not reached `since` yet. cond held."""
+        sat = self.shown_at()
+        if ranges is None:
+            ch.send(protocol.format_error('want %016x: database unreachable' % cat))
+            ch.state.waiting = None
+        elif since > sat:
+            return False
+        elif self.history.covers(since):
+            self._send_have(ch, sat, merge_ranges(ranges + self.history.ranges(since, sat)))
+        # else the history forgot `since`: the next round computes it again
+        return True
+
+    def _delta_from_index(self, a, cancelled=None, before=None):
+        """-> (z, δR(a, z)): kept from an earlier call, or for z the
+        revision of the file's index: the oids that changed in (a, z],
+        looked up in the index (exact, and the cost follows the
+        transactions); None where the database cannot list them, the index
+        kept moving meanwhile, or it is past `before`."""
+        with self.cond:
+            known = self.since.get(a)
+        if known is not None and (before is None or known[0] <= before):
+            return known
+        for _ in range(INDEX_TRIES):
+            applied = self.ctx.applied()    # first: the index has every transaction up to it
+            at = self.index.at
+            if a > at or (before is not None and at > before):
+                return None
             # transactions in (at, applied] did not touch the file
-            changed = self.loader.records.changed_oids(a, at, upto=applied)
-            if changed is not None:
-                moved_at, ranges = self.index.delta_since(a, frozenset(changed))
-                if moved_at == at:
-                    return ranges
+            changed = self.loader.records.changed_oids(a, at, upto=applied, cancelled=cancelled)
+            if changed is None:
+                return None
+            moved_at, ranges = self.index.delta_since(a, frozenset(changed))
+            if moved_at == at:
+                with self.cond:
+                    self._keep_since(a, at, ranges)
+                return at, ranges
+        return None
+
+    def _keep_since(self, a, z, ranges):
+        """Keep δR(a, z) unless one of an older z is kept. cond held."""
+        known = self.since.get(a)
+        if known is None or z < known[0]:
+            if known is None and len(self.since) >= MAX_SINCE:
+                del self.since[next(iter(self.since))]
+            self.since[a] = (z, ranges)
+
+    def _delta_from_database(self, a, b, cancelled=None):
+        """δR(a, b) for `a` older than the history: δR(a, z) for some z <= b
+        (_delta_from_index) and the history from z to b; else, or where the
+        storage cannot list transactions, the trees as of a and b are
+        compared."""
+        found = self._delta_from_index(a, cancelled, before=b)
+        if found is not None:
+            z, ranges = found
+            with self.cond:
+                if self.history.covers(z):
+                    return merge_ranges(ranges + self.history.ranges(z, b))
         return compare_revisions(self.loader, self.oid, a, b)
 
-    def _delta_retrying(self, a, b):
+    def _delta_retrying(self, a, b, cancelled=None):
         """δR(a, b) for an update, which cannot go on without it: while the
         database is away, ask again (the update then takes the database's
-        time, SPEC 4.4)."""
+        time, SPEC 4.4). Nothing once cancelled() is true (the channel it
+        was for is gone)."""
         while True:
             try:
-                return self._delta(a, b)
+                return self._delta(a, b, cancelled)
+            except Cancelled:
+                return []
             except DatabaseUnavailable as e:
                 if self.ctx.shutdown.is_set():
                     return whole(max(self.head.size, self._zhead_head.size))
                 log.warning('bigfile/%s: update waits for the database: %s', self.name, e)
                 time.sleep(RETRY_PAUSE)
 
-    def _delta_or_none(self, a, b):
+    def _delta_or_none(self, a, b, cancelled=None):
         try:
-            return self._delta(a, b)
+            return self._delta(a, b, cancelled)
         except DatabaseUnavailable:
             return None
 
@@ -358,39 +495,35 @@ class BigFile:
 
     def want(self, ch, cat, request):
         """`want <cat>` on `ch`; `request` (channel.WriteContext) knows the
-        writer's process and the database's last tid, asked once per write."""
+        writer's process and the database's last tid, asked once per write.
+        A δR that needs the database is left to the answerer thread."""
         with self.cond:
             ch.state.want(cat)
         self._check_cat(cat, request)
         owner = request.process()
-        while True:
-            with self.cond:
-                head, sat = self.head, self.shown_at()
-                # an update that started meanwhile answers it once done
-                waits = self.moving or ch.state.unacked or sat < cat
-                if waits:
-                    ch.owner = owner
-                    ch.send(protocol.format_have(sat, wait=True))
-                    ch.state.sent_wait(cat)
-                    self.ctx.waiting.add(self)
-                elif self.history.covers(cat):
-                    ch.owner = owner
-                    self._send_have(ch, sat, self.history.ranges(cat, sat))
-                    return
-            if waits:
-                # the watcher may have moved on before it saw this file waiting
-                self.answer_waiting()
+        with self.cond:
+            sat = self.shown_at()
+            ch.owner = owner
+            # an update that started meanwhile answers it once done
+            if self.moving or ch.state.unacked or sat < cat:
+                ch.send(protocol.format_have(sat, wait=True))
+                ch.state.sent_wait(cat)
+                self.ctx.waiting.add(self)
+            elif self.history.covers(cat):
+                self._send_have(ch, sat, self.history.ranges(cat, sat))
                 return
-            ranges = self._delta(cat, sat)
-            with self.cond:
-                if self.head is head and not self.moving and not ch.state.unacked:
-                    ch.owner = owner
-                    self._send_have(ch, sat, ranges)
-                    return
+            else:
+                ch.state.asked(cat)
+                self.ctx.waiting.add(self)
+                self._start_answerer()
+                return
+        # the watcher may have moved on before it saw this file waiting
+        self.answer_waiting()
 
     def _check_cat(self, cat, request):
         try:
-            last = request.last_tid()
+            # a tid the watcher applied is no later than the database's last
+            last = cat if cat <= self.ctx.applied() else request.last_tid()
             if cat > last:
                 raise protocol.ProtocolError('want %016x: after the last transaction %016x'
                                              % (cat, last))

@@ -96,7 +96,8 @@ class ChannelState:
 
     subscribed  a `have` without wait was sent; the channel gets updates
     reported    the tid of the last `have` without wait (Sprev)
-    waiting     Cat of an outstanding `have ... wait`, else None
+    waiting     Cat of a `want` not answered yet (a `have ... wait` was
+                sent, or its δR is being computed), else None
     unacked     a `have` without wait was sent and not acked yet
     """
 
@@ -121,6 +122,10 @@ class ChannelState:
         self.unacked = False
 
     def sent_wait(self, cat):
+        self.waiting = cat
+
+    def asked(self, cat):
+        """A `want` whose answer is being computed: outstanding, like a wait."""
         self.waiting = cat
 
     def sent_have(self, tid):

@@ -3,7 +3,8 @@
 Threads: the main thread owns signals and runs `serve()` (timers, shutdown);
 one thread runs libfuse's loop (which starts its own workers, the FUSE
 threads); the watcher thread follows the database; a mover thread per file
-applies a step that waits for acks; up to prefetch.THREADS threads load the
+applies a step that waits for acks, and an answerer thread per file answers
+the `want`s whose δR needs the database; up to prefetch.THREADS threads load the
 blocks after sequential reads; on an MVCC database (RelStorage) a poller
 thread asks it for new commits and a watchdog thread cuts the connection
 of a use that outlasts --db-timeout (zstorage/mvcc.py); on ZEO a prober
@@ -20,7 +21,8 @@ take only those below it in this list ("A > B": take A before B):
     Watcher.zhead_lock        zhead, and which files are visible or loading
     > BigFileTable.lock       the table: oid -> BigFile, oid -> Loading
     BigFile.cond              a file's head, at, pending step, history,
-                              channels and their protocol states
+                              channels and their protocol states (the mover
+                              waits on it for acks, the answerer for a step)
     > Channel.lock            a channel's unread replies, poll handle, flags
     WaitingFiles.lock         the files with a `want` that waits
     RevDirs.lock              a file's @<tid>/ directories and their use counts
@@ -31,6 +33,9 @@ take only those below it in this list ("A > B": take A before B):
     ReadStream._lock          where the last reads of an open data file ended (taken alone)
     Prefetcher._lock          the prefetch threads started (taken alone)
     ObjectRevisions.lock      verdicts on a ZBigFile object's revisions
+    Walks.lock                walked history kept, requests waiting for a walk
+                              (taken alone; a request waits on it for the walk
+                              in progress, which runs with it released)
     ZLoader._nodes_lock       decoded BTree nodes
     ZLoader._large_decode_lock  the one record over 1 MiB being unpickled (taken alone)
     Quota._lock               slots of channels / @<tid>/ directories per uid
@@ -160,6 +165,8 @@ class Server:
         self.records = zstorage.Records(self.database, self.opts.db_timeout)
         self.loader = zformat.ZLoader(self.records)
         self.stats.gauge('db_requests', lambda: self.records.requests)
+        self.stats.gauge('history_walks', lambda: self.records.walks.walks)
+        self.stats.gauge('history_walked', lambda: self.records.walks.walked)
         kcache = KernelCache(libfuse, self.mountpoint)
         self.ctx = Context(self, kcache)
         try:

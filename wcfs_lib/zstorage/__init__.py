@@ -5,9 +5,10 @@ format module (zformat) decodes what `Records` loads and does no I/O itself.
 
 One kind of database per module, each a `Database` (base.py) with the same
 few methods: load a record as of a revision, the last transaction asked of
-the server, the oids changed in a range of transactions, and a follower that
-hands the watcher `(tid, oids)` of every commit (several commits folded into
-one item where the storage only tells so):
+the server, the oids changed in a range of transactions (where it lists them
+in one round trip, or else walked: walks.py shares and keeps the walks), and
+a follower that hands the watcher `(tid, oids)` of every commit (several
+commits folded into one item where the storage only tells so):
 
 - zeo.py: a ZEO ClientStorage; the server pushes every commit. Pinged: a
   connection to a server that hangs is aborted after the database timeout.
@@ -29,8 +30,9 @@ from ZODB.utils import p64, u64
 
 from .base import Database, DatabaseUnavailable, RecordTooLarge, is_disconnect, oneline
 from .opening import OpenError, UsageError, database_of, masked, open_database, resolve
+from .walks import Cancelled, Walks
 
-__all__ = ['Database', 'DatabaseUnavailable', 'OpenError', 'Records', 'RecordTooLarge',
+__all__ = ['Cancelled', 'Database', 'DatabaseUnavailable', 'OpenError', 'Records', 'RecordTooLarge',
            'RETRY_PAUSE', 'UsageError', 'database_of', 'is_disconnect', 'masked',
            'open_database', 'resolve']
 
@@ -50,6 +52,7 @@ class Records:
         self._unreachable = False   # a request gave up on the database
         self.requests = 0           # round trips asked of the database (.wcfs/stats db_requests)
         self._requests_lock = threading.Lock()  # guards requests: every thread asks
+        self.walks = Walks(database.walk)
 
     def _asked(self):
         """Count one round trip: exact, whichever threads ask at once."""
@@ -95,14 +98,19 @@ class Records:
         data, serial, end = r
         return data, u64(serial), (None if end is None else u64(end))
 
-    def changed_oids(self, a, b, upto=None):
+    def changed_oids(self, a, b, upto=None, cancelled=None):
         """-> the oids that the transactions in (a, b] modified, or None where
         the database cannot list them. With `upto` (>= b), the oids of the
         transactions in (b, upto] may be there too: the caller knows they
-        changed nothing it looks at."""
+        changed nothing it looks at. `cancelled`: a callable, true once the
+        caller no longer needs the answer (Cancelled then, and a walk that
+        nobody else waits for stops)."""
         self._asked()
         try:
-            return self.database.changed_oids(a, b, upto)
+            oids = self.database.listed_oids(a, b, upto)
+            if oids is None:
+                oids = self.walks.changed_oids(a, b, cancelled)
+            return oids
         except Exception as e:
             if not is_disconnect(e):
                 raise

@@ -5,6 +5,8 @@ import struct
 
 from ZODB.utils import p64, u64
 
+from .walks import Cancelled
+
 _TCPI_LAST_DATA_RECV = 52   # offset of tcpi_last_data_recv (ms, u32) in Linux's struct tcp_info
 
 
@@ -80,12 +82,20 @@ class Database:
         may have been packed away. They may be called on any thread and must
         only record and wake."""
 
-    def changed_oids(self, a, b, upto):
-        """-> the oids the transactions in (a, b] modified, or None."""
+    def listed_oids(self, a, b, upto):
+        """-> the oids the transactions in (a, b] modified, where the
+        database lists them in one round trip (with `upto` >= b, those of
+        (b, upto] may be there too); else None: they are walked (`walk`)."""
+        return None
+
+    def walk(self, a, b, keep_going):
+        """-> {tid: oids} of every transaction in (a, b], or None where the
+        database cannot list them; Cancelled once keep_going() is false.
+        Called by walks.Walks only, one walk at a time."""
         iterator = getattr(self.storage, 'iterator', None)
         if iterator is None:
             return None
-        return oids_from_iterator(iterator, a, b)
+        return transactions_from_iterator(iterator, a, b, keep_going)
 
     def prefetch(self, oids, at):
         """Start loading the records of `oids` as of `at`, if the database can."""
@@ -97,16 +107,19 @@ class Database:
         self.storage.close()
 
 
-def oids_from_iterator(iterator, a, b):
-    """The oids of the records of the transactions in (a, b], through the
-    storage's iterator (a round trip per transaction and per record on ZEO)."""
-    oids = set()
+def transactions_from_iterator(iterator, a, b, keep_going):
+    """{tid: oids} of every transaction in (a, b], through the storage's
+    iterator (a round trip per transaction and per record on ZEO);
+    Cancelled once keep_going() is false."""
+    txns = {}
     it = iterator(p64(a + 1), p64(b))
     try:
         for txn in it:
-            oids.update(u64(rec.oid) for rec in txn)
+            if not keep_going():
+                raise Cancelled('walk of (%016x, %016x]: nobody waits for it' % (a, b))
+            txns[u64(txn.tid)] = {u64(rec.oid) for rec in txn}
     finally:
         close = getattr(it, 'close', None)
         if close is not None:
             close()
-    return oids
+    return txns

@@ -475,7 +475,7 @@ class MVCCDatabase(Database):
             inst.poll()
             return inst.tid
 
-    def changed_oids(self, a, b, upto):
+    def listed_oids(self, a, b, upto):
         """One query for all of (a, b]: the oids of their records."""
         with self._instance('changed objects') as inst:
             inst.at_least(b)

@@ -47,7 +47,7 @@ import ZEO.asyncio.smp
 from ZODB.utils import p64, u64
 
 from . import zeo_burst
-from .base import Database, oids_from_iterator, silence
+from .base import Database, silence, transactions_from_iterator
 from .plain import Invalidations
 
 log = logging.getLogger('wcfs.zstorage')
@@ -116,24 +116,41 @@ class ZEODatabase(Database):
         self._client.info = on_info
         self._prober = Prober(self.storage, self._call, self._client, self._timeout)
 
-    def changed_oids(self, a, b, upto):
+    def listed_oids(self, a, b, upto):
         """ZEO keeps the oids of its last transactions (invalidation-queue-size,
         or all those younger than invalidation-age): one round trip when
-        (a, b] is among them. Else the iterator's calls sent in bursts
-        (zeo_burst), where the server can list the transactions; else the
-        storage's iterator, a round trip per transaction and per record.
-        A request walks one iterator, from its own thread: iterators walked
-        at once from threads were seen to leave a load of another thread
-        unanswered for good. Nothing stops two requests (two old Cats, or
-        one and a resync) from walking at once."""
-        if upto is not None:
-            r = self._call('getInvalidations', p64(a))
-            if r is not None and r[0] is not None and b <= u64(r[0]) <= upto:
-                return {u64(oid) for oid in r[1]}
-        oids = zeo_burst.changed_oids(self.storage, a, b)
-        if oids is not None:
-            return oids
-        return oids_from_iterator(self.storage.iterator, a, b)
+        (a, b] is among them."""
+        if upto is None:
+            return None
+        r = self._call('getInvalidations', p64(a))
+        if r is not None and r[0] is not None and b <= u64(r[0]) <= upto:
+            return {u64(oid) for oid in r[1]}
+        return None
+
+    def walk(self, a, b, keep_going):
+        """The iterator's calls sent in bursts (zeo_burst), where the server
+        can list the transactions; else the storage's iterator, a round trip
+        per transaction and per record.
+
+        Two walks at once on one ClientStorage are safe (issue 15): the
+        server keeps each iterator under an id of its own and runs one
+        connection's calls whole, one after another, in the order sent
+        (StorageServer.iterator_*, asyncio/server.py message_received); the
+        client sends every call from its one I/O thread and gives each
+        answer to the call of its message id (asyncio/client.py
+        Protocol.futures); the slow way's client-side iterator objects
+        (ClientStorage._iterators) are swept only by commits and
+        disconnections. tests/test_old_cat_walks.py walks two at once, one
+        thread each, beside loads: exact, and every load answered. (An
+        earlier version that walked several iterators of one request from
+        threads at once was seen to leave a load of another thread
+        unanswered for good.) wcfs walks one at a time all the same
+        (walks.Walks): two walks would only queue behind each other on the
+        one connection, with every load behind both."""
+        txns = zeo_burst.walk(self.storage, a, b, keep_going)
+        if txns is not None:
+            return txns
+        return transactions_from_iterator(self.storage.iterator, a, b, keep_going)
 
     def prefetch(self, oids, at):
         future = self._prefetch([p64(oid) for oid in oids], p64(at + 1))

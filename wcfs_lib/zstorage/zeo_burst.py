@@ -1,5 +1,5 @@
-"""The oids changed by the transactions in (a, b], from a ZEO server, in a
-few round trips instead of several per transaction.
+"""The oids each transaction in (a, b] changed, from a ZEO server, in a few
+round trips instead of several per transaction.
 
 ZEO's iterator is a chain of calls per transaction: `iterator_next`, then
 `iterator_record_start(iid, tid)` naming the tid `next` just gave, then one
@@ -17,13 +17,17 @@ in order, and checks each tid against the transaction it is at. So:
 Anything unexpected (a storage without undoLog, a transaction undoLog does
 not list, a tid the server refuses, a disconnect) gives None: the caller
 walks the iterator the slow way. Like that way, the records' data travels
-too.
+too. Between bursts the walk asks whether anybody still wants it
+(`keep_going`), and stops if not: then, and on any failure, the iterators
+it opened on the server are closed.
 """
 
 import asyncio
 import base64
 
 from ZODB.utils import p64, u64
+
+from .walks import Cancelled
 
 PAGE = 1024             # transactions per undoLog call
 MAX_PAGES = 64          # past 65536 transactions: the slow way
@@ -35,14 +39,15 @@ class Unlisted(Exception):
     """The server answered otherwise than this way needs."""
 
 
-def changed_oids(storage, a, b):
-    """-> the oids of the records of the transactions in (a, b] of the
-    ClientStorage `storage`, or None where this way does not apply."""
+def walk(storage, a, b, keep_going):
+    """-> {tid: oids} of every transaction in (a, b] of the ClientStorage
+    `storage`, or None where this way does not apply; Cancelled once
+    keep_going() is false."""
     try:
         tids = _tids(storage, a, b)
         if not tids:
-            return set() if tids is not None else None
-        return _records(storage, a, b, tids)
+            return {} if tids is not None else None
+        return _records(storage, a, b, tids, keep_going)
     except Unlisted:
         return None
 
@@ -74,16 +79,23 @@ def _tid_of(entry):
     return u64(tid)
 
 
-def _records(storage, a, b, tids):
+def _records(storage, a, b, tids, keep_going):
     iid = storage._call('iterator_start', p64(a + 1), p64(b))
-    oids = set()
+    txns = {tid: set() for tid in tids}
+    riids = []                  # record iterators still open on the server
     try:
         for i in range(0, len(tids), BURST):
+            _go_on(keep_going, a, b)
             riids = _start_records(storage, iid, tids[i:i + BURST])
-            _read_records(storage, riids, oids)
+            _read_records(storage, riids, tids[i:i + BURST], txns, keep_going, a, b)
     finally:
-        storage._call('iterator_gc', [iid])
-    return oids
+        storage._call('iterator_gc', [iid] + riids)
+    return txns
+
+
+def _go_on(keep_going, a, b):
+    if not keep_going():
+        raise Cancelled('walk of (%016x, %016x]: nobody waits for it' % (a, b))
 
 
 def _start_records(storage, iid, tids):
@@ -100,19 +112,25 @@ def _start_records(storage, iid, tids):
     return riids
 
 
-def _read_records(storage, riids, oids):
+def _read_records(storage, riids, tids, txns, keep_going, a, b):
     """Read every record iterator to its end, WINDOW records at a time: a
-    record brings its data, up to a block's size."""
-    riids = list(riids)
-    while riids:
-        window, riids = riids[:WINDOW], riids[WINDOW:]
+    record brings its data, up to a block's size. `riids`: the record
+    iterators of `tids`, in order; one that ends leaves the list (the
+    server forgot it)."""
+    tid_of = dict(zip(riids, tids))
+    pending = list(riids)
+    while pending:
+        _go_on(keep_going, a, b)
+        window, pending = pending[:WINDOW], pending[WINDOW:]
         answers = _burst(storage, [('iterator_record_next', (riid,)) for riid in window])
         for riid, record in zip(window, answers):
             if isinstance(record, BaseException):
                 raise Unlisted('iterator_record_next: %s' % record)
             if record is not None:
-                oids.add(u64(record[0]))
-                riids.append(riid)
+                txns[tid_of[riid]].add(u64(record[0]))
+                pending.append(riid)
+            else:
+                riids.remove(riid)      # ended: the server forgot it
 
 
 def _burst(storage, calls):
