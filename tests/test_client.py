@@ -19,7 +19,7 @@ import pytest
 
 from conftest import wait_for
 from wcfs_lib import client, zwriter
-from zhelp import KiB, Writer, hex16, read_bytes, stat_int, wait_head
+from zhelp import KiB, Writer, close_child, hex16, read_bytes, stat_int, wait_head
 
 BS = 64 * KiB
 CLIENT_LOG = 'wcfs.client'
@@ -220,12 +220,7 @@ class ChildClient:
         return self.call('sha1', array)
 
     def close(self):
-        self.proc.stdin.close()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        close_child(self.proc)
 
     def __enter__(self):
         return self

@@ -39,7 +39,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)        # run as a script too: `launch` and `reader`
 
 from conftest import spawn, terminate, unmount, wait_for  # noqa: E402
-from zhelp import KiB, Writer, hex16  # noqa: E402
+from zhelp import KiB, Writer, close_child, hex16  # noqa: E402
 
 BS = 64 * KiB
 REPLY_DELAY = 0.3       # seconds between reading the head and answering a getattr
@@ -136,12 +136,7 @@ class Reader:
         return int(size), bytes.fromhex(firsts)
 
     def close(self):
-        self.proc.stdin.close()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        close_child(self.proc)
 
 
 def cached_size(path):

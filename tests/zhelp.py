@@ -66,6 +66,17 @@ class Writer:
         return self.commit()
 
 
+def close_child(proc, timeout=10):
+    """Close a child's stdin (its cue to end) and wait for it; kill it past timeout."""
+    if proc.stdin:
+        proc.stdin.close()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 def raw_store(storage, records):
     """Commit raw records {oid: data} in one transaction; -> its tid."""
     t = TransactionMetaData()
@@ -222,13 +233,7 @@ class Holder:
         return self.proc.stdout.readline().strip()
 
     def close(self):
-        if self.proc.stdin:
-            self.proc.stdin.close()
-        try:
-            self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        close_child(self.proc)
 
     def __enter__(self):
         return self
