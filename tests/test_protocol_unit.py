@@ -121,11 +121,12 @@ def test_format_error_is_one_ascii_line(message):
 # ---- ChannelState: which request is allowed when ----
 
 def state_after(events):
-    """A ChannelState after events: 'want', 'ack', 'wait' (sent), 'have' (sent)."""
+    """A ChannelState after events: 'want' (read and checked), 'checking' (read,
+    its check not done), 'ack', 'wait' (sent), 'have' (sent)."""
     st = ChannelState()
     for ev in events:
-        {'want': lambda: st.want(5), 'ack': st.ack,
-         'wait': lambda: st.sent_wait(5), 'have': lambda: st.sent_have(5)}[ev]()
+        {'want': lambda: (st.want(5), st.checked()), 'checking': lambda: st.want(5),
+         'ack': st.ack, 'wait': lambda: st.sent_wait(5), 'have': lambda: st.sent_have(5)}[ev]()
     return st
 
 
@@ -133,6 +134,8 @@ def state_after(events):
     ([], 'want', True),
     ([], 'ack', False),                                         # ack with nothing
     (['want', 'have'], 'want', False),                          # want while unacked
+    (['checking'], 'want', False),                              # want while one is checked
+    (['checking'], 'ack', False),
     (['want', 'have'], 'ack', True),
     (['want', 'have', 'ack'], 'want', True),                    # want again after ack
     (['want', 'have', 'ack'], 'ack', False),                    # ack twice

@@ -261,10 +261,29 @@ class BigFile:
                 if not pending:
                     break
                 now = time.monotonic()
-                if now >= update.deadline:
-                    laggards = pending
+                if now < update.deadline:
+                    self.cond.wait(update.deadline - now)
+                    continue
+                laggards = [ch for ch in pending if not ch.state.checking]
+                if len(laggards) == len(pending):
                     break
-                self.cond.wait(update.deadline - now)
+                if laggards:
+                    self.cond.release()
+                    try:
+                        self._deal_with(laggards)
+                    finally:
+                        self.cond.acquire()
+                    laggards = []
+                    continue
+                self.cond.wait(ANSWERER_POLL)   # want() notifies once its check is done
+        self._deal_with(laggards)
+
+    def _deal_with(self, laggards):
+        """Kill or drop the channels that held an update up past its deadline;
+        no lock held (reads /proc)."""
+        if not laggards:
+            return
+        with self.cond:
             channels = list(self.channels)
         for ch in laggards:
             self.ctx.kill.deal_with(ch, channels)
@@ -499,9 +518,22 @@ class BigFile:
         A δR that needs the database is left to the answerer thread."""
         with self.cond:
             ch.state.want(cat)
-        self._check_cat(cat, request)
-        owner = request.process()
+        try:
+            self._check_cat(cat, request)
+            owner = request.process()
+        except BaseException as e:
+            with self.cond:
+                # refused before an update may send this channel anything
+                if isinstance(e, protocol.ProtocolError):
+                    ch.reply_error(e)
+                ch.state.checked()
+                self.cond.notify_all()
+            if isinstance(e, protocol.ProtocolError):
+                return
+            raise
         with self.cond:
+            ch.state.checked()
+            self.cond.notify_all()      # an update skipped this channel meanwhile
             sat = self.shown_at()
             ch.owner = owner
             # an update that started meanwhile answers it once done

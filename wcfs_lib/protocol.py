@@ -99,6 +99,9 @@ class ChannelState:
     waiting     Cat of a `want` not answered yet (a `have ... wait` was
                 sent, or its δR is being computed), else None
     unacked     a `have` without wait was sent and not acked yet
+    checking    a `want` was read and its Cat is being checked: no `have`
+                may go out until it is answered or refused, or the client
+                could not tell an update from the answer (SPEC 4.2)
     """
 
     def __init__(self):
@@ -106,13 +109,21 @@ class ChannelState:
         self.reported = None
         self.waiting = None
         self.unacked = False
+        self.checking = False
 
     def want(self, cat):
+        """A `want <cat>` was read: checking it, unless it comes out of turn."""
         if self.unacked:
             raise ProtocolError('want while a have is not acked: ack first')
         if self.waiting is not None:
             raise ProtocolError('want while waiting for %016x: wait for its have first'
                                 % self.waiting)
+        if self.checking:
+            raise ProtocolError('want while the last want is not answered: wait for its have')
+        self.checking = True
+
+    def checked(self):
+        self.checking = False
 
     def ack(self):
         if self.waiting is not None and not self.unacked:

@@ -7,7 +7,11 @@ within the kill timeout of its start (SPEC 4.2 step 2, 4.4).
 
 For each channel of its set the update sends `have <target> δR(Sprev,
 target)` (once the channel acked what it was sent before), then waits until
-every one of them acked, closed or was dropped. At the deadline each channel
+every one of them acked, closed or was dropped. A channel whose `want` wcfs
+is checking (database I/O) gets nothing until that want is answered or
+refused, so that the client can tell an update from the answer; it is
+waited for, past the deadline too (the check gives up within the database
+timeout). At the deadline each other channel
 still holding it up is dealt with by `KillPolicy`: its process is killed
 when it is sure to be the one that made the subscription and still holds the
 channel, and the channel is dropped in every case.
@@ -40,7 +44,9 @@ class Update:
         self.sent = set()       # channels that were sent this update's have
 
     def pending(self):
-        """Channels that still hold the update up. cond held."""
+        """Channels that still hold the update up. cond held. One whose
+        `want` is being checked is not late, whatever the deadline says: the
+        check is wcfs's own work (bounded by the database timeout)."""
         return [ch for ch in self.waitset
                 if not ch.dropped and not ch.closed and (ch not in self.sent or ch.state.unacked)]
 
@@ -63,7 +69,8 @@ class Update:
         moves (SPEC 4.2)."""
         tid = self.target.at
         for ch in self.waitset:
-            if ch in self.sent or ch.dropped or ch.closed or ch.state.unacked:
+            if ch in self.sent or ch.dropped or ch.closed or ch.state.unacked \
+                    or ch.state.checking:
                 continue
             cat = ch.state.waiting
             answers = cat is not None and cat <= tid
