@@ -21,7 +21,10 @@ take only those below it in this list ("A > B": take A before B):
     RevDirs.lock              a file's @<tid>/ directories and their use counts
     FileIndex.parts_lock      which oids each read block was made of
     > OidIndex.lock           which visible file each oid belongs to
-    BlockCache.lock           decoded blocks, loads in flight, prefetched blocks not read yet
+    BlockCache.lock           decoded blocks, revision keys resolved to them,
+                              loads in flight and waiting for their turn (a
+                              wait on its condition: no lock held but it),
+                              prefetched blocks not read yet
     ReadStream._lock          where the last reads of an open data file ended (taken alone)
     Prefetcher._lock          the prefetch threads started (taken alone)
     ObjectRevisions.lock      verdicts on a ZBigFile object's revisions
@@ -190,6 +193,7 @@ class Server:
         while not self.shutdown.wait(1.0):
             self._expire_revdirs()
             self._check_database()
+            self.ctx.blocks.trim()
             self.malloc.trim()
             if self._idle_too_long():
                 log.info('nothing open under %s for %gs: exiting (--autoexit)',
