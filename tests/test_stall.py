@@ -147,8 +147,9 @@ ATTACKER = textwrap.dedent('''
             n += 1
             try:
                 fd = os.open('data', os.O_RDONLY, dir_fd=dfd)
-            except OSError:
-                continue
+            except OSError as e:
+                print('error %s' % e, flush=True)
+                return
             try:
                 off = 0
                 while not stop.is_set() and os.pread(fd, 1 << 20, off):
@@ -193,7 +194,7 @@ def test_another_user_reads_while_nobody_reads_64mib_blocks_with_16_threads(post
     mine = []
     for _ in range(nblk):
         mine.append(w.touch_other())
-    mnt = wcfs_mount(postgres.zurl)
+    mnt = wcfs_mount(postgres.zurl, '-o', 'allow_other')
     big_dir, small_dir = mnt.bigfile(big_oid), mnt.bigfile(small_oid)
     attack_dirs = []
     for t in revs:
