@@ -56,7 +56,11 @@ from .blockdata import HOLE
 CACHE_BYTES = 32 << 20      # kept, at least
 KEEP_LARGEST = 2            # kept, at least this many blocks of the largest blksize read
 INFLIGHT_BYTES = 96 << 20   # loads in flight, all users: one 64 MiB block and 32 MiB beside
-USER_BYTES = 8 << 20        # loads in flight of one uid (but one load always)
+# loads in flight of one uid (but one load always): few, since the database
+# answers one connection's requests in order (bench_stall, ZEO, 16 threads of
+# 2 MiB: another user's p50 x12 with 8 MiB, x7 with 4 MiB; a lone reader's
+# cold read the same)
+USER_BYTES = 4 << 20
 AHEAD_BYTES = 16 << 20      # prefetched and not read yet, loading or kept
 IDLE = 10.0                 # seconds unused after which trim() drops a block
 ALIASES = 4096              # revision keys remembered
@@ -403,4 +407,8 @@ class BlockCache:
         else:
             del self._user[uid]
         self._schedule()
-RSS_BOUND = 640 << 20
+# wcfs's resident memory under any reads, as the man page says: the blocks,
+# and the database client's buffers of the loads in flight (a 64 MiB record
+# takes about three times its size while it arrives: seen 674 MiB at most,
+# PostgreSQL, bench_stall.py)
+RSS_BOUND = 768 << 20
