@@ -228,3 +228,15 @@ def test_reply_pads_short_blocks_with_zeros():
     buf = (ctypes.c_char * 11).from_buffer_copy(b'\xff' * 11)
     reply.copy_to(ctypes.addressof(buf))
     assert buf.raw == b'bcdef\0\0\0xy\xff'           # and nothing past it
+
+
+def test_a_span_is_where_every_record_of_a_block_holds():
+    # records read as of 20: where each holds, intersected; a record with
+    # no next revision holds up to `current` only when read fresh
+    span = zformat.Span(current=50)
+    span.add(20, 10, None, fresh=True)
+    assert (span.lo, span.hi) == (10, 50)
+    span.add(20, 15, 31)                # a chunk tree node, rewritten at 31
+    assert (span.lo, span.hi) == (15, 30)
+    span.add(20, 5, None)               # a ZData from a cache: known as of 20
+    assert (span.lo, span.hi) == (15, 20)
