@@ -30,15 +30,12 @@ import sys
 import textwrap
 import time
 
-import common
-from common import MiB, Bench, add_db_option, kernel, read_stats, reset_peak_rss, verdict
-
-from wcfs_lib import blockcache
-
 import transaction
 from ZODB.utils import u64
 
-from wcfs_lib import zwriter
+import common
+from common import MiB, Bench, add_db_option, kernel, read_stats, reset_peak_rss, verdict
+from wcfs_lib import blockcache, zwriter
 from wcfs_lib.localpg import last_transaction
 
 BIG = 64 * MiB
@@ -173,6 +170,7 @@ def p50(xs):
 def attack(mnt, name, dirs, nthreads, victim, files, phase):
     """-> True if both targets are met; prints the lines."""
     tids = files.victim_phase(victim, phase)
+    quiet(mnt)              # what an attack before queued is served
     ref = victim_reads(mnt.bigfile(u64(victim._p_oid)), tids, phase)
     tids = files.victim_phase(victim, phase + 1)
     pid = mnt.proc.pid
@@ -198,9 +196,23 @@ def attack(mnt, name, dirs, nthreads, victim, files, phase):
     return ratio <= TARGET_RATIO and peak <= blockcache.RSS_BOUND
 
 
+def quiet(mnt, pause=2.0, timeout=120):
+    """Wait until wcfs loads nothing for `pause` s: the reads the kernel
+    queued for the attacker are served after it is gone."""
+    deadline = time.monotonic() + timeout
+    last = read_stats(mnt.path)['blocks_loaded']
+    while time.monotonic() < deadline:
+        time.sleep(pause)
+        now = read_stats(mnt.path)['blocks_loaded']
+        if now == last:
+            return now
+        last = now
+    raise RuntimeError('wcfs still loading %s s after the attack' % timeout)
+
+
 def interleaved(mnt, oid):
     data = os.path.join(mnt.bigfile(oid), 'head', 'data')
-    before = read_stats(mnt.path)['blocks_loaded']
+    before = quiet(mnt)
     fd = os.open(data, os.O_RDONLY)
     try:
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_RANDOM)
