@@ -146,11 +146,6 @@ def victim_reads(fdir, tids, phase):
 
 class Attacker:
     def __init__(self, dirs, nthreads):
-        for d in dirs:      # made again: an earlier attack's outlasted --revdir-timeout
-            try:
-                os.mkdir(d)
-            except FileExistsError:
-                pass
         self.fds = [os.open(d, os.O_RDONLY | os.O_DIRECTORY) for d in dirs]
         self.proc = subprocess.Popen(
             NOBODY + [NOBODY_PYTHON, '-c', ATTACKER, str(nthreads), *map(str, self.fds)],
@@ -259,6 +254,8 @@ def main():
         for oid, tids in ((big_oid, big_tids), (mid_oid, mid_tids)):
             fdir = mnt.bigfile(oid)
             dirs.append([os.path.join(fdir, '@%016x' % t) for t in tids])
+            for d in dirs[-1]:
+                os.mkdir(d)
         if '64' in attacks:
             attack(mnt, '64MiBx16', dirs[0], 16, victim, files, 0)
         if '2' in attacks:
