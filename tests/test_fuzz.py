@@ -155,7 +155,7 @@ class ChannelMachine(RuleBasedStateMachine):
 
     def snapshot(self):
         c = self.ch
-        return c.subscribed, c.reported, c.waiting, c.unacked
+        return c.subscribed, c.reported, c.waiting, c.unacked, c.checking
 
     @rule(cat=st.integers(0, 140))
     def want(self, cat):
@@ -167,7 +167,9 @@ class ChannelMachine(RuleBasedStateMachine):
             assert before[3] or before[2] is not None      # unacked or waiting
             return
         assert not before[3] and before[2] is None
-        if self.head < cat:                                 # BigFile.want
+        assert self.ch.checking
+        self.ch.checked()                                   # BigFile.want: its check done
+        if self.head < cat:
             self.ch.sent_wait(cat)
         else:
             self.sent_have(self.head)
