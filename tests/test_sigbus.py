@@ -38,8 +38,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)        # run as a script too: `launch` and `reader`
 
-from conftest import spawn, terminate, unmount, wait_for  # noqa: E402
-from zhelp import KiB, Writer, close_child, hex16  # noqa: E402
+from zhelp import KiB, LaunchedWCFS, Writer, close_child, hex16  # noqa: E402
 
 BS = 64 * KiB
 REPLY_DELAY = 0.3       # seconds between reading the head and answering a getattr
@@ -88,33 +87,6 @@ def reader(mountpoint, oid):
             print(view.size, firsts.hex(), flush=True)
 
 
-class SlowGetattrWCFS:
-    """wcfs on a fresh mount point, run by `launch`; always unmounted."""
-
-    def __init__(self, zurl, tmp_path):
-        self.path = str(tmp_path / 'mnt')
-        self.logpath = tmp_path / 'wcfs.log'
-        os.mkdir(self.path)
-        self.proc = spawn([sys.executable, __file__, 'wcfs', str(REPLY_DELAY), zurl, self.path],
-                          self.logpath)
-        try:
-            wait_for(self.serving, 20, 'wcfs to serve at %s' % self.path)
-        except BaseException:
-            self.close()
-            raise
-
-    def serving(self):
-        if self.proc.poll() is not None:
-            raise AssertionError('wcfs exited with %s:\n%s'
-                                 % (self.proc.returncode, self.logpath.read_text()))
-        return os.path.exists(os.path.join(self.path, '.wcfs', 'zurl'))
-
-    def close(self):
-        terminate(self.proc)
-        unmount(self.path)
-        print('--- wcfs log:\n%s' % self.logpath.read_text(errors='replace'))
-
-
 class Reader:
     """The `reader` in another process: a SIGBUS kills it, not pytest."""
 
@@ -154,7 +126,7 @@ def cached_size(path):
 def test_view_resynced_to_growth_raced_by_a_stat_gets_no_sigbus(zeo, tmp_path):
     w = Writer(zeo.db())
     f, oid, tid = w.new_file(BS, {blk: bytes([blk + 1]) * BS for blk in range(4)})
-    mnt = SlowGetattrWCFS(zeo.zurl, tmp_path)
+    mnt = LaunchedWCFS([__file__, 'wcfs', REPLY_DELAY], zeo.zurl, tmp_path)
     try:
         os.mkdir(os.path.join(mnt.path, 'bigfile', hex16(oid)))
         data = os.path.join(mnt.path, 'bigfile', hex16(oid), 'head', 'data')

@@ -28,8 +28,8 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)        # run as a script too: `launch`
 
-from conftest import spawn, terminate, unmount, wait_for  # noqa: E402
-from zhelp import KiB, Writer, head_at, hex16  # noqa: E402
+from conftest import wait_for  # noqa: E402
+from zhelp import KiB, LaunchedWCFS, Writer, head_at, hex16  # noqa: E402
 
 BS = 64 * KiB
 DELAY = 1.0
@@ -65,28 +65,13 @@ def launch(armed, done, argv):
     return wcfs.main(argv)
 
 
-class LaunchedWCFS:
-    """wcfs on a fresh mount point, run by `launch`; always unmounted."""
+class CheckingWCFS(LaunchedWCFS):
+    """wcfs run by `launch`; `armed` arms its delay."""
 
     def __init__(self, zurl, tmp_path):
-        self.path = str(tmp_path / 'mnt')
         self.armed = str(tmp_path / 'armed')
         self.done = str(tmp_path / 'done')
-        self.logpath = tmp_path / 'wcfs.log'
-        os.mkdir(self.path)
-        self.proc = spawn([sys.executable, __file__, 'wcfs', self.armed, self.done, zurl,
-                           self.path], self.logpath)
-        try:
-            wait_for(self.serving, 20, 'wcfs to serve at %s' % self.path)
-        except BaseException:
-            self.close()
-            raise
-
-    def serving(self):
-        if self.proc.poll() is not None:
-            raise AssertionError('wcfs exited with %s:\n%s'
-                                 % (self.proc.returncode, self.logpath.read_text()))
-        return os.path.exists(os.path.join(self.path, '.wcfs', 'zurl'))
+        super().__init__([__file__, 'wcfs', self.armed, self.done], zurl, tmp_path)
 
     def handled(self):
         """The Cats of the wants handled since armed."""
@@ -95,11 +80,6 @@ class LaunchedWCFS:
                 return f.read().split()
         except FileNotFoundError:
             return []
-
-    def close(self):
-        terminate(self.proc)
-        unmount(self.path)
-        print('--- wcfs log:\n%s' % self.logpath.read_text(errors='replace'))
 
 
 def read_line(fd, timeout=10):
@@ -121,7 +101,7 @@ def pending(fd):
 def test_update_during_the_check_of_a_want_leaves_one_answer(zeo, tmp_path, acks):
     w = Writer(zeo.db())
     f, oid, t0 = w.new_file(BS, {0: b'a' * BS, 1: b'b' * BS})
-    mnt = LaunchedWCFS(zeo.zurl, tmp_path)
+    mnt = CheckingWCFS(zeo.zurl, tmp_path)
     try:
         fdir = os.path.join(mnt.path, 'bigfile', hex16(oid))
         os.mkdir(fdir)

@@ -23,7 +23,7 @@ from ZODB.Connection import TransactionMetaData
 from ZODB.TimeStamp import TimeStamp
 from ZODB.utils import p64, u64
 
-from conftest import wait_for
+from conftest import spawn, terminate, unmount, wait_for
 from wcfs_lib import zwriter
 from wcfs_lib.localpg import last_transaction
 
@@ -64,6 +64,35 @@ class Writer:
         """Commit a transaction that changes no ZBigFile; -> its tid."""
         self.root['counter'] = self.root.get('counter', 0) + 1
         return self.commit()
+
+
+class LaunchedWCFS:
+    """wcfs on a fresh mount point under tmp_path, run by a test's own
+    launcher: `python SCRIPT ARGS... ZURL MOUNTPOINT` (a launcher changes wcfs
+    in its own process only, to widen a race); always unmounted."""
+
+    def __init__(self, script_args, zurl, tmp_path):
+        self.path = str(tmp_path / 'mnt')
+        self.logpath = tmp_path / 'wcfs.log'
+        os.mkdir(self.path)
+        self.proc = spawn([sys.executable, *map(str, script_args), zurl, self.path],
+                          self.logpath)
+        try:
+            wait_for(self.serving, 20, 'wcfs to serve at %s' % self.path)
+        except BaseException:
+            self.close()
+            raise
+
+    def serving(self):
+        if self.proc.poll() is not None:
+            raise AssertionError('wcfs exited with %s:\n%s'
+                                 % (self.proc.returncode, self.logpath.read_text()))
+        return os.path.exists(os.path.join(self.path, '.wcfs', 'zurl'))
+
+    def close(self):
+        terminate(self.proc)
+        unmount(self.path)
+        print('--- wcfs log:\n%s' % self.logpath.read_text(errors='replace'))
 
 
 def close_child(proc, timeout=10):
