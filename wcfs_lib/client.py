@@ -699,10 +699,7 @@ class View:
         if self._rev_fd is None or self._base is None or not self.size:
             return
         try:
-            _mmap(self._base, _round_up(self.size, PAGE), mmap.PROT_READ,
-                  mmap.MAP_SHARED | MAP_FIXED, self._rev_fd, 0,
-                  '%s/@%016x/data' % (self.name, self.at))
-            self._overlaid = [(0, self.size)]
+            self._overlay_whole()
         except OSError as e:
             log.error('%s: keeping the view as of %016x: %s', self.name, self.at, e)
 
@@ -718,9 +715,14 @@ class View:
             if e.errno != errno.ENOMEM:
                 raise
             log.warning('%s: %s; mapping all of it', what, e)
-            _mmap(self._base, self.size, mmap.PROT_READ, mmap.MAP_SHARED | MAP_FIXED,
-                  self._rev_fd, 0, what)
-            self._overlaid = [(0, self.size)]
+            self._overlay_whole()
+
+    def _overlay_whole(self):
+        """Map @<at>/data over the whole view: it shows `at` whatever head does."""
+        _mmap(self._base, _round_up(self.size, PAGE), mmap.PROT_READ,
+              mmap.MAP_SHARED | MAP_FIXED, self._rev_fd, 0,
+              '%s/@%016x/data' % (self.name, self.at))
+        self._overlaid = [(0, self.size)]
 
     def _fail(self, exc):
         """The channel cannot go on: close it (wcfs stops waiting for its acks), fail requests.
