@@ -23,7 +23,7 @@ import stat
 import threading
 import time
 
-from . import errors
+from . import errors, mount
 from .bigfile import head_of, tid_time
 from .blockdata import Reply
 from .fs_binding import fuse
@@ -336,7 +336,7 @@ class WCFS(fuse.Operations):
             head = node.bf.head if node.kind == DATA else node.rd.head
             with errors.mapped(errors.READ, 'read bigfile/%s @%016x [%d:+%d]',
                                node.bf.name, head.at, offset, size):
-                return node.bf.read(head, offset, size, h.stream)
+                return node.bf.read(head, offset, size, h.stream, fuse.fuse_get_context()[0])
         if h.channel is not None:
             return h.channel.read(size, fi)
         return self._read_uncached(h, offset, size)
@@ -449,6 +449,7 @@ class WCFS(fuse.Operations):
         if conn is not None:
             conn.want = (conn.want | FUSE_CAP_EXPLICIT_INVAL_DATA) & ~FUSE_CAP_AUTO_INVAL_DATA
             conn.max_readahead = 1 << 20
+            mount.set_background_queue(conn)
         if config is not None:
             config.attr_timeout = 0.0       # sizes and mtimes move with head
             config.entry_timeout = 1.0

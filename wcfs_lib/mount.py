@@ -13,6 +13,14 @@ log = logging.getLogger('wcfs.mount')
 
 MNT_DETACH = 2
 FUSECTL = '/sys/fs/fuse/connections'
+# The kernel's queue of background requests (every page-cache read of a FUSE
+# file is one): by default 12 in flight for all users, so the reads of one
+# user whose loads wait held everyone's behind them in the kernel's FIFO.
+# Let them through to wcfs, where loads take turns per uid (blockcache.py).
+# Each takes a FUSE thread, beside the channels' blocked reads: server.py's
+# MAX_THREADS (2400) less MAX_CHANNELS (2200), less a few.
+MAX_BACKGROUND = 192
+CONGESTION_THRESHOLD = MAX_BACKGROUND * 3 // 4     # the kernel's own ratio
 
 _libc = ctypes.CDLL(ctypes.util.find_library('c'), use_errno=True)
 
@@ -115,6 +123,13 @@ def abort_connection(dev):
 
 def _fusectl_mounted():
     return any(m.fstype == 'fusectl' for m in procfs.mounts())
+
+
+def set_background_queue(conn):
+    """In FUSE's init: the kernel's background queue (libfuse 3.14 takes no
+    -o for it)."""
+    conn.max_background = MAX_BACKGROUND
+    conn.congestion_threshold = CONGESTION_THRESHOLD
 
 
 def set_read_ahead(path, kb):

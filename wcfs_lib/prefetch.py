@@ -20,11 +20,12 @@ prefetches anything, so they load exactly the blocks they read.
 
 Loading: the blocks after the read, up to AHEAD_BYTES (at most
 AHEAD_BLOCKS of them), are claimed in the BlockCache (which bounds the bytes
-in flight and the bytes prefetched and not read yet, and never makes a
-prefetch wait) and loaded by THREADS threads, nearest first. Each is keyed
-by (file, revision, block) like every block, and loaded as of that
-revision: a block prefetched for a head that has moved since is never
-served for the new one.
+in flight, of all users and of the reader's uid, and the bytes prefetched
+and not read yet, and never makes a prefetch wait) and loaded by THREADS
+threads, nearest first. Each is asked for by (file, revision, block) like
+every block, and loaded as of that revision: a block prefetched for a head
+that has moved since is served for the new one only where its records are
+the same (blockcache.py).
 """
 
 import logging
@@ -75,16 +76,17 @@ class Prefetcher:
         self._lock = threading.Lock()       # guards _threads
         self._threads = []
 
-    def ahead(self, bf, head, blk):
-        """Prefetch the blocks of `bf` as of `head` from `blk` on."""
+    def ahead(self, bf, head, blk, uid=None):
+        """Prefetch the blocks of `bf` as of `head` from `blk` on, for the
+        reader `uid` (they count among its loads in flight)."""
         bs = head.blksize
         nblk = -(-head.size // bs)
         stop = min(nblk, blk + max(1, min(AHEAD_BLOCKS, AHEAD_BYTES // bs)))
         for b in range(blk, stop):
             key = bf.block_key(head, b)
-            if self.blocks.reserve(key, bs):
+            if self.blocks.reserve(key, bs, uid):
                 self._start()
-                self._queue.put((bf, head, b, key))
+                self._queue.put((bf, head, b, uid))
 
     def _start(self):
         with self._lock:
@@ -108,9 +110,9 @@ class Prefetcher:
             item = self._queue.get()
             if item is None:
                 return
-            bf, head, blk, key = item
+            bf, head, blk, uid = item
             try:
-                self.blocks.fill(key, head.blksize, lambda: bf.load_ahead(head, blk))
+                bf.fill_ahead(head, blk, uid)
             except Exception as e:
                 # the reader of the block loads it again, and gets the error itself
                 log.debug('bigfile/%s @%016x: prefetch of block %d: %s: %s',

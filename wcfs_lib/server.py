@@ -29,7 +29,10 @@ take only those below it in this list ("A > B": take A before B):
     FileIndex.parts_lock      which oids each read block was made of
     > OidIndex.lock           which visible file each oid belongs to
     FileIndex.state_lock      a file index's head, blktab and size as one revision (taken alone)
-    BlockCache.lock           decoded blocks, loads in flight, prefetched blocks not read yet
+    BlockCache.lock           decoded blocks, revision keys resolved to them,
+                              loads in flight and waiting for their turn (a
+                              wait on its condition: no lock held but it),
+                              prefetched blocks not read yet
     ReadStream._lock          where the last reads of an open data file ended (taken alone)
     Prefetcher._lock          the prefetch threads started (taken alone)
     ObjectRevisions.lock      verdicts on a ZBigFile object's revisions
@@ -231,6 +234,7 @@ class Server:
         self.act_on_signals()
         self._expire_revdirs()
         self._check_database()
+        self.ctx.blocks.trim()
         self.malloc.trim()
 
     def _check_database(self):

@@ -483,6 +483,27 @@ class ZBigFileHead:
         self.blktab = blktab    # oid of the LOBTree
 
 
+class Span:
+    """The revisions [lo, hi] over which every record read for one block
+    as of `at` stays the same: lo the newest serial, hi the revision before
+    the first next revision; a record that had no next revision is known to
+    hold up to `current` (a revision the database had committed before it
+    was asked, so at least `at`), or only up to `at` where it was read from
+    a client cache or an older snapshot (`add(..., fresh=False)`)."""
+
+    __slots__ = ('current', 'lo', 'hi')
+
+    def __init__(self, current):
+        self.current = current
+        self.lo = 0
+        self.hi = None
+
+    def add(self, at, serial, end, fresh=False):
+        bound = end - 1 if end is not None else max(at, self.current) if fresh else at
+        self.lo = max(self.lo, serial)
+        self.hi = bound if self.hi is None else min(self.hi, bound)
+
+
 class ZLoader:
     """Reads ZBigFiles as of any revision from raw records; thread-safe.
 
@@ -549,12 +570,15 @@ class ZLoader:
 
     # BTrees
 
-    def node(self, oid, at, kinds=LOBTREE, uncached=False):
+    def node(self, oid, at, kinds=LOBTREE, uncached=False, span=None):
         """-> (Bucket or Tree, serial) of a BTree node as of `at`. uncached:
         no cache is likely to hold it (a transaction just wrote it, or it
-        was just prefetched): asked for bounded by a node's size."""
+        was just prefetched): asked for bounded by a node's size. `span`
+        (a Span) learns where its record holds."""
         bound = (MAX_NODE_RECORD, 'a BTree node')
-        data, serial = self.record(oid, at, bound=bound if uncached else None)
+        data, serial, end = self.record_span(oid, at, bound=bound if uncached else None)
+        if span is not None:
+            span.add(at, serial, end)
         key = (oid, serial)
         with self._nodes_lock:
             node = self._nodes.get(key)
@@ -596,24 +620,24 @@ class ZLoader:
             break
         return 0 if last is None else file_size(last, head)
 
-    def walk(self, root, at, kinds=LOBTREE, reverse=False, visit=None):
+    def walk(self, root, at, kinds=LOBTREE, reverse=False, visit=None, span=None):
         """Yield (key, oid) of a BTree in key order; visit(oid, node) per node."""
-        yield from self._walk(root, at, kinds, reverse, visit, 0, set())
+        yield from self._walk(root, at, kinds, reverse, visit, 0, set(), span)
 
-    def _walk(self, oid, at, kinds, reverse, visit, depth, seen):
+    def _walk(self, oid, at, kinds, reverse, visit, depth, seen, span=None):
         if depth > 64:
             raise FormatError(oid, at, 'BTree deeper than 64 levels')
         if oid in seen:
             raise FormatError(oid, at, 'BTree node reached twice')
         seen.add(oid)
-        node, _ = self.node(oid, at, kinds)
+        node, _ = self.node(oid, at, kinds, span=span)
         if visit is not None:
             visit(oid, node)
         if isinstance(node, Bucket):
             yield from (reversed(list(node.items)) if reverse else node.items)
             return
         for child in (reversed(node.children) if reverse else node.children):
-            yield from self._walk(child, at, kinds, reverse, visit, depth + 1, seen)
+            yield from self._walk(child, at, kinds, reverse, visit, depth + 1, seen, span)
 
     # blocks
 
@@ -622,9 +646,10 @@ class ZLoader:
         data, oids = self.load_block_data(zblk, at, blksize)
         return data.padded(blksize), oids
 
-    def load_block_data(self, zblk, at, blksize):
-        """-> (BlockData of at most blksize bytes, oids the block is made of)."""
-        klass, state = self._decode_data(zblk, at, blksize)
+    def load_block_data(self, zblk, at, blksize, span=None):
+        """-> (BlockData of at most blksize bytes, oids the block is made of);
+        `span` (a Span) learns over which revisions they all hold."""
+        klass, state = self._decode_data(zblk, at, blksize, span, fresh=span is not None)
         if klass in ZBLK0:
             data = _as_data(state, zblk, at)
             if len(data) > blksize:
@@ -634,29 +659,34 @@ class ZLoader:
         if klass == ZBLK1:
             if not isinstance(state, Ref):
                 raise FormatError(zblk, at, 'ZBlk1 state is not a reference to its chunk tree')
-            return self._load_zblk1(zblk, state.oid, at, blksize)
+            return self._load_zblk1(zblk, state.oid, at, blksize, span)
         raise FormatError(zblk, at, 'block object is a %s, not a ZBlk0 or ZBlk1' % klass)
 
-    def _decode_data(self, oid, at, blksize):
+    def _decode_data(self, oid, at, blksize, span=None, fresh=False):
         # Straight from the server, not through its client cache (ZEO): a
         # block's record is decoded once per revision and kept by wcfs
         # (BlockCache) and the kernel; storing 2 MiB records in ZEO's cache
         # costs a file write each (about 15% of wcfs's CPU in a cold read)
         # and pushes out the BTree nodes that every block lookup needs.
         bound = (max_block_record(blksize), 'a block of blksize %d' % blksize)
-        data, _serial = self.record(oid, at, cache=False, bound=bound)
+        # fresh: a record with no next revision is then current as of the
+        # server's answer (RelStorage: a snapshot polled for it)
+        data, serial, end = self.record_span(oid, at, fresh=fresh, cache=False, bound=bound)
+        if span is not None:
+            span.add(at, serial, end, fresh)
         try:
             return decode_data_record(data, self._large_decode_lock)
         except Exception as e:
             raise FormatError(oid, at, 'undecodable record: %s' % e) from None
 
-    def _load_zblk1(self, zblk, chunktab, at, blksize):
+    def _load_zblk1(self, zblk, chunktab, at, blksize, span=None):
         buf = None
         oids = [zblk]
         end = 0
-        for off, zdata in self.walk(chunktab, at, IOBTREE, visit=lambda oid, _: oids.append(oid)):
+        for off, zdata in self.walk(chunktab, at, IOBTREE, visit=lambda oid, _: oids.append(oid),
+                                    span=span):
             oids.append(zdata)
-            klass, state = self._decode_data(zdata, at, blksize)
+            klass, state = self._decode_data(zdata, at, blksize, span)
             if klass != ZDATA:
                 raise FormatError(zdata, at, 'chunk object is a %s, not ZData' % klass)
             chunk = _as_data(state, zdata, at)
