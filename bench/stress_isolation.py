@@ -4,7 +4,11 @@ output; exit status 1 if any run failed.
 
 The load: bench_soak.py running the whole time (its own database server,
 wcfs mount, writer and reader processes; --soak-db picks its database), and
---busy processes that spin (`while True: pass`). Each run is the venv's
+--busy processes that spin (`while True: pass`), and with --drop-caches a
+process that writes 3 to /proc/sys/vm/drop_caches every so many seconds
+(the kernel then drops clean pages, dentries and inodes of every
+filesystem: wcfs's readers fault pages in again and look paths up afresh;
+global, so it slows everything else on the machine too). Each run is the venv's
 pytest on the test file (both databases, or --database's one), with its
 output kept in a file; a run that passes prints one line, the first that
 fails has its output printed at the end (from pytest's FAILURES on, --lines
@@ -15,7 +19,8 @@ soak ends on its own, its last lines are shown and another is started.
 Every process started here is in a session of its own, ended by its pid:
 pytest with SIGINT (its fixtures then stop their mounts and servers),
 bench_soak.py with SIGTERM (it stops its own and prints its figures, shown
-at the end), the busy loops with SIGKILL; also on ^C or SIGTERM.
+at the end), the busy loops and the drop_caches loop with SIGKILL; also on
+^C or SIGTERM.
 """
 
 import argparse
@@ -37,6 +42,13 @@ SOAK_START_TIMEOUT = 300        # seconds for bench_soak.py to have its readers 
 SOAK_STOP_TIMEOUT = 300         # it stops its readers, wcfs and database, and reports
 RUN_TIMEOUT = 1800              # one pytest run (two tests of at most 300 s each, and set-up)
 PYTEST_STOP_TIMEOUT = 120       # for pytest's teardown after SIGINT
+DROP_CACHES = '''
+import sys, time
+while True:
+    with open('/proc/sys/vm/drop_caches', 'w') as f:
+        f.write('3')
+    time.sleep(float(sys.argv[1]))
+'''
 
 
 def interrupt(signum, frame):
@@ -150,11 +162,16 @@ def main():
     p.add_argument('--no-soak', action='store_true', help='no bench_soak.py beside the runs')
     p.add_argument('--busy', type=int, default=0, metavar='N',
                    help='processes that spin beside the runs (default 0)')
+    p.add_argument('--drop-caches', type=float, metavar='SECONDS',
+                   help='write 3 to /proc/sys/vm/drop_caches every SECONDS beside the runs '
+                        '(root only)')
     p.add_argument('--lines', type=int, default=200,
                    help="lines of the first failure's report to print (default 200)")
     args = p.parse_args()
     if args.runs < 1 or args.busy < 0:
         p.error('--runs must be positive, --busy not negative')
+    if args.drop_caches is not None and args.drop_caches <= 0:
+        p.error('--drop-caches must be positive')
     signal.signal(signal.SIGTERM, interrupt)
 
     dir = Path(tempfile.mkdtemp(prefix='wcfs-stress-'))
@@ -166,12 +183,16 @@ def main():
     try:
         for _ in range(args.busy):
             busy.append(start([sys.executable, '-c', 'while True: pass'], os.devnull))
+        if args.drop_caches:
+            busy.append(start([sys.executable, '-c', DROP_CACHES, str(args.drop_caches)],
+                              dir / 'drop_caches.out'))
         if soak:
             soak.start()
-        print('stress: %d runs of %s (%s) beside %s and %d busy loops; outputs in %s'
+        print('stress: %d runs of %s (%s) beside %s, %d busy loops%s; outputs in %s'
               % (args.runs, TEST, args.database,
                  'no soak' if soak is None else 'bench_soak.py --db %s' % args.soak_db,
-                 args.busy, dir), flush=True)
+                 args.busy, ', drop_caches every %g s' % args.drop_caches
+                 if args.drop_caches else '', dir), flush=True)
         for n in range(1, args.runs + 1):
             if soak:
                 soak.keep_up()
