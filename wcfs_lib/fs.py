@@ -268,13 +268,16 @@ class WCFS(fuse.Operations):
     # ---- open / read / release ----
 
     def _new_handle(self, h):
+        # A revdir removed between the path's resolution and now is gone
+        # for this open too: a handle on it would read, but its getattr
+        # (fstat) would find no such path.
+        if h.node.rd is not None and not h.node.bf.revdirs.acquire(h.node.rd):
+            raise err(errno.ENOENT)
         with self._handles_lock:
             fh = self._next_fh
             self._next_fh += 1
             self._handles[fh] = h
             self.opens += 1
-        if h.node.rd is not None:
-            h.node.bf.revdirs.use(h.node.rd, +1)
         return fh
 
     def _handle(self, fh):
@@ -291,7 +294,7 @@ class WCFS(fuse.Operations):
                 self.opens -= 1
                 self.last_close = time.monotonic()
         if h is not None and h.node.rd is not None:
-            h.node.bf.revdirs.use(h.node.rd, -1)
+            h.node.bf.revdirs.release(h.node.rd)
         return h
 
     def opendir(self, path):

@@ -49,10 +49,20 @@ class RevDirs:
         with self.lock:
             return [rd.name for _, rd in sorted(self._dirs.items())]
 
-    def use(self, rd, delta):
-        """Count an open (+1) or a release (-1) of something in `rd`."""
+    def acquire(self, rd):
+        """Count an open of something in `rd`; -> False, counting nothing,
+        when `rd` was removed since the open found it (the path is gone)."""
         with self.lock:
-            rd.opens += delta
+            if self._dirs.get(rd.tid) is not rd:
+                return False
+            rd.opens += 1
+            rd.last_used = time.monotonic()
+            return True
+
+    def release(self, rd):
+        """Count a release of something in `rd` that acquire() counted."""
+        with self.lock:
+            rd.opens -= 1
             rd.last_used = time.monotonic()
 
     def expire(self, timeout):
