@@ -48,7 +48,7 @@ from ZODB.MappingStorage import MappingStorage
 from ZODB.POSException import POSKeyError
 from ZODB.utils import p64, u64, z64
 
-from conftest import wait_for
+from devtools.procs import wait_for
 from wcfs_lib import zformat, zstorage, zwriter
 from wcfs_lib.delta import compare_revisions
 from wcfs_lib.protocol import (MAX_LINE, ChannelState, LineBuffer, ProtocolError, format_error,

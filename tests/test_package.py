@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, is_mounted, unmount, wait_for
+from devtools.procs import is_mounted, unmount_left, wait_for
+from devtools.wcfsproc import ROOT
 from zhelp import KiB, Writer, hex16
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -149,7 +150,7 @@ def cleanup(mountpoint):
     if pid is not None:
         os.kill(pid, 9)
         wait_for(lambda: wcfs_pid() is None, 10, 'wcfs pid %d to die' % pid)
-    unmount(mountpoint)
+    unmount_left(mountpoint)
     if package_state():
         run(['apt-get', 'purge', '-y', 'wcfs'], timeout=300)
 
