@@ -12,13 +12,20 @@ postgres_history_free
 database     zeo, then postgres: a test that takes it runs once on each.
 wcfs_mount   a factory: mnt = wcfs_mount(zurl, *extra_args) runs wcfs.py in the
              foreground on a fresh mount point and returns once it serves.
+mount_at     the same on a mount point that exists already (stale, or
+             reachable by other users: public_dir makes one such directory).
+serve        a factory of scenes.Served: files committed to `database`, a
+             wcfs on them, channels closed at the end.
+wcfs_d       runs `wcfs.py -d` to its end (daemonhelp.Start); nobody_tmp,
+             mnt: the directories its tests use.
 wait_for     polls a condition until it holds or a timeout passes (the fixture
              of devtools.procs.wait_for, which helper modules import).
 
 The servers and processes themselves are devtools' (zeoserver, pgcluster,
 wcfsproc), shared with the demo and the benchmarks; test modules import
 helpers from devtools and from the helper modules beside this file
-(zhelp, chanhelp, ...), never from this file or from another test module.
+(zhelp, chanhelp, scenes, daemonhelp, ...), never from this file or from
+another test module. This file serves tests/unit/ too.
 
 Every process started here is ended by its pid at teardown (SIGTERM, then
 SIGKILL), and a mount point left mounted is unmounted. The logs of the ZEO
