@@ -247,10 +247,6 @@ class PostgresCluster:
             except subprocess.TimeoutExpired:
                 pass
 
-    def restart(self):
-        self.stop()
-        self.start()
-
     def destroy(self):
         """Stop the server whatever state it is in, remove the directory."""
         try:
