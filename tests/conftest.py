@@ -43,12 +43,13 @@ from pathlib import Path
 import pytest
 import ZEO.ClientStorage
 
-from daemonhelp import NOBODY, SETPRIV_NOBODY, Start, end_daemon, read_pid
+from daemonhelp import Start, end_daemon, read_pid
 from devtools.pgcluster import PGServer, PostgresCluster
 from devtools.procs import START_TIMEOUT, is_mounted, unmount_left, wait_for
 from devtools.wcfsproc import WCFS, WCFS_PY
 from devtools.zeoserver import ZEOServer
 from scenes import Served
+from zhelp import NOBODY, SETPRIV_NOBODY
 
 
 @pytest.fixture(name='wait_for')

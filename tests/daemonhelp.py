@@ -10,7 +10,6 @@ stale_mount   whether a mount's server is gone (ENOTCONN)
 
 import errno
 import os
-import pwd
 import signal
 import subprocess
 import time
@@ -18,8 +17,6 @@ import time
 from devtools.procs import STOP_TIMEOUT, read_text
 
 RUN_TIMEOUT = 60        # seconds for a `wcfs -d` command to return
-NOBODY = pwd.getpwnam('nobody')
-SETPRIV_NOBODY = ['setpriv', '--reuid=nobody', '--regid=nogroup', '--clear-groups']
 
 
 def read_pid(pidfile):

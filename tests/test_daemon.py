@@ -42,11 +42,11 @@ import pytest
 import transaction
 from ZODB.utils import u64
 
-from daemonhelp import NOBODY, RUN_TIMEOUT, SETPRIV_NOBODY, read_pid, stale_mount, wcfs_running
+from daemonhelp import RUN_TIMEOUT, read_pid, stale_mount, wcfs_running
 from devtools.procs import START_TIMEOUT, STOP_TIMEOUT, free_port, is_mounted, read_text, wait_for
 from devtools.wcfsproc import ROOT
 from wcfs_lib import daemon, zwriter
-from zhelp import read_head
+from zhelp import NOBODY, SETPRIV_NOBODY, read_head
 
 AUTOEXIT = 2            # seconds of --autoexit in these tests
 BLKSIZE = 64 << 10

@@ -15,7 +15,6 @@ Every process started here is ended by its pid, every mount unmounted.
 """
 
 import os
-import pwd
 import signal
 import stat
 import subprocess
@@ -30,9 +29,8 @@ from devtools.procs import (START_TIMEOUT, is_mounted, read_text, spawn, termina
                             wait_for)
 from devtools.wcfsproc import ROOT
 from wcfs_lib import daemon, procfs
-from zhelp import Writer, head_at, stat_int, wait_head
+from zhelp import NOBODY, Writer, head_at, stat_int, wait_head
 
-NOBODY = pwd.getpwnam('nobody')
 RUN_TIMEOUT = 60        # seconds for a wcfs that is expected to exit by itself
 BLKSIZE = 64 << 10
 

@@ -14,6 +14,7 @@ import ctypes
 import ctypes.util
 import mmap
 import os
+import pwd
 import subprocess
 import sys
 import textwrap
@@ -306,6 +307,7 @@ class Holder:
 
 # ---- another user: nobody ----
 
+NOBODY = pwd.getpwnam('nobody')
 AS_NOBODY = dict(user='nobody', group='nogroup', extra_groups=[], cwd='/')
 # The clients run as nobody use only the standard library: run them with the
 # system's python, since nobody may not reach the virtual environment (CI's
