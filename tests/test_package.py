@@ -183,7 +183,8 @@ def test_package_builds_lints_installs_and_serves(zeo, tmp_path):
     # wcfs_lib only (not devtools, tests, bench, demo.py), beside the carried packages.
     shipped = {path.split('/')[4] for path in shipped_paths(deb)
                if path.startswith('./usr/lib/wcfs/') and path.split('/')[4]}
-    assert shipped & {p.name for p in src.iterdir()} == {'wcfs.py', 'wcfs_lib'}, sorted(shipped)
+    ours = shipped & {p.name for p in src.iterdir()}
+    assert ours == {'wcfs.py', 'wcfs_lib'}, 'the .deb ships of this tree: %s' % sorted(ours)
 
     lint = run(['lintian', str(deb), str(changes)], timeout=600, check=False)
     complaints = [line for line in lint.stdout.splitlines() if line[:2] in ('E:', 'W:')]

@@ -7,6 +7,9 @@ stats        `.wcfs/stats` of a mount as a dict.
 head_at      `head/at` of a file as an int; wait_head waits until it is a tid.
 resident     which pages of a file the kernel page cache holds (mincore).
 Holder       another real process that keeps a file mmapped, every page touched.
+assert_serving, cached, expected_modes, vmrss
+             what a mount test checks of a wcfs: alive without a traceback,
+             blocks in the page cache, modes as SPEC §3 says, a process's RSS.
 AS_NOBODY    how to run a process as the user nobody (subprocess arguments).
 """
 
