@@ -19,22 +19,18 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import time
 import traceback
 
 import numpy as np
 import transaction
-import ZEO.ClientStorage
-import ZODB
 import ZODB.utils
 
+from devtools.pgcluster import PGServer, last_transaction
+from devtools.procs import is_mounted, tail, wait_for
+from devtools.wcfsproc import WCFS
+from devtools.zeoserver import ZEOServer
 from wcfs_lib import zwriter
-from wcfs_lib.localpg import PostgresCluster, last_transaction
-from wcfs_lib.localproc import accepts, free_port, is_mounted, terminate
 from wcfs_lib.zstorage import masked
-
-ROOT = os.path.dirname(os.path.abspath(__file__))
-RUNZEO = os.path.join(os.path.dirname(sys.executable), 'runzeo')
 
 MiB = 1 << 20
 BLKSIZE = 2 * MiB
@@ -76,70 +72,42 @@ def check(ok, what):
     print(f'  ok: {what}')
 
 
-def wait_until(cond, timeout, what):
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise DemoError(f'timed out after {timeout} s waiting for {what}')
-        time.sleep(0.05)
-
-
-
-
-
-
-
-
-
-
-class ZEOServer:
+class ZEOTour:
     """runzeo on a free port of 127.0.0.1, its Data.fs in tmp."""
 
     title = 'Start a ZEO server'
     how_news_come = 'wcfs hears of the transaction from the ZEO server'
 
     def __init__(self, tmp):
-        self.tmp = tmp
-        self.log = os.path.join(tmp, 'runzeo.log')
-        self.addr = ('127.0.0.1', free_port())
-        self.zurl = 'zeo://%s:%d' % self.addr
-        self.proc = None
+        self.server = ZEOServer(tmp, error=DemoError)
+        self.zurl = self.server.zurl
 
     def about(self):
         return f"""wcfs reads a ZODB database. In production that is a ZEO server
             that many machines share; here we start one on {self.zurl} with its
-            data in {self.tmp}/Data.fs."""
+            data in {self.server.path}."""
 
     def start(self):
-        argv = [RUNZEO, '-a', '%s:%d' % self.addr, '-f', os.path.join(self.tmp, 'Data.fs')]
-        print('  $ ' + shlex.join(argv))
-        self.proc = spawn(argv, self.log)
-
-        def serving():
-            if self.proc.poll() is not None:
-                raise DemoError(f'runzeo exited with {self.proc.returncode}:\n{tail(self.log)}')
-            return accepts(self.addr)
-        wait_until(serving, START_TIMEOUT, f'runzeo to accept on {self.zurl}')
-        print(f'  runzeo (pid {self.proc.pid}) accepts connections')
+        print('  $ ' + shlex.join(self.server.argv))
+        self.server.start(START_TIMEOUT)
+        print(f'  runzeo (pid {self.server.proc.pid}) accepts connections')
 
     def open(self):
-        return ZODB.DB(ZEO.ClientStorage.ClientStorage(self.addr))
+        return self.server.new_db()
 
     def stop(self):
-        if self.proc is not None:
-            terminate(self.proc)
+        self.server.close()
 
 
-class PostgresServer:
-    """A private PostgreSQL cluster (wcfs_lib.localpg) with one RelStorage
+class PostgresTour:
+    """A private PostgreSQL cluster (devtools.pgcluster) with one RelStorage
     database. Its directory is not the demo's: postgres must reach it."""
 
     title = 'Start a PostgreSQL server'
     how_news_come = 'wcfs polls PostgreSQL for new transactions, sees this one'
-    DBNAME = 'zodb'
 
     def __init__(self, tmp):
-        self.cluster = None
+        self.server = None
         self.zurl = None
 
     def about(self):
@@ -151,41 +119,27 @@ class PostgresServer:
             it as *** in .wcfs/zurl and its log."""
 
     def start(self):
-        self.cluster = PostgresCluster()
-        self.cluster.start()
-        self.cluster.create_database(self.DBNAME)
-        self.zurl = self.cluster.zurl(self.DBNAME)
-        print(f'  postgres (pid {self.cluster.proc.pid}) serves {self.cluster.dir}/data '
-              f'on 127.0.0.1:{self.cluster.port}')
+        self.server = PGServer.private('zodb')
+        self.zurl = self.server.zurl
+        cluster = self.server.cluster
+        print(f'  postgres (pid {cluster.proc.pid}) serves {cluster.dir}/data '
+              f'on 127.0.0.1:{cluster.port}')
         print(f'  ZURL: {self.zurl}')
 
     def open(self):
-        return ZODB.DB(self.cluster.storage(self.DBNAME))
+        return self.server.new_db()
 
     def stop(self):
-        if self.cluster is not None:
-            self.cluster.destroy()
+        if self.server is not None:
+            self.server.close()
 
 
-SERVERS = {'zeo': ZEOServer, 'postgres': PostgresServer}
-
-
-def spawn(argv, logpath):
-    with open(logpath, 'ab') as log:
-        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+SERVERS = {'zeo': ZEOTour, 'postgres': PostgresTour}
 
 
 def read(path):
     with open(path) as f:
         return f.read()
-
-
-def tail(path, n=30):
-    try:
-        lines = read(path).splitlines()
-    except FileNotFoundError:
-        return ''
-    return '\n'.join(lines[-n:])
 
 
 class Demo:
@@ -226,21 +180,9 @@ class Demo:
         step(3, 'Mount wcfs',
              """wcfs connects to the database read-only and serves it as a
              filesystem. It runs in the foreground here; SIGTERM unmounts it.""")
-        os.mkdir(self.mnt)
-        argv = [sys.executable, os.path.join(ROOT, 'wcfs.py'), zurl, self.mnt]
-        print('  $ ' + shlex.join(argv) + ' &')
-        self.wcfs = spawn(argv, self.wcfs_log)
-
-        def wcfs_serving():
-            if self.wcfs.poll() is not None:
-                raise DemoError(f'wcfs exited with {self.wcfs.returncode}:\n{tail(self.wcfs_log)}')
-            if not is_mounted(self.mnt):
-                return False
-            try:
-                return read(os.path.join(self.mnt, '.wcfs', 'zurl')) != ''
-            except OSError:
-                return False
-        wait_until(wcfs_serving, START_TIMEOUT, f'wcfs to serve at {self.mnt}')
+        self.wcfs = WCFS(zurl, self.mnt, self.wcfs_log, error=DemoError)
+        print('  $ ' + shlex.join(self.wcfs.argv) + ' &')
+        self.wcfs.wait_serving(START_TIMEOUT)
         show(['cat', '.wcfs/zurl'], self.mnt)
         check(read(os.path.join(self.mnt, '.wcfs', 'zurl')) == masked(zurl) + '\n',
               '.wcfs/zurl names the database')
@@ -284,7 +226,7 @@ class Demo:
         newtid = '%016x' % ZODB.utils.u64(last_transaction(self.db))
         print(f'  tid of the change: {newtid}')
         at = os.path.join(bf, 'head', 'at')
-        wait_until(lambda: read(at) != oldtid + '\n', UPDATE_TIMEOUT, 'head/at to move')
+        wait_for(lambda: read(at) != oldtid + '\n', UPDATE_TIMEOUT, 'head/at to move', DemoError)
         show(['cat', 'head/at'], bf)
         check(read(at) == newtid + '\n', 'head/at moved to the tid of the change')
         show(['od', '-A', 'd', '-t', 'f8', '-j', str(CHANGED_BLK * BLKSIZE), '-N', '32', 'head/data'], bf)
@@ -310,7 +252,7 @@ class Demo:
              database server is stopped and the temporary directories removed
              next.""")
         print(f'  $ kill -TERM {self.wcfs.pid}')
-        code = terminate(self.wcfs)
+        code = self.wcfs.stop()
         check(code == 0, f'wcfs exited with {code}')
         check(not is_mounted(self.mnt), f'{self.mnt} is unmounted')
 
@@ -320,9 +262,7 @@ class Demo:
             if self.db is not None:
                 self.db.close()
             if self.wcfs is not None:
-                terminate(self.wcfs)
-            if is_mounted(self.mnt):
-                subprocess.run(['fusermount3', '-u', '-z', self.mnt], stdin=subprocess.DEVNULL)
+                self.wcfs.cleanup()
         finally:
             self.server.stop()
             shutil.rmtree(self.tmp, ignore_errors=True)

@@ -3,7 +3,7 @@
 #   - the Debian packages wcfs needs (fuse3 for fusermount3 and libfuse3,
 #     python3-venv for Debian's python to make a virtual environment), and
 #     those of the PostgreSQL tests: postgresql for the private clusters of
-#     wcfs_lib/localpg.py, and libpq-dev, gcc, libc6-dev and python3-dev to
+#     devtools/pgcluster.py, and libpq-dev, gcc, libc6-dev and python3-dev to
 #     build psycopg2 (see below);
 #   - .venv, a virtual environment made with Debian's /usr/bin/python3,
 #     holding requirements.txt and this project installed in editable mode.

@@ -22,7 +22,7 @@ from ZODB.Connection import TransactionMetaData
 from ZODB.utils import p64, u64
 
 from wcfs_lib import zwriter
-from wcfs_lib.localpg import last_transaction
+from devtools.pgcluster import last_transaction
 
 BLKSIZE = 64 << 10
 TARGET = 1.0            # seconds from B's commit to B's head/at

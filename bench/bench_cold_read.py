@@ -24,7 +24,7 @@ from ZODB.utils import p64, u64
 
 import common
 from common import BLKSIZE, CHUNK, MiB
-from wcfs_lib.localpg import last_transaction
+from devtools.pgcluster import last_transaction
 
 RUNS = 3
 TARGET = 0.7

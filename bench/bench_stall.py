@@ -36,7 +36,7 @@ from ZODB.utils import u64
 import common
 from common import MiB, Bench, add_db_option, kernel, read_stats, reset_peak_rss, verdict
 from wcfs_lib import blockcache, zwriter
-from wcfs_lib.localpg import last_transaction
+from devtools.pgcluster import last_transaction
 
 BIG = 64 * MiB
 SMALL = 2 * MiB

@@ -41,7 +41,7 @@ from ZODB.utils import u64
 
 import common
 from wcfs_lib import zwriter
-from wcfs_lib.localpg import last_transaction
+from devtools.pgcluster import last_transaction
 
 TARGET = 0.5    # seconds, (b)'s median
 

@@ -46,7 +46,7 @@ from ZODB.utils import u64
 import common
 from bench_want import read_at
 from wcfs_lib import zwriter
-from wcfs_lib.localpg import last_transaction
+from devtools.pgcluster import last_transaction
 
 TARGET_MS = 50
 ATTACKERS = 32

@@ -7,8 +7,9 @@
         b.unmount(mnt)                  # or left to close()
 
 The server is runzeo, or with Bench(name, db='postgres') a private PostgreSQL
-cluster (wcfs_lib.localpg) with one RelStorage database; a script offers the
-choice as --db (add_db_option), and measures its reference on the same one.
+cluster with one RelStorage database (devtools.zeoserver, devtools.pgcluster:
+the tests' and the demo's too); a script offers the choice as --db
+(add_db_option), and measures its reference on the same one.
 
 `Bench.close()` (the end of the `with`) always ends what was started, by pid:
 every wcfs (SIGTERM, then SIGKILL; then `fusermount3 -u -z` if its mount is
@@ -17,10 +18,10 @@ still there), then the server, then removes the temporary directories.
 
 import argparse
 import ctypes
+import functools
 import os
 import select
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,21 +32,21 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import transaction                                          # noqa: E402
-import ZEO.ClientStorage                                    # noqa: E402
 import ZODB                                                 # noqa: E402
 import ZODB.FileStorage                                     # noqa: E402
 from ZODB.utils import u64                                  # noqa: E402
 
-from wcfs_lib.localpg import PostgresCluster, last_transaction  # noqa: E402
-from wcfs_lib.localproc import free_port, is_mounted, terminate  # noqa: E402
+from devtools import procs                                  # noqa: E402
+from devtools.pgcluster import PGServer, last_transaction   # noqa: E402
+from devtools.procs import is_mounted                       # noqa: E402
+from devtools.wcfsproc import WCFS                          # noqa: E402
+from devtools.zeoserver import ZEOServer                    # noqa: E402
 from wcfs_lib import zwriter                                # noqa: E402
 
 MiB = 1 << 20
 BLKSIZE = 2 * MiB
 CHUNK = 1 * MiB                 # read size of the benchmarks
-RUNZEO = Path(sys.executable).parent / 'runzeo'
 START_TIMEOUT = 30              # seconds for runzeo or wcfs to serve
-STOP_TIMEOUT = 15               # seconds for a process to exit after SIGTERM
 COMMIT_EVERY = 64 * MiB         # bytes of blocks per transaction while writing
 DATABASES = ('zeo', 'postgres')  # what Bench(db=...) can start
 PG_DBNAME = 'zodb'
@@ -82,12 +83,8 @@ def verdict(ok):
     return 'OK' if ok else 'MISS'
 
 
-def wait_for(cond, timeout, what):
-    deadline = time.monotonic() + timeout
-    while not cond():
-        if time.monotonic() > deadline:
-            raise RuntimeError('timed out after %s s waiting for %s' % (timeout, what))
-        time.sleep(0.02)
+# wait_for(cond, timeout, what): RuntimeError after timeout s, as every failure here
+wait_for = functools.partial(procs.wait_for, error=RuntimeError)
 
 
 # ---- a wcfs process seen from outside ----
@@ -215,46 +212,6 @@ def read_stats(mountpoint):
     return stats
 
 
-class Mount:
-    """One wcfs.py process serving one mount point."""
-
-    def __init__(self, zurl, path, logpath, args):
-        self.path = str(path)
-        self.logpath = logpath
-        os.mkdir(self.path)
-        with open(logpath, 'ab') as log:
-            self.proc = subprocess.Popen(
-                [sys.executable, str(ROOT / 'wcfs.py'), *args, zurl, self.path],
-                stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
-
-    def log(self):
-        try:
-            return Path(self.logpath).read_text(errors='replace')
-        except FileNotFoundError:
-            return ''
-
-    def serving(self):
-        if self.proc.poll() is not None:
-            raise RuntimeError('wcfs exited with %s:\n%s' % (self.proc.returncode, self.log()))
-        try:
-            with open(os.path.join(self.path, '.wcfs', 'zurl')) as f:
-                return f.read() != ''
-        except OSError:
-            return False
-
-    def bigfile(self, oid):
-        """mkdir bigfile/<oid> unless it is there; -> its path."""
-        path = os.path.join(self.path, 'bigfile', '%016x' % oid)
-        if not os.path.isdir(path):
-            os.mkdir(path)
-        return path
-
-    def stop(self):
-        terminate(self.proc)
-        if is_mounted(self.path):
-            subprocess.run(['fusermount3', '-u', '-z', self.path], capture_output=True)
-
-
 class Bench:
     """Temporary directory, database server, wcfs mounts of one benchmark run;
     see the module doc. db: one of DATABASES."""
@@ -266,10 +223,9 @@ class Bench:
         self.kind = db
         self.zeo_options = zeo_options or {}    # keys of runzeo's <zeo> section
         self.dir = Path(tempfile.mkdtemp(prefix='wcfs-bench-'))
+        self.server = None                      # a ZEOServer or a PGServer, once started
         self.addr = None
         self.zurl = None
-        self.zeo = None
-        self.cluster = None
         self._db = None
         self.mounts = []
 
@@ -281,47 +237,21 @@ class Bench:
 
     # ---- the database ----
 
+    @property
+    def cluster(self):
+        """The PostgreSQL cluster of db='postgres', once started; else None."""
+        return getattr(self.server, 'cluster', None)
+
     def start_db(self):
         """Start the server of self.kind; -> its ZURL."""
-        return self.start_postgres() if self.kind == 'postgres' else self.start_zeo()
-
-    def start_postgres(self):
-        self.cluster = PostgresCluster()
-        self.cluster.start()
-        self.cluster.create_database(PG_DBNAME)
-        self.addr = (self.cluster.host, self.cluster.port)
-        self.zurl = self.cluster.zurl(PG_DBNAME)
+        if self.kind == 'postgres':
+            self.server = PGServer.private(PG_DBNAME)
+        else:
+            self.server = ZEOServer(self.dir, self.zeo_options, error=RuntimeError)
+            self.server.start(START_TIMEOUT)
+        self.addr = self.server.addr
+        self.zurl = self.server.zurl
         return self.zurl
-
-    def start_zeo(self):
-        self.addr = ('127.0.0.1', free_port())
-        self.zurl = 'zeo://%s:%d' % self.addr
-        argv = [str(RUNZEO), '-a', '%s:%d' % self.addr, '-f', str(self.dir / 'Data.fs')]
-        if self.zeo_options:
-            argv = [str(RUNZEO), '-C', str(self._zeo_conf())]
-        with open(self.dir / 'runzeo.log', 'ab') as log:
-            self.zeo = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
-                                        stderr=subprocess.STDOUT)
-
-        def accepting():
-            if self.zeo.poll() is not None:
-                raise RuntimeError('runzeo exited with %s' % self.zeo.returncode)
-            try:
-                socket.create_connection(self.addr, timeout=1).close()
-            except OSError:
-                return False
-            return True
-
-        wait_for(accepting, START_TIMEOUT, 'runzeo on %s' % self.zurl)
-        return self.zurl
-
-    def _zeo_conf(self):
-        """runzeo's configuration: the address, zeo_options, the Data.fs."""
-        path = self.dir / 'zeo.conf'
-        keys = ''.join('  %s %s\n' % kv for kv in self.zeo_options.items())
-        path.write_text('<zeo>\n  address %s:%d\n%s</zeo>\n<filestorage>\n  path %s\n'
-                        '</filestorage>\n' % (*self.addr, keys, self.dir / 'Data.fs'))
-        return path
 
     def db(self):
         """The writer's ZODB.DB on the server (started on first use)."""
@@ -334,9 +264,7 @@ class Bench:
         own, with empty caches. The caller closes it."""
         if self.zurl is None:
             self.start_db()
-        if self.cluster is not None:
-            return ZODB.DB(self.cluster.storage(PG_DBNAME))
-        return ZODB.DB(ZEO.ClientStorage.ClientStorage(self.addr))
+        return self.server.new_db()
 
     def file_db(self):
         """A ZODB.DB straight on the Data.fs that runzeo will serve: writing
@@ -344,7 +272,7 @@ class Bench:
         ZEO. Only before runzeo starts; the caller closes it first."""
         if self.kind != 'zeo':
             raise RuntimeError('%s: no Data.fs to write with --db %s' % (self.name, self.kind))
-        if self.zeo is not None:
+        if self.server is not None:
             raise RuntimeError('%s: runzeo already serves %s' % (self.name, self.dir / 'Data.fs'))
         return ZODB.DB(ZODB.FileStorage.FileStorage(str(self.dir / 'Data.fs')))
 
@@ -396,31 +324,29 @@ class Bench:
     # ---- wcfs ----
 
     def mount(self, *args):
-        """Start wcfs.py on a fresh mount point; -> Mount once it serves."""
+        """Start wcfs.py on a fresh mount point; -> its WCFS once it serves."""
         n = len(self.mounts)
-        mnt = Mount(self.zurl, self.dir / ('mnt%d' % n), self.dir / ('wcfs%d.log' % n), args)
+        mnt = WCFS(self.zurl, self.dir / ('mnt%d' % n), self.dir / ('wcfs%d.log' % n), args,
+                   error=RuntimeError)
         self.mounts.append(mnt)
-        wait_for(mnt.serving, START_TIMEOUT, 'wcfs to serve at %s' % mnt.path)
-        return mnt
+        return mnt.wait_serving(START_TIMEOUT)
 
     def unmount(self, mnt):
-        mnt.stop()
+        mnt.cleanup()
 
     # ---- the end ----
 
     def close(self):
         for mnt in self.mounts:
             try:
-                mnt.stop()
+                mnt.cleanup()
             except Exception as e:
                 print('%s: stopping wcfs %d: %s' % (self.name, mnt.proc.pid, e), file=sys.stderr)
         try:
             self.close_db()
         finally:
-            if self.zeo is not None:
-                terminate(self.zeo)
-            if self.cluster is not None:
-                self.cluster.destroy()
+            if self.server is not None:
+                self.server.close()
             if not any(is_mounted(m.path) for m in self.mounts):
                 shutil.rmtree(self.dir, ignore_errors=True)
             else:

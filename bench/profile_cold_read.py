@@ -128,12 +128,12 @@ def time_wcfs(b, oid, size):
     mnt = b.mount()
     try:
         t0 = time.perf_counter()
-        c0, s0 = cpu_seconds(mnt.proc.pid), cpu_seconds(b.zeo.pid)
+        c0, s0 = cpu_seconds(mnt.proc.pid), cpu_seconds(b.server.proc.pid)
         path = os.path.join(mnt.bigfile(oid), 'head', 'data')
         n, _ = common.read_all(path, bytearray(CHUNK))
         assert n == size, 'head/data: read %d bytes, want %d' % (n, size)
         return (time.perf_counter() - t0, cpu_seconds(mnt.proc.pid) - c0,
-                cpu_seconds(b.zeo.pid) - s0)
+                cpu_seconds(b.server.proc.pid) - s0)
     finally:
         b.unmount(mnt)
 

@@ -32,7 +32,7 @@ import ZEO.asyncio.smp
 from ZODB.POSException import POSKeyError
 from ZODB.utils import p64, u64
 
-from test_protocol import BS, randbytes, serve  # noqa: F401  (serve: a fixture)
+from scenes import BS, randbytes
 from wcfs_lib import zformat, zstorage
 from wcfs_lib.zstorage import zeo_receive
 from zhelp import MiB, Writer, raw_store, read_bytes, wait_head

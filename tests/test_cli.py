@@ -22,8 +22,8 @@ import ZODB
 import ZODB.FileStorage
 from ZODB.utils import u64
 
-from conftest import (ROOT, START_TIMEOUT, free_port, is_mounted, read_text, spawn,
-                      terminate, unmount, wait_for)
+from devtools.procs import free_port, is_mounted, wait_for
+from devtools.wcfsproc import ROOT
 from wcfs_lib import zwriter
 from zhelp import read_head
 
@@ -98,51 +98,6 @@ def make_filestorage(path, data, py2str=False):
         return write_bigfile(db, data, py2str)
     finally:
         db.close()
-
-
-class Wcfs:
-    """A wcfs.py on a given (existing) mount point, for the tests that need to
-    choose the mount point; ended by the `wcfs_proc` fixture."""
-
-    def __init__(self, zurl, path, logpath, *args):
-        self.path = str(path)
-        self.logpath = logpath
-        self.proc = spawn([sys.executable, ROOT / 'wcfs.py', *args, zurl, self.path], logpath)
-
-    def log(self):
-        return read_text(self.logpath)
-
-    def serving(self):
-        if self.proc.poll() is not None:
-            raise AssertionError('wcfs exited with %s:\n%s' % (self.proc.returncode, self.log()))
-        try:
-            with open(os.path.join(self.path, '.wcfs', 'zurl')) as f:
-                return f.read() != ''
-        except OSError:
-            return False
-
-    def wait_serving(self):
-        wait_for(self.serving, START_TIMEOUT, 'wcfs to serve at %s' % self.path)
-        return self
-
-
-@pytest.fixture
-def wcfs_proc(tmp_path):
-    """start = wcfs_proc(zurl, path, *args): a Wcfs; all are ended and unmounted at teardown."""
-    started = []
-
-    def start(zurl, path, *args):
-        w = Wcfs(zurl, path, tmp_path / ('wcfs-proc%d.log' % len(started)), *args)
-        started.append(w)
-        return w
-
-    try:
-        yield start
-    finally:
-        for w in started:
-            terminate(w.proc)
-            unmount(w.path)
-            print('--- wcfs log (%s), exit %s:\n%s' % (w.logpath, w.proc.returncode, w.log()))
 
 
 # ---- --help, --version ----
@@ -245,11 +200,11 @@ def test_signal_unmounts_and_exits_0(zeo, wcfs_mount, sig):
 
 # ---- stale mount ----
 
-def test_stale_mount_is_cleaned_up_on_start(zeo, tmp_path, wcfs_proc):
+def test_stale_mount_is_cleaned_up_on_start(zeo, tmp_path, mount_at):
     oid, content = write_bigfile(zeo.db(), sample_data())
     path = tmp_path / 'mnt'
     path.mkdir()
-    first = wcfs_proc(zeo.zurl, path).wait_serving()
+    first = mount_at(zeo.zurl, path)
     assert read_head(path, oid) == content
 
     first.proc.kill()
@@ -259,7 +214,7 @@ def test_stale_mount_is_cleaned_up_on_start(zeo, tmp_path, wcfs_proc):
         os.stat(path)
     assert e.value.errno == errno.ENOTCONN
 
-    second = wcfs_proc(zeo.zurl, path).wait_serving()
+    second = mount_at(zeo.zurl, path)
     assert read_head(path, oid) == content
     with open(path / '.wcfs' / 'zurl') as f:
         assert f.read() == zeo.zurl + '\n'

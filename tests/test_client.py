@@ -17,7 +17,7 @@ import threading
 
 import pytest
 
-from conftest import wait_for
+from devtools.procs import wait_for
 from wcfs_lib import client, zwriter
 from zhelp import KiB, Writer, close_child, hex16, read_bytes, stat_int, wait_head
 

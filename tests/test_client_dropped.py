@@ -21,7 +21,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)        # run as a script too: `client`
 
-from conftest import wait_for  # noqa: E402
+from devtools.procs import wait_for  # noqa: E402
 from zhelp import KiB, Writer, hex16, stat_int, wait_head  # noqa: E402
 
 BS = 64 * KiB

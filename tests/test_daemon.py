@@ -31,72 +31,25 @@ import ctypes
 import errno
 import functools
 import os
-import pwd
 import select
 import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 
 import pytest
 import transaction
 from ZODB.utils import u64
 
-from conftest import ROOT, START_TIMEOUT, STOP_TIMEOUT, free_port, is_mounted, read_text, \
-    unmount, wait_for
+from daemonhelp import RUN_TIMEOUT, read_pid, stale_mount, wcfs_running
+from devtools.procs import START_TIMEOUT, STOP_TIMEOUT, free_port, is_mounted, read_text, wait_for
+from devtools.wcfsproc import ROOT
 from wcfs_lib import daemon, zwriter
-from zhelp import read_head
+from zhelp import NOBODY, SETPRIV_NOBODY, read_head
 
-RUN_TIMEOUT = 60        # seconds for a `wcfs -d` command to return
-NOBODY = pwd.getpwnam('nobody')
-SETPRIV_NOBODY = ['setpriv', '--reuid=nobody', '--regid=nogroup', '--clear-groups']
 AUTOEXIT = 2            # seconds of --autoexit in these tests
 BLKSIZE = 64 << 10
-
-
-# ---- processes ----
-
-def read_pid(pidfile):
-    """The pid in pidfile, or None when there is no such file (or no pid in it)."""
-    try:
-        with open(pidfile) as f:
-            return int(f.read().split()[0])
-    except (FileNotFoundError, ValueError, IndexError):
-        return None
-
-
-def wcfs_running(pid):
-    """Whether pid is a live (not zombie) wcfs.py process."""
-    try:
-        with open('/proc/%d/stat' % pid) as f:
-            state = f.read().rsplit(')', 1)[1].split()[0]
-        with open('/proc/%d/cmdline' % pid, 'rb') as f:
-            argv = f.read().split(b'\0')
-    except (OSError, IndexError):
-        return False
-    return state != 'Z' and any(a.endswith(b'wcfs.py') for a in argv[:2])
-
-
-def end_daemon(pid):
-    """End the wcfs daemon pid (not our child): SIGTERM, then SIGKILL."""
-    for sig, timeout in ((signal.SIGTERM, STOP_TIMEOUT), (signal.SIGKILL, STOP_TIMEOUT)):
-        if not wcfs_running(pid):
-            return
-        os.kill(pid, sig)
-        deadline = time.monotonic() + timeout
-        while wcfs_running(pid) and time.monotonic() < deadline:
-            time.sleep(0.05)
-
-
-def stale_mount(path):
-    """Whether path is a mount whose server is gone ("Transport endpoint is not connected")."""
-    try:
-        os.stat(path)
-    except OSError as e:
-        return e.errno == errno.ENOTCONN
-    return False
 
 
 def serving(mountpoint):
@@ -116,103 +69,6 @@ def assert_one_line_error(start, status, *names):
     assert len(lines) == 1, start.stderr
     for name in names:
         assert name in lines[0], start.stderr
-
-
-class Start:
-    """One run of `wcfs.py -d ... ZURL MOUNTPOINT` to its end."""
-
-    def __init__(self, argv, pidfile, logfile, env=None, cwd=None):
-        self.pidfile = str(pidfile)
-        self.logfile = str(logfile)
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True, env=env, cwd=cwd)
-        self.command_pid = proc.pid
-        try:
-            self.stdout, self.stderr = proc.communicate(timeout=RUN_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.communicate()
-            raise AssertionError('wcfs -d did not return within %d s' % RUN_TIMEOUT) from None
-        self.returncode = proc.returncode
-        self.pid = read_pid(self.pidfile)   # the daemon's, if it started
-
-    def log(self):
-        return read_text(self.logfile)
-
-
-@pytest.fixture
-def nobody_tmp():
-    """A fresh directory under /tmp that nobody may enter (root's 0755); removed at the end."""
-    path = tempfile.mkdtemp(prefix='wcfs-test-', dir='/tmp')
-    os.chmod(path, 0o755)
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path)
-
-
-@pytest.fixture
-def wcfs_d(tmp_path, nobody_tmp):
-    """start = wcfs_d(zurl, mountpoint, *args, pidfile=P, logfile=L, default_pidfile=False,
-                      as_nobody=False, xdg_runtime_dir=None)
-
-    Runs `wcfs.py -d --pidfile P --logfile L *args ZURL MOUNTPOINT` to its end
-    and returns a Start. P defaults to a file under tmp_path; with
-    default_pidfile=True no --pidfile is passed and P must be the path wcfs
-    is expected to use. L defaults to a new file under tmp_path (under
-    nobody_tmp, owned by nobody, with as_nobody=True). wcfs runs without
-    XDG_RUNTIME_DIR in its environment unless xdg_runtime_dir is given; with
-    as_nobody=True it runs as nobody:nogroup from /.
-
-    At teardown every daemon named by a pid file of a start (right after it
-    and now) is ended, and every mount point left mounted is unmounted
-    (before nobody_tmp is removed).
-    """
-    starts = []
-    mountpoints = []
-
-    def start(zurl, mountpoint, *args, pidfile=None, logfile=None, default_pidfile=False,
-              as_nobody=False, xdg_runtime_dir=None):
-        n = len(starts)
-        pidfile = pidfile or tmp_path / 'wcfs.pid'
-        if logfile is None and as_nobody:
-            logfile = os.path.join(nobody_tmp, 'wcfs%d.log' % n)
-            with open(logfile, 'w'):
-                os.chown(logfile, NOBODY.pw_uid, NOBODY.pw_gid)
-        logfile = logfile or tmp_path / ('wcfs%d.log' % n)
-        argv = [sys.executable, str(ROOT / 'wcfs.py'), '-d', '--logfile', str(logfile)]
-        if not default_pidfile:
-            argv += ['--pidfile', str(pidfile)]
-        argv += [*map(str, args), zurl, str(mountpoint)]
-        env = dict(os.environ)
-        env.pop('XDG_RUNTIME_DIR', None)
-        if xdg_runtime_dir is not None:
-            env['XDG_RUNTIME_DIR'] = str(xdg_runtime_dir)
-        if as_nobody:
-            argv = SETPRIV_NOBODY + argv
-        mountpoints.append(str(mountpoint))
-        s = Start(argv, pidfile, logfile, env=env, cwd='/' if as_nobody else None)
-        starts.append(s)
-        return s
-
-    try:
-        yield start
-    finally:
-        for s in starts:
-            for pid in {s.pid, read_pid(s.pidfile)} - {None}:
-                end_daemon(pid)
-        for path in mountpoints:
-            unmount(path)
-        for s in starts:
-            print('--- wcfs -d exit %s, daemon pid %s; stderr:\n%s--- log (%s):\n%s'
-                  % (s.returncode, s.pid, s.stderr, s.logfile, s.log()))
-
-
-@pytest.fixture
-def mnt(tmp_path):
-    path = tmp_path / 'mnt'
-    path.mkdir()
-    return str(path)
 
 
 # ---- data ----

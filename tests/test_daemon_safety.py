@@ -15,7 +15,6 @@ Every process started here is ended by its pid, every mount unmounted.
 """
 
 import os
-import pwd
 import signal
 import stat
 import subprocess
@@ -25,14 +24,13 @@ import textwrap
 import pytest
 
 from chanhelp import Client
-from conftest import (ROOT, START_TIMEOUT, is_mounted, read_text, spawn, terminate, unmount,
-                      wait_for)
-from test_cli import wcfs_proc  # noqa: F401  (a fixture)
-from test_daemon import stale_mount
+from daemonhelp import stale_mount
+from devtools.procs import (START_TIMEOUT, is_mounted, read_text, spawn, terminate, unmount_left,
+                            wait_for)
+from devtools.wcfsproc import ROOT
 from wcfs_lib import daemon, procfs
-from zhelp import Writer, head_at, stat_int, wait_head
+from zhelp import NOBODY, Writer, head_at, stat_int, wait_head
 
-NOBODY = pwd.getpwnam('nobody')
 RUN_TIMEOUT = 60        # seconds for a wcfs that is expected to exit by itself
 BLKSIZE = 64 << 10
 
@@ -213,7 +211,7 @@ def run_wcfs(tmp_path):
         for proc, path, errpath in started:
             if proc.poll() is None:
                 terminate(proc)
-                unmount(path)
+                unmount_left(path)
             print('--- wcfs on %s, exit %s; stderr:\n%s'
                   % (path, proc.returncode, read_text(errpath)))
 
@@ -275,14 +273,14 @@ def test_dead_path_that_is_not_a_mount_point_is_refused(zeo, dead_wcfs, run_wcfs
 
 # ---- a mount point given through a symlink ----
 
-def test_client_that_never_acks_is_killed_through_symlinked_mount_point(zeo, tmp_path, wcfs_proc):
+def test_client_that_never_acks_is_killed_through_symlinked_mount_point(zeo, tmp_path, mount_at):
     real = tmp_path / 'real'
     real.mkdir()
     link = tmp_path / 'link'
     link.symlink_to(real)
     w = Writer(zeo.db())
     f, oid, old = w.new_file(BLKSIZE, {0: b'a' * BLKSIZE, 1: b'b' * BLKSIZE})
-    mnt = wcfs_proc(zeo.zurl, link, '--kill-timeout', '2').wait_serving()
+    mnt = mount_at(zeo.zurl, link, '--kill-timeout', '2')
     fdir = os.path.join(mnt.path, 'bigfile', '%016x' % oid)
     os.mkdir(fdir)
     bad = Client(fdir, old, 'noack')

@@ -4,7 +4,7 @@ wcfs uses, here `--logfile`, in the foreground and as a daemon (`-d`), and
 keeps going there once SIGHUP reopened the file (logrotate).
 
 Each wcfs started here is ended by its pid and its mount unmounted (the
-wcfs_mount fixture of conftest, the wcfs_d fixture of test_daemon).
+wcfs_mount and wcfs_d fixtures of conftest).
 """
 
 import errno
@@ -14,8 +14,7 @@ import signal
 
 import pytest
 
-from conftest import read_text, wait_for
-from test_daemon import mnt, nobody_tmp, wcfs_d  # noqa: F401  (fixtures)
+from devtools.procs import read_text, wait_for
 from zhelp import Writer, hex16, read_bytes
 
 BS = 64 << 10

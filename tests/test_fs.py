@@ -14,7 +14,7 @@ import pytest
 from BTrees.LOBTree import LOBTree
 from persistent.mapping import PersistentMapping
 
-from conftest import wait_for
+from devtools.procs import wait_for
 from wcfs_lib import zwriter
 from wcfs_lib.zstorage import masked
 from zhelp import KiB, MiB, Writer, head_at, hex16, read_bytes, stat_int, stats, tid_time

@@ -227,7 +227,7 @@ if __name__ == '__main__':
 
 import pytest  # noqa: E402  (the processes above need none of this)
 
-from conftest import wait_for  # noqa: E402
+from devtools.procs import wait_for  # noqa: E402
 from wcfs_lib import zwriter  # noqa: E402
 from wcfs_lib.bigfile import MAX_REVDIRS  # noqa: E402
 from zhelp import Writer, head_at, read_bytes, stats  # noqa: E402

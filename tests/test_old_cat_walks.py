@@ -24,7 +24,7 @@ import pytest
 from ZODB.utils import p64
 
 from chanhelp import Chan, NoReply, ranges_of
-from conftest import wait_for
+from devtools.procs import wait_for
 from wcfs_lib import zwriter
 from wcfs_lib.zstorage import Cancelled, Records, zeo_burst
 from wcfs_lib.zstorage.base import transactions_from_iterator

@@ -29,12 +29,11 @@ import textwrap
 import pytest
 
 from chanhelp import Chan, ranges_of
-from conftest import is_mounted, wait_for
-from test_robustness import (AS_NOBODY, NOBODY_PYTHON, Scene, assert_serving, cached,
-                             expected_modes, mount_at, public_dir,  # noqa: F401 (fixtures)
-                             randbytes)
+from devtools.procs import is_mounted, wait_for
+from scenes import Scene, randbytes
 from wcfs_lib import procfs
-from zhelp import KiB, hex16, read_bytes, stat_int, wait_head
+from zhelp import (AS_NOBODY, NOBODY_PYTHON, KiB, assert_serving, cached, expected_modes, hex16,
+                   read_bytes, stat_int, wait_head)
 
 BS = 64 * KiB
 MNT_DETACH = 2

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, is_mounted, unmount, wait_for
+from devtools.procs import is_mounted, unmount_left, wait_for
+from devtools.wcfsproc import ROOT
 from zhelp import KiB, Writer, hex16
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -117,6 +118,11 @@ def build(tmp):
     return debs[0], changes[0], src, version
 
 
+def shipped_paths(deb):
+    """The paths the .deb installs, as dpkg-deb -c lists them (./usr/...)."""
+    return [line.split()[5] for line in run(['dpkg-deb', '-c', str(deb)]).stdout.splitlines()]
+
+
 def install(deb):
     """apt-get install the .deb; refresh apt's lists once if Debian's packages are not found."""
     argv = ['apt-get', 'install', '-y', '--no-install-recommends', str(deb)]
@@ -149,7 +155,7 @@ def cleanup(mountpoint):
     if pid is not None:
         os.kill(pid, 9)
         wait_for(lambda: wcfs_pid() is None, 10, 'wcfs pid %d to die' % pid)
-    unmount(mountpoint)
+    unmount_left(mountpoint)
     if package_state():
         run(['apt-get', 'purge', '-y', 'wcfs'], timeout=300)
 
@@ -173,6 +179,12 @@ def test_package_builds_lints_installs_and_serves(zeo, tmp_path):
                 'python3-zodbpickle', 'python3-zc.lockfile', 'python3-zope.interface',
                 'python3-daemon', 'python3-lockfile', 'python3-numpy'):
         assert pkg in depends.replace(',', ' ').split(), 'Depends lacks %s: %s' % (pkg, depends)
+    # What ships is what runs: of this tree, /usr/lib/wcfs holds wcfs.py and
+    # wcfs_lib only (not devtools, tests, bench, demo.py), beside the carried packages.
+    shipped = {path.split('/')[4] for path in shipped_paths(deb)
+               if path.startswith('./usr/lib/wcfs/') and path.split('/')[4]}
+    ours = shipped & {p.name for p in src.iterdir()}
+    assert ours == {'wcfs.py', 'wcfs_lib'}, 'the .deb ships of this tree: %s' % sorted(ours)
 
     lint = run(['lintian', str(deb), str(changes)], timeout=600, check=False)
     complaints = [line for line in lint.stdout.splitlines() if line[:2] in ('E:', 'W:')]

@@ -16,9 +16,11 @@ import zodburi
 from ZODB.POSException import StorageError
 from ZODB.utils import p64, u64
 
-from conftest import ROOT, PGServer, accepts, wait_for
+from devtools.pgcluster import PGServer
+from devtools.procs import accepts, wait_for
+from devtools.wcfsproc import ROOT
 from wcfs_lib import zwriter
-from wcfs_lib.localpg import PostgresCluster, PostgresError
+from devtools.pgcluster import PostgresCluster, PostgresError
 
 BLKSIZE = 4096
 BLOCKS = {0: b'a' * BLKSIZE, 3: b'xyz'}
@@ -219,7 +221,7 @@ def test_destroy_stops_a_server_that_was_never_stopped():
 
 STARTER = """
 import sys, time
-from wcfs_lib.localpg import PostgresCluster, PostgresError
+from devtools.pgcluster import PostgresCluster, PostgresError
 cluster = PostgresCluster()
 cluster.start()
 print(cluster.proc.pid, cluster.dir, flush=True)

@@ -26,7 +26,7 @@ from ZODB.utils import u64
 
 from zhelp import Writer, hex16, read_bytes, stats, wait_head
 from chanhelp import Chan, ranges_of
-from conftest import wait_for
+from devtools.procs import wait_for
 
 KiB = 1 << 10
 BS = 64 * KiB

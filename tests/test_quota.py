@@ -20,10 +20,10 @@ import textwrap
 
 import pytest
 
-from test_robustness import AS_NOBODY, NOBODY_PYTHON, Scene, mount_at, public_dir  # noqa: F401
+from scenes import Scene
 from wcfs_lib.bigfile import MAX_REVDIRS
 from wcfs_lib.server import MAX_CHANNELS
-from zhelp import hex16
+from zhelp import AS_NOBODY, NOBODY_PYTHON, hex16
 
 BS = 64 << 10
 NOBODY_UID = pwd.getpwnam('nobody').pw_uid

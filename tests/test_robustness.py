@@ -36,32 +36,23 @@ import re
 import signal
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
-from pathlib import Path
 
 import pytest
-import ZEO.ClientStorage
-import ZODB
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from chanhelp import Chan, Client, ranges_of
-from conftest import (ROOT, RUNZEO, START_TIMEOUT, WCFS, accepts, free_port, is_mounted,
-                      spawn, terminate, wait_for)
-from wcfs_lib import zwriter
+from devtools.procs import is_mounted, wait_for
+from devtools.zeoserver import ZEOServer
+from scenes import BS, SAFE, Scene, randbytes
 from wcfs_lib.prefetch import AHEAD_BLOCKS
 from wcfs_lib.server import READ_AHEAD_KB
-from zhelp import (KiB, Holder, Writer, head_at, hex16, process_state, read_bytes, resident_blocks,
+from zhelp import (AS_NOBODY, NOBODY_PYTHON, KiB, Holder, Writer, assert_serving, cached,
+                   expected_modes, head_at, hex16, process_state, read_bytes, run_as_nobody,
                    stat_int, stats, wait_head)
 
-BS = 64 * KiB
-SAFE = ('--kill-timeout', '1000')   # clients in this process are never killed
 RECONNECT = 60                      # seconds wcfs may take to find the database again
-
-
-def randbytes(n):
-    return random.randbytes(n)
 
 
 def errno_of(fn, *args):
@@ -80,75 +71,8 @@ def timed_errno(fn, *args):
     return name, time.monotonic() - t0
 
 
-def cached(path, blksize):
-    """Blocks of path fully in the page cache, and blocks of it not at all."""
-    res = resident_blocks(path, blksize)
-    return ({blk for blk, r in res.items() if r == 'all'},
-            {blk for blk, r in res.items() if r == 'none'})
-
-
-def assert_serving(mnt):
-    """wcfs runs, and its log holds no traceback (errors it answered are
-    logged in one line each)."""
-    assert mnt.proc.poll() is None, 'wcfs exited with %s' % mnt.proc.returncode
-    log = mnt.log()
-    assert 'Traceback' not in log and 'Logging error' not in log, log[-4000:]
-
-
-
 def alive(pid):
     return process_state(pid) not in (None, 'Z')
-
-
-# ---- mounts on a mount point of our choosing ----
-
-class Mount(WCFS):
-    """wcfs.py on a mount point that exists already: one left stale by a
-    killed wcfs, or one in a directory other users can reach (the
-    wcfs_mount fixture mounts under pytest's tmp_path, which only root may
-    enter)."""
-
-    def __init__(self, zurl, extra_args, path, logpath):
-        self.zurl = zurl
-        self.path = str(path)
-        self.logpath = logpath
-        self.proc = spawn([sys.executable, ROOT / 'wcfs.py', *extra_args, zurl, self.path],
-                          logpath)
-        self.pid = self.proc.pid
-
-
-@pytest.fixture
-def mount_at(tmp_path):
-    """mnt = mount_at(zurl, path, *extra_args): wcfs on the existing path."""
-    mounts = []
-
-    def mount(zurl, path, *extra_args):
-        mnt = Mount(zurl, extra_args, path, tmp_path / ('wcfs-at%d.log' % len(mounts)))
-        mounts.append(mnt)
-        wait_for(mnt.serving, START_TIMEOUT, 'wcfs to serve %s at %s' % (zurl, path))
-        return mnt
-
-    try:
-        yield mount
-    finally:
-        for mnt in mounts:
-            mnt.cleanup()
-            print('--- wcfs log (%s), exit %s:\n%s' % (mnt.logpath, mnt.proc.returncode,
-                                                       mnt.log()))
-
-
-@pytest.fixture
-def public_dir():
-    """A fresh directory every user may enter (0755); removed if empty at the end."""
-    path = tempfile.mkdtemp(prefix='wcfs-robustness-')
-    os.chmod(path, 0o755)
-    try:
-        yield Path(path)
-    finally:
-        for sub in sorted(Path(path).iterdir(), reverse=True):
-            if not is_mounted(sub) and sub.is_dir():
-                os.rmdir(sub)
-        os.rmdir(path)
 
 
 # ---- client processes ----
@@ -256,14 +180,6 @@ _BYSTANDER = textwrap.dedent('''
     time.sleep(3600)
 ''')
 
-AS_NOBODY = dict(user='nobody', group='nogroup', extra_groups=[], cwd='/')
-# The clients run as nobody use only the standard library: run them with the
-# system's python, since nobody may not reach the virtual environment (CI's
-# clone sits in a directory only root can enter).
-NOBODY_PYTHON = os.path.realpath(sys.executable)
-SETPRIV_NOBODY = ['setpriv', '--reuid=nobody', '--regid=nogroup', '--clear-groups']
-
-
 class ProcClient(Client):
     """A client process running _CLIENT (see above), as root or as nobody;
     chanhelp.Client's expect/tell/alive. stop() also ends its child."""
@@ -303,54 +219,19 @@ def is_ours(pid):
         return False
 
 
-def run_as_nobody(argv, **kw):
-    return subprocess.run(SETPRIV_NOBODY + [str(a) for a in argv], capture_output=True,
-                          text=True, timeout=60, **kw)
-
-
 # ---- the database ----
 
-class Scene:
-    """ZBigFiles 'a', 'b', ... committed through the zeo fixture; .f[name]
-    the writer's ZBigFile, .oid[name], .tid the last commit."""
-
-    def __init__(self, zeo, **files):
-        self.zeo = zeo
-        self.w = Writer(zeo.db())
-        self.f, self.oid = {}, {}
-        for name, (nblk, blksize) in files.items():
-            f = zwriter.ZBigFile(blksize)
-            for blk in range(nblk):
-                f.write_block(blk, randbytes(blksize), 'ZBlk1' if blk % 2 else 'ZBlk0')
-            self.f[name] = f
-            self.oid[name], self.tid = self.w.add(f, name)
-
-    def commit(self):
-        self.tid = self.w.commit()
-        return self.tid
-
-
-class OtherServer:
+def other_server(zeo):
     """A second runzeo on the Data.fs of the zeo fixture, on another port,
     while the fixture's server is stopped: what it commits lands before any
-    client of the fixture's port can reconnect."""
-
-    def __init__(self, zeo):
-        self.addr = ('127.0.0.1', free_port())
-        self.proc = spawn([RUNZEO, '-a', '%s:%d' % self.addr, '-f', zeo.path], zeo.logpath)
-        self.db = None
-        try:
-            wait_for(lambda: self.proc.poll() is None and accepts(self.addr), START_TIMEOUT,
-                     'a second runzeo on %s' % zeo.path)
-            self.db = ZODB.DB(ZEO.ClientStorage.ClientStorage(self.addr))
-        except BaseException:
-            self.close()
-            raise
-
-    def close(self):
-        if self.db is not None:
-            self.db.close()
-        terminate(self.proc)
+    client of the fixture's port can reconnect. The caller closes it."""
+    other = ZEOServer(zeo.dir, path=zeo.path, logpath=zeo.logpath)
+    try:
+        other.start()
+    except BaseException:
+        other.close()
+        raise
+    return other
 
 
 # ==== 1. the database goes away ====
@@ -412,9 +293,9 @@ def test_database_outage_then_reconnect_with_commits_made_meanwhile(database, wc
             finally:
                 db.close()
         else:
-            other = OtherServer(zeo)
+            other = other_server(zeo)
             try:
-                w = Writer(other.db)
+                w = Writer(other.db())
                 f = w.root['a']
                 changes = [(1, 'ZBlk0'), (3, 'ZBlk1'), (9, 'ZBlk0')]
                 for i in range(OUTAGE_COMMITS[how]):
@@ -846,25 +727,6 @@ def modes_by_ls(paths):
         words = line.split()
         out[words[-1]] = words[0][:10]
     return out
-
-
-def expected_modes(mountpoint, fdir, revdir):
-    """{path: mode as `ls -l` shows it} of every kind of path of a mount (SPEC §3)."""
-    p = mountpoint
-    return {
-        p: 'dr-xr-xr-x',
-        p + '/.wcfs': 'dr-xr-xr-x',
-        p + '/.wcfs/zurl': '-r--r--r--',
-        p + '/.wcfs/stats': '-r--r--r--',
-        p + '/bigfile': 'drwxrwxrwt',
-        fdir: 'drwxrwxrwt',
-        fdir + '/head': 'dr-xr-xr-x',
-        fdir + '/head/data': '-r--r--r--',
-        fdir + '/head/at': '-r--r--r--',
-        fdir + '/head/invalidations': '-rw-rw-rw-',
-        revdir: 'dr-xr-xr-x',
-        revdir + '/data': '-r--r--r--',
-    }
 
 
 def test_allow_other_modes_as_ls_shows_them_to_nobody(shared):

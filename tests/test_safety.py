@@ -29,10 +29,11 @@ import pytest
 from ZODB.utils import u64
 
 from chanhelp import Client
-from conftest import wait_for
-from test_protocol import BS, randbytes, serve, vmrss  # noqa: F401  (serve: a fixture)
+from devtools.procs import wait_for
+from scenes import BS, randbytes
 from wcfs_lib import zwriter
-from zhelp import KiB, MiB, head_at, process_state, raw_store, read_bytes, stat_int, wait_head
+from zhelp import (KiB, MiB, head_at, process_state, raw_store, read_bytes, stat_int, vmrss,
+                   wait_head)
 
 ZMODULE = b'wendelin.bigfile.file_zodb'
 

@@ -15,7 +15,7 @@ import pytest
 
 import wcfs
 from chanhelp import Chan
-from conftest import is_mounted, wait_for
+from devtools.procs import is_mounted, wait_for
 from wcfs_lib import server
 from zhelp import KiB, Writer, read_bytes
 

@@ -21,7 +21,7 @@ import time
 
 import pytest
 
-from conftest import wait_for
+from devtools.procs import wait_for
 from wcfs_lib import blockcache, mount
 from zhelp import MiB, Writer, hex16, stat_int
 

@@ -28,7 +28,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)        # run as a script too: `launch`
 
-from conftest import wait_for  # noqa: E402
+from devtools.procs import wait_for  # noqa: E402
 from zhelp import KiB, LaunchedWCFS, Writer, head_at, hex16  # noqa: E402
 
 BS = 64 * KiB

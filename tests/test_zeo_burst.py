@@ -7,7 +7,7 @@ from persistent.mapping import PersistentMapping
 from ZODB.TimeStamp import TimeStamp
 from ZODB.utils import p64, u64
 
-from wcfs_lib.localpg import last_transaction
+from devtools.pgcluster import last_transaction
 from wcfs_lib.zstorage import zeo_burst
 from wcfs_lib.zstorage.base import transactions_from_iterator
 

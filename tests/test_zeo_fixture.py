@@ -2,7 +2,7 @@
 
 import transaction
 
-from conftest import accepts, wait_for
+from devtools.procs import accepts, wait_for
 
 
 def commit(db, key, value):

@@ -7,12 +7,17 @@ stats        `.wcfs/stats` of a mount as a dict.
 head_at      `head/at` of a file as an int; wait_head waits until it is a tid.
 resident     which pages of a file the kernel page cache holds (mincore).
 Holder       another real process that keeps a file mmapped, every page touched.
+assert_serving, cached, expected_modes, vmrss
+             what a mount test checks of a wcfs: alive without a traceback,
+             blocks in the page cache, modes as SPEC §3 says, a process's RSS.
+AS_NOBODY    how to run a process as the user nobody (subprocess arguments).
 """
 
 import ctypes
 import ctypes.util
 import mmap
 import os
+import pwd
 import subprocess
 import sys
 import textwrap
@@ -23,9 +28,10 @@ from ZODB.Connection import TransactionMetaData
 from ZODB.TimeStamp import TimeStamp
 from ZODB.utils import p64, u64
 
-from conftest import spawn, terminate, unmount, wait_for
+from devtools.pgcluster import last_transaction
+from devtools.procs import wait_for
+from devtools.wcfsproc import WCFS
 from wcfs_lib import zwriter
-from wcfs_lib.localpg import last_transaction
 
 PAGE = mmap.PAGESIZE
 KiB = 1 << 10
@@ -66,33 +72,22 @@ class Writer:
         return self.commit()
 
 
-class LaunchedWCFS:
+class LaunchedWCFS(WCFS):
     """wcfs on a fresh mount point under tmp_path, run by a test's own
     launcher: `python SCRIPT ARGS... ZURL MOUNTPOINT` (a launcher changes wcfs
     in its own process only, to widen a race); always unmounted."""
 
     def __init__(self, script_args, zurl, tmp_path):
-        self.path = str(tmp_path / 'mnt')
-        self.logpath = tmp_path / 'wcfs.log'
-        os.mkdir(self.path)
-        self.proc = spawn([sys.executable, *map(str, script_args), zurl, self.path],
-                          self.logpath)
+        super().__init__(zurl, tmp_path / 'mnt', tmp_path / 'wcfs.log', launcher=script_args)
         try:
-            wait_for(self.serving, 20, 'wcfs to serve at %s' % self.path)
+            self.wait_serving()
         except BaseException:
             self.close()
             raise
 
-    def serving(self):
-        if self.proc.poll() is not None:
-            raise AssertionError('wcfs exited with %s:\n%s'
-                                 % (self.proc.returncode, self.logpath.read_text()))
-        return os.path.exists(os.path.join(self.path, '.wcfs', 'zurl'))
-
     def close(self):
-        terminate(self.proc)
-        unmount(self.path)
-        print('--- wcfs log:\n%s' % self.logpath.read_text(errors='replace'))
+        self.cleanup()
+        print('--- wcfs log:\n%s' % self.log())
 
 
 def close_child(proc, timeout=10):
@@ -147,6 +142,48 @@ def process_state(pid):
             return f.read().rsplit(')', 1)[1].split()[0]
     except FileNotFoundError:
         return None
+
+
+def vmrss(pid):
+    with open('/proc/%d/status' % pid) as f:
+        for line in f:
+            if line.startswith('VmRSS:'):
+                return int(line.split()[1]) * KiB
+    raise AssertionError('no VmRSS for pid %d' % pid)
+
+
+def cached(path, blksize):
+    """Blocks of path fully in the page cache, and blocks of it not at all."""
+    res = resident_blocks(path, blksize)
+    return ({blk for blk, r in res.items() if r == 'all'},
+            {blk for blk, r in res.items() if r == 'none'})
+
+
+def assert_serving(mnt):
+    """wcfs runs, and its log holds no traceback (errors it answered are
+    logged in one line each)."""
+    assert mnt.proc.poll() is None, 'wcfs exited with %s' % mnt.proc.returncode
+    log = mnt.log()
+    assert 'Traceback' not in log and 'Logging error' not in log, log[-4000:]
+
+
+def expected_modes(mountpoint, fdir, revdir):
+    """{path: mode as `ls -l` shows it} of every kind of path of a mount (SPEC §3)."""
+    p = mountpoint
+    return {
+        p: 'dr-xr-xr-x',
+        p + '/.wcfs': 'dr-xr-xr-x',
+        p + '/.wcfs/zurl': '-r--r--r--',
+        p + '/.wcfs/stats': '-r--r--r--',
+        p + '/bigfile': 'drwxrwxrwt',
+        fdir: 'drwxrwxrwt',
+        fdir + '/head': 'dr-xr-xr-x',
+        fdir + '/head/data': '-r--r--r--',
+        fdir + '/head/at': '-r--r--r--',
+        fdir + '/head/invalidations': '-rw-rw-rw-',
+        revdir: 'dr-xr-xr-x',
+        revdir + '/data': '-r--r--r--',
+    }
 
 
 def stats(mnt):
@@ -269,3 +306,19 @@ class Holder:
 
     def __exit__(self, *exc):
         self.close()
+
+
+# ---- another user: nobody ----
+
+NOBODY = pwd.getpwnam('nobody')
+AS_NOBODY = dict(user='nobody', group='nogroup', extra_groups=[], cwd='/')
+# The clients run as nobody use only the standard library: run them with the
+# system's python, since nobody may not reach the virtual environment (CI's
+# clone sits in a directory only root can enter).
+NOBODY_PYTHON = os.path.realpath(sys.executable)
+SETPRIV_NOBODY = ['setpriv', '--reuid=nobody', '--regid=nogroup', '--clear-groups']
+
+
+def run_as_nobody(argv, **kw):
+    return subprocess.run(SETPRIV_NOBODY + [str(a) for a in argv], capture_output=True,
+                          text=True, timeout=60, **kw)

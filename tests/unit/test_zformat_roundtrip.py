@@ -5,8 +5,8 @@ import transaction
 import ZODB
 import ZODB.FileStorage
 
-from test_zwriter import B, MiB, SCRIPTS, commit, oid, randbytes, store
 from wcfs_lib import zformat, zstorage, zwriter
+from zscripts import B, MiB, SCRIPTS, commit, oid, randbytes, store
 
 
 @pytest.fixture

@@ -2,7 +2,6 @@
 
 import io
 import pickletools
-import random
 import sys
 
 import pytest
@@ -15,9 +14,9 @@ from ZODB.POSException import StateLoadError
 from ZODB.utils import p64, u64
 
 from wcfs_lib import zwriter
+from zscripts import B, MiB, SCRIPTS, commit, oid, randbytes, store
 
 Z = 'wendelin.bigfile.file_zodb.'
-MiB = 1 << 20
 
 
 @pytest.fixture
@@ -32,17 +31,6 @@ def db(tmp_path):
     tm.abort()
     conn.close()
     db.close()
-
-
-def store(db, f):
-    """Put f in the root and commit; -> the tid."""
-    db.conn.root()['f'] = f
-    return commit(db)
-
-
-def commit(db):
-    db.tm.commit()
-    return u64(db.storage.lastTransaction())
 
 
 # ---- reading raw records ----
@@ -86,10 +74,6 @@ def state_opcodes(record):
     return [op.name for op, _, _ in pickletools.genops(record[end:])]
 
 
-def oid(obj):
-    return u64(obj._p_oid)
-
-
 def serial(db, obj):
     return u64(db.storage.load(obj._p_oid)[1])
 
@@ -101,10 +85,6 @@ def buckets(tree):
         out.append(b)
         b = b._next
     return out
-
-
-def randbytes(n, seed=0):
-    return random.Random(seed).randbytes(n)
 
 
 # ---- class names and state shapes ----
@@ -395,27 +375,6 @@ class Model:
 
     def replace_blktab(self):
         pass
-
-
-B = 4096
-SCRIPTS = {
-    'grow by writes': [('write', 0, b'abc'), ('write', 3 * B - 2, b'xyzw'),
-                       ('write', 10 * B, b'\xff' * (2 * B + 5), 'ZBlk1')],
-    'write inside a ZBlk1': [('write_block', 0, randbytes(B), 'ZBlk1', 1024),
-                             ('write_block', 1, randbytes(B, 1), 'ZBlk1', 1024),
-                             ('write', 100, b'\0' * 1500, 'ZBlk1'), ('write', B + 3, b'q', 'ZBlk1')],
-    'switch kinds': [('write_block', 2, b'zero', 'ZBlk0'), ('write_block', 2, b'one', 'ZBlk1'),
-                     ('write_block', 2, b'zero again', 'ZBlk0')],
-    'holes and shrink': [('write', 0, randbytes(6 * B)), ('delete_block', 2),
-                         ('delete_block', 5), ('truncate', 3 * B), ('truncate', 0)],
-    'truncate past holes': [('write_block', 0, b'a'), ('write_block', 7, b'b'), ('truncate', 4 * B)],
-    'set_blksize up': [('write', 0, randbytes(5 * B)), ('delete_block', 1), ('set_blksize', 4 * B)],
-    'set_blksize down': [('set_blksize', 3 * B, 'ZBlk1'), ('write_block', 0, randbytes(2 * B + 5), 'ZBlk1'),
-                         ('set_blksize', B, 'ZBlk1'), ('set_blksize', 2 * B)],
-    'set_blksize keeps trailing zeros': [('write_block', 3, b''), ('set_blksize', 8 * B)],
-    'replace_blktab': [('write_block', 0, b'a', 'ZBlk1'), ('write_block', 4, b'b'),
-                       ('replace_blktab',), ('write', B, b'c', 'ZBlk1')],
-}
 
 
 @pytest.mark.parametrize('py2str', [False, True], ids=['py3', 'py2str'])

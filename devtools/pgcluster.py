@@ -29,6 +29,14 @@ other users of the machine cannot use the port.
 
 The cluster runs with fsync off: it is thrown away at the end, and a fast
 shutdown still writes everything out, so stop() and start() keep the data.
+
+PGServer is one database of a cluster seen as the tests, the demo and the
+benchmarks see a database server (devtools.zeoserver.ZEOServer's interface):
+
+    server = PGServer.private()         # a cluster of its own, started, one database
+    db = server.db()                    # a ZODB.DB to write with
+    ...
+    server.close()                      # closes db(), destroys the cluster
 """
 
 import glob
@@ -42,12 +50,15 @@ import time
 from pathlib import Path
 
 import psycopg2
+import ZODB
 import ZODB.interfaces
 from psycopg2 import sql
 
-from .localproc import free_port
+from wcfs_lib.zstorage import masked
 
-__all__ = ['PostgresCluster', 'PostgresError', 'find_bindir', 'last_transaction']
+from .procs import free_port
+
+__all__ = ['PostgresCluster', 'PostgresError', 'PGServer', 'find_bindir', 'last_transaction']
 
 SUPERUSER = 'postgres'
 OS_USER = 'postgres'       # who runs the binaries when we are root
@@ -236,10 +247,6 @@ class PostgresCluster:
             except subprocess.TimeoutExpired:
                 pass
 
-    def restart(self):
-        self.stop()
-        self.start()
-
     def destroy(self):
         """Stop the server whatever state it is in, remove the directory."""
         try:
@@ -286,6 +293,14 @@ class PostgresCluster:
             sql.Identifier(name), sql.Identifier(self.user)))
         self._history_free[name] = history_free
         self.storage(name).close()
+
+    def template(self, history_free=False):
+        """A database with RelStorage's schema for create_database to copy,
+        made on the first call; -> its name."""
+        name = 'template_hf' if history_free else 'template_hp'
+        if name not in self._history_free:
+            self.create_database(name, history_free=history_free)
+        return name
 
     def drop_database(self, name):
         """Drop `name`, ending the sessions still connected to it."""
@@ -347,3 +362,100 @@ class PostgresCluster:
         options.setdefault('keep_history', not self._history_free.get(dbname, False))
         opts = Options(**options)
         return RelStorage(PostgreSQLAdapter(dsn=self.dsn(dbname, user), options=opts), options=opts)
+
+
+class PGServer:
+    """One RelStorage database in a PostgresCluster, with ZEOServer's
+    interface. zurl is postgres://wcfs:PASSWORD@127.0.0.1:PORT/DB (with
+    ?keep_history=false for a history-free database), so shown_zurl has ***
+    for the password; zconfig() gives a zconfig:// ZURL of it. stop() and
+    start() stop and start the whole cluster.
+
+    cluster       the cluster, whose database dbname is made here
+    template      copy the cluster's template database (much faster when a
+                  cluster serves many databases one after the other)
+    owns_cluster  close() destroys the cluster; otherwise it drops the
+                  database and leaves the cluster running for the next one
+    """
+
+    def __init__(self, cluster, dbname, history_free=False, template=False, owns_cluster=False):
+        self.cluster = cluster
+        self.dbname = dbname
+        self.history_free = history_free
+        self.owns_cluster = owns_cluster
+        self.dir = self.cluster.dir
+        self.logpath = self.cluster.logpath
+        self._log_start = len(self.cluster.log)
+        self._db = None
+        if template:
+            cluster.create_database(dbname, template=cluster.template(history_free))
+        else:
+            cluster.create_database(dbname, history_free=history_free)
+
+    @classmethod
+    def private(cls, dbname='zodb', history_free=False):
+        """A PGServer on a cluster of its own, started; close() destroys it."""
+        cluster = PostgresCluster()
+        try:
+            cluster.start()
+            return cls(cluster, dbname, history_free, owns_cluster=True)
+        except BaseException:
+            cluster.destroy()
+            raise
+
+    @property
+    def addr(self):
+        return (self.cluster.host, self.cluster.port)
+
+    @property
+    def zurl(self):
+        query = {'keep_history': 'false'} if self.history_free else {}
+        return self.cluster.zurl(self.dbname, **query)
+
+    @property
+    def shown_zurl(self):
+        return masked(self.zurl)
+
+    @property
+    def log(self):
+        return self.cluster.log[self._log_start:]
+
+    def zconfig(self, **options):
+        """A zconfig:// ZURL of the database; see PostgresCluster.zconfig."""
+        return self.cluster.zconfig(self.dbname, **options)
+
+    def start(self):
+        """Start the server; return once it accepts connections."""
+        self.cluster.start()
+
+    def stop(self):
+        """Fast shutdown; the clients reconnect at their next use after start()."""
+        self.cluster.stop()
+
+    def db(self):
+        """A ZODB.DB on a RelStorage of this database, made once, closed by close()."""
+        if self._db is None:
+            self._db = self.new_db()
+        return self._db
+
+    def new_db(self):
+        """Another ZODB.DB on the database, with a client of its own; the caller closes it."""
+        return ZODB.DB(self.cluster.storage(self.dbname))
+
+    def wait_reconnected(self, timeout=None):
+        """Nothing to wait for: RelStorage connects again at its next use."""
+
+    def last_transaction(self):
+        """The last tid of the database, 8 bytes."""
+        return last_transaction(self.db())
+
+    def close(self):
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+        if self.owns_cluster:
+            self.cluster.destroy()
+            return
+        if not self.cluster.running:
+            self.cluster.start()
+        self.cluster.drop_database(self.dbname)

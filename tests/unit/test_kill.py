@@ -13,7 +13,7 @@ import subprocess
 
 import pytest
 
-from conftest import wait_for
+from devtools.procs import wait_for
 
 from wcfs_lib import procfs
 from wcfs_lib.subscription import KillPolicy

@@ -2,7 +2,7 @@
 
 import pytest
 
-from test_delta_table import Database, oid_of
+from mappingdb import Database, oid_of
 from wcfs_lib import zformat
 from wcfs_lib.bigfile import BigFile, BigFileTable
 from wcfs_lib.fileindex import FileIndex

@@ -26,52 +26,16 @@ import threading
 import tracemalloc
 
 import pytest
-import transaction
-import ZODB
 from BTrees.LOBTree import LOBTree
 from hypothesis import given, settings, strategies as st
-from ZODB.MappingStorage import MappingStorage
-from ZODB.utils import u64
 
-from wcfs_lib import zformat, zstorage, zwriter
+from mappingdb import B, Database, oid_of
+from wcfs_lib import zwriter
 from wcfs_lib.delta import compare_revisions
 from wcfs_lib.fileindex import FileIndex
 from wcfs_lib.oidindex import OidIndex
 
-B = 4096
 PAGE = 4096     # every blksize wcfs serves is a multiple of it
-
-
-class Database:
-    """A ZODB.DB on a MappingStorage, a connection to write with, a loader to read with."""
-
-    def __init__(self, py2str=False):
-        self.py2str = py2str
-        self.storage = MappingStorage()
-        self.db = ZODB.DB(self.storage)
-        self.tm = transaction.TransactionManager()
-        self.conn = self.db.open(self.tm)
-        self.root = self.conn.root()
-        self.loader = zformat.ZLoader(zstorage.Records(self.storage))
-
-    def new_file(self, blksize=B):
-        return zwriter.ZBigFile(blksize, py2str=self.py2str)
-
-    def commit(self):
-        """-> (tid, oids it modified), or None when there was nothing to write."""
-        last = self.storage.lastTransaction()
-        self.tm.commit()
-        tid = self.storage.lastTransaction()
-        if tid == last:
-            return None
-        for txn in self.storage.iterator(tid, tid):
-            return u64(tid), frozenset(u64(rec.oid) for rec in txn)
-        raise AssertionError('transaction %016x is not in the storage' % u64(tid))
-
-    def close(self):
-        self.tm.abort()
-        self.conn.close()
-        self.db.close()
 
 
 @pytest.fixture(params=[False, True], ids=['py3', 'py2str'])
@@ -79,10 +43,6 @@ def db(request):
     database = Database(py2str=request.param)
     yield database
     database.close()
-
-
-def oid_of(obj):
-    return u64(obj._p_oid)
 
 
 def blocks(*blks, blksize=B):

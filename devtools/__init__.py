@@ -1,0 +1,9 @@
+"""What the tests, the demo and the benchmarks start and end on this machine:
+never installed (not in setup.py, not in the Debian package), never imported
+by wcfs_lib.
+
+procs       free ports, spawning, ending by pid, waiting for a condition, left mounts
+zeoserver   a private ZEO server (runzeo)
+pgcluster   a private PostgreSQL cluster, and one RelStorage database in it
+wcfsproc    a wcfs process on one mount point
+"""
