@@ -52,7 +52,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)        # run as a script too: `launch` and `reader`
 sys.path.insert(0, os.path.join(ROOT, 'tests'))
 
-from test_isolation_stress import BS, Writer, block_hashes, read_log  # noqa: E402
+from stresshelp import BS, Writer, block_hashes, read_log  # noqa: E402
 
 DROP_CACHES = '/proc/sys/vm/drop_caches'
 DROP_EVERY = 0.05       # seconds between two writes of drop_caches

@@ -14,7 +14,7 @@ a fifth gets another only while a fifth stays free (the SPEC's words); a uid
 below a fifth takes at most half of what is free, so that each newcomer
 leaves something for the next: after any four uids took, released and took
 again all they could, about total/40 slots stay free (1/5 halved three
-times) and a fifth uid still gets one (tests/test_quota_unit.py checks every
+times) and a fifth uid still gets one (tests/unit/test_quota.py checks every
 order on a small total; total must be at least 80 for this).
 """
 

@@ -1,0 +1,80 @@
+"""The writer of the isolation stress tests and its log (test_isolation_stress,
+test_drop_caches): random commits to one ZBigFile, each commit's content
+logged by tid as block hashes, which readers in other processes check their
+views against."""
+
+import hashlib
+import json
+import random
+
+BS = 64 * 1024
+
+
+def block_hashes(data, blksize=BS):
+    return [hashlib.sha1(data[i:i + blksize]).hexdigest() for i in range(0, len(data), blksize)]
+
+
+class Writer:
+    """Random changes to one ZBigFile, each commit's content logged by tid."""
+
+    def __init__(self, database, logpath, seed):
+        from wcfs_lib import zwriter
+        from zhelp import Writer as ZWriter
+
+        self.rng = random.Random(seed)
+        self.w = ZWriter(database.db())
+        self.f = zwriter.ZBigFile(BS)
+        for blk in range(24):
+            self.f.write_block(blk, self.rng.randbytes(BS), self.rng.choice(zwriter.KINDS))
+        self.oid, tid = self.w.add(self.f)
+        self.log = open(logpath, 'a')
+        self.kinds = {}                 # what each commit did, for the report
+        self.record(tid)
+
+    def record(self, tid):
+        data = self.f.read()
+        self.log.write(json.dumps({'tid': tid, 'size': len(data),
+                                   'blocks': block_hashes(data)}) + '\n')
+        self.log.flush()
+
+    def step(self):
+        """One random commit."""
+        rng, f = self.rng, self.f
+        nblk = f.size() // BS
+        kind = rng.choice(('ZBlk0', 'ZBlk1'))
+        what = rng.choices(['block', 'short', 'chunks', 'hole', 'grow', 'shrink',
+                            'blktab', 'other'], [30, 10, 30, 8, 8, 8, 1, 5])[0]
+        if nblk < 4 and what in ('shrink', 'hole'):
+            what = 'grow'
+        if nblk > 80 and what == 'grow':
+            what = 'shrink'
+        if what == 'block':
+            for _ in range(rng.randint(1, 4)):
+                f.write_block(rng.randrange(nblk), rng.randbytes(BS), kind)
+        elif what == 'short':           # trailing zeros, stripped when stored
+            f.write_block(rng.randrange(nblk), rng.randbytes(rng.randrange(1, BS)), kind)
+        elif what == 'chunks':          # a few bytes here and there: one ZData of a ZBlk1
+            for _ in range(rng.randint(1, 5)):
+                f.write(rng.randrange(nblk * BS - 100), rng.randbytes(rng.randint(1, 100)), kind)
+        elif what == 'hole':
+            f.delete_block(rng.randrange(nblk - 1))
+        elif what == 'grow':            # past the end, often leaving holes
+            f.write_block(nblk + rng.choice((0, 0, 1, 5, 20)), rng.randbytes(BS), kind)
+        elif what == 'shrink':
+            f.truncate(rng.randint(nblk // 2, nblk - 1) * BS)
+        elif what == 'blktab':
+            f.replace_blktab()
+        if what == 'other':
+            tid = self.w.touch_other()
+        else:
+            tid = self.w.commit()
+        self.kinds[what] = self.kinds.get(what, 0) + 1
+        self.record(tid)
+        return tid
+
+
+def read_log(path):
+    """-> the complete records of the log, oldest first."""
+    with open(path) as f:
+        text = f.read()
+    return [json.loads(line) for line in text.split('\n')[:-1]]
