@@ -31,7 +31,7 @@ import ZODB.utils
 from wcfs_lib import zwriter
 from wcfs_lib.localpg import PostgresCluster, last_transaction
 from wcfs_lib.localproc import accepts, free_port, is_mounted, terminate
-from wcfs_lib.zstorage import masked
+from wcfs_lib.zurl import masked
 
 ROOT = os.path.dirname(os.path.abspath(__file__))
 RUNZEO = os.path.join(os.path.dirname(sys.executable), 'runzeo')

@@ -35,7 +35,7 @@ import ZODB.utils
 from wcfs_lib.localpg import PostgresCluster, last_transaction
 from wcfs_lib.localproc import accepts, free_port, is_mounted, terminate  # noqa: F401
 from wcfs_lib.localproc import unmount_left as unmount  # noqa: F401
-from wcfs_lib.zstorage import masked
+from wcfs_lib.zurl import masked
 
 ROOT = Path(__file__).resolve().parent.parent
 RUNZEO = Path(sys.executable).parent / 'runzeo'  # installed beside this python

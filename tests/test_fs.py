@@ -16,7 +16,7 @@ from persistent.mapping import PersistentMapping
 
 from conftest import wait_for
 from wcfs_lib import zwriter
-from wcfs_lib.zstorage import masked
+from wcfs_lib.zurl import masked
 from zhelp import KiB, MiB, Writer, head_at, hex16, read_bytes, stat_int, stats, tid_time
 
 BS = 64 * KiB                   # blksize of most files here

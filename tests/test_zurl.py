@@ -6,6 +6,7 @@ import os
 import pytest
 
 from wcfs_lib import zstorage
+from wcfs_lib.zurl import masked
 
 
 @pytest.mark.parametrize('zurl, shown', [
@@ -21,7 +22,7 @@ from wcfs_lib import zstorage
     ('file:///data/a:b@c/Data.fs', 'file:///data/a:b@c/Data.fs'),
 ])
 def test_password_is_masked(zurl, shown):
-    assert zstorage.masked(zurl) == shown
+    assert masked(zurl) == shown
 
 
 def test_zurl_file_shows_no_password(zeo, wcfs_mount):

@@ -45,12 +45,11 @@ import logging
 import threading
 import time
 
-from ZODB.TimeStamp import TimeStamp
-from ZODB.utils import p64
 
 from . import protocol, zformat
 from .blockdata import Reply
-from .delta import DeltaHistory, compare_revisions, merge_ranges, whole
+from .delta import DeltaHistory, compare_revisions
+from .ranges import merge_ranges, whole
 from .revdir import RevDirs
 from .revisions import ObjectRevisions
 from .subscription import Update
@@ -66,14 +65,6 @@ MAX_SINCE = 1024        # δR(Cat, z) kept per file for Cats older than its hist
 
 class Head(collections.namedtuple('Head', 'oid at blksize blktab size broken')):
     """A file as of revision `at`; `broken` is why it cannot be read, or None."""
-
-    @property
-    def mtime(self):
-        return tid_time(self.at)
-
-
-def tid_time(tid):
-    return TimeStamp(p64(tid)).timeTime()
 
 
 def _gone(ch):

@@ -23,8 +23,8 @@ import stat
 import threading
 import time
 
-from . import errors, mount
-from .bigfile import head_of, tid_time
+from . import errors, mount, zformat
+from .bigfile import head_of
 from .blockdata import Reply
 from .fs_binding import fuse
 from .kcache import FUSE_CAP_AUTO_INVAL_DATA, FUSE_CAP_EXPLICIT_INVAL_DATA
@@ -217,7 +217,7 @@ class WCFS(fuse.Operations):
             st.update(st_mode=stat.S_IFREG | mode_of(node), st_nlink=1, st_size=0)
         if node.kind in (DATA, REVDATA, HEADDIR, REVDIR, AT):
             head = node.bf.head if node.rd is None else node.rd.head
-            t = tid_time(node.bf.shown_at() if node.rd is None else head.at)
+            t = zformat.tid_time(node.bf.shown_at() if node.rd is None else head.at)
             st.update(st_mtime=t, st_ctime=t, st_atime=t)
             if node.kind in (DATA, REVDATA):
                 st.update(st_size=head.size, st_blksize=head.blksize,

@@ -63,7 +63,7 @@ import os
 import threading
 import time
 
-from . import fs, mount, procfs, zformat, zstorage
+from . import fs, mount, procfs, zformat, zstorage, zurl
 from .bigfile import MAX_REVDIRS, BigFileTable
 from .blockcache import BlockCache
 from .channel import Channel
@@ -140,7 +140,7 @@ class Server:
         self._fuse_dev = None                   # the mount's device, for an abort
         self._threads_before = set()            # thread ids when start() began
         self.zurl = opts.zurl
-        self.zurl_shown = zstorage.masked(opts.zurl)    # in .wcfs/zurl and the log
+        self.zurl_shown = zurl.masked(opts.zurl)    # in .wcfs/zurl and the log
         self.mountpoint = os.path.realpath(opts.mountpoint)
         self.shutdown = threading.Event()
         self._mounted = threading.Event()

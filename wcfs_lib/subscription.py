@@ -26,7 +26,7 @@ import signal
 import time
 
 from . import procfs
-from .delta import merge_ranges
+from .ranges import merge_ranges
 
 log = logging.getLogger('wcfs.subscription')
 

@@ -41,7 +41,8 @@ import threading
 from array import array
 
 import zodbpickle.pickle
-from ZODB.utils import u64
+from ZODB.TimeStamp import TimeStamp
+from ZODB.utils import p64, u64
 
 from .blockdata import HOLE, BlockData
 from .zstorage import RecordTooLarge
@@ -66,6 +67,11 @@ RECORD_SLACK = 64 << 10         # what a block's record holds besides its data
 # node BTrees write runs a few thousand; each opcode makes at most one object.
 MAX_OPS = 1 << 16
 LARGE_RECORD = 1 << 20          # larger records that need the unpickler: one at a time
+
+
+def tid_time(tid):
+    """The time of transaction `tid`, in seconds since the epoch."""
+    return TimeStamp(p64(tid)).timeTime()
 
 
 def max_block_record(blksize):

@@ -29,11 +29,11 @@ from ZODB.POSException import POSKeyError
 from ZODB.utils import p64, u64
 
 from .base import Database, DatabaseUnavailable, RecordTooLarge, is_disconnect, oneline
-from .opening import OpenError, UsageError, database_of, masked, open_database, resolve
+from .opening import OpenError, UsageError, database_of, open_database, resolve
 from .walks import Cancelled, Walks
 
 __all__ = ['Cancelled', 'Database', 'DatabaseUnavailable', 'OpenError', 'Records', 'RecordTooLarge',
-           'RETRY_PAUSE', 'UsageError', 'database_of', 'is_disconnect', 'masked',
+           'RETRY_PAUSE', 'UsageError', 'database_of', 'is_disconnect',
            'open_database', 'resolve']
 
 RETRY_PAUSE = 0.5   # seconds between tries of work that waits for the database

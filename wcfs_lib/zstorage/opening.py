@@ -12,13 +12,13 @@ The kind of the storage opened, not the scheme, decides how it is followed
 
 import importlib
 import math
-import re
 import threading
 import time
 
 import zodburi
 
 from .base import is_disconnect, oneline
+from ..zurl import masked
 from . import postgres, zeo_receive
 from .mvcc import MVCCDatabase, is_mvcc
 from .plain import PlainDatabase
@@ -36,17 +36,6 @@ class OpenError(Exception):
 # the module, not the class of the same name that ZODB.FileStorage exports
 fsmodule = importlib.import_module('ZODB.FileStorage.FileStorage')
 _fs_magic_lock = threading.Lock()   # guards fsmodule.packed_version while opening
-
-_USERINFO_PASSWORD = re.compile(r'\A([A-Za-z][A-Za-z0-9+.-]*://[^:@/?#]*:)[^@/?#]*@')
-_QUERY_PASSWORD = re.compile(r'([?&](?:password|passwd)=)[^&#]*', re.IGNORECASE)
-
-
-def masked(zurl):
-    """`zurl` with any password in it shown as *** (`.wcfs/zurl` and the log
-    are read by every user of the mount)."""
-    zurl = _USERINFO_PASSWORD.sub(r'\1***@', zurl)
-    return _QUERY_PASSWORD.sub(r'\1***', zurl)
-
 
 def open_database(zurl, db_timeout, connections=None, poll_interval=None):
     """-> the Database of `zurl`, opened read-only. OpenError when it cannot
