@@ -12,7 +12,8 @@ import pytest
 
 from wcfs_lib import zformat
 from wcfs_lib.blockcache import BlockCache
-from wcfs_lib.blockdata import BlockData, Reply
+from wcfs_lib.blockdata import BlockData
+from wcfs_lib.reply import Reply
 from wcfs_lib.prefetch import ReadStream
 
 BS = 1 << 20

@@ -47,7 +47,7 @@ import time
 
 
 from . import protocol, zformat
-from .blockdata import Reply
+from .reply import Reply
 from .delta import DeltaHistory, compare_revisions
 from .ranges import merge_ranges, whole
 from .revdir import RevDirs

@@ -1,19 +1,12 @@
-"""A decoded block as it is kept, and a read's reply made of pieces of blocks.
+"""A decoded block as it is kept: the bytes of its record, then implicit zeros.
 
 A cold read copies a block's bytes as few times as it can: a ZBlk0's bytes
 are served from the database record itself (no unpickled copy), its trailing
 zeros are never materialised (a short block is its bytes, then implicit
-zeros), and a read's reply is copied once, straight into libfuse's buffer
-(fs_binding.FUSE), rather than sliced and joined into bytes that mfusepy would
-copy again. ctypes.memmove and memset run without the GIL, so the copy
-overlaps the loads of other threads.
+zeros), and a read's reply (reply.py) copies from its address.
 """
 
 import ctypes
-
-_memmove = ctypes.memmove
-_memset = ctypes.memset
-
 
 class BlockData:
     """`length` bytes of `buf` (bytes or bytearray) from `start`, then zeros
@@ -54,31 +47,3 @@ class BlockData:
 
 
 HOLE = BlockData(b'')
-
-
-class Reply:
-    """The bytes of one read: pieces [lo, hi) of blocks, in order."""
-
-    __slots__ = ('parts', 'size')
-
-    def __init__(self):
-        self.parts = []
-        self.size = 0
-
-    def add(self, block, lo, hi):
-        self.parts.append((block, lo, hi))
-        self.size += hi - lo
-
-    def __len__(self):
-        return self.size
-
-    def copy_to(self, addr):
-        """Write the reply at the C address `addr` (room for len(self) bytes)."""
-        pos = addr
-        for block, lo, hi in self.parts:
-            n = max(0, min(hi, block.length) - lo)
-            if n:
-                _memmove(pos, block.address() + lo, n)
-            if hi - lo > n:
-                _memset(pos + n, 0, hi - lo - n)
-            pos += hi - lo

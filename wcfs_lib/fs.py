@@ -25,7 +25,7 @@ import time
 
 from . import errors, mount, zformat
 from .bigfile import head_of
-from .blockdata import Reply
+from .reply import Reply
 from .fs_binding import fuse
 from .kcache import FUSE_CAP_AUTO_INVAL_DATA, FUSE_CAP_EXPLICIT_INVAL_DATA
 from .prefetch import ReadStream
