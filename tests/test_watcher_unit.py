@@ -24,7 +24,7 @@ def test_a_file_whose_load_fails_leaves_nothing_in_the_oid_index():
         oid = oid_of(f)
         zblks = {oid_of(f.blktab[blk]) for blk in range(4)}
         table, oidindex = BigFileTable(), OidIndex()
-        watcher = Watcher(db.loader, table, Stats(), oidindex)
+        watcher = Watcher(db.loader, table, Stats(), oidindex, BigFile)
         kind, loading = table.start_loading(oid, at)
         assert kind == 'new'
         # a transaction to catch up on that the file cannot follow: as of

@@ -14,7 +14,6 @@ Locks: the file's `cond` (bigfile.BigFile) > `Channel.lock`. `send` is called
 with the file's cond held; `read`, `poll` take only `Channel.lock`.
 """
 
-import ctypes
 import errno
 import logging
 import os
@@ -22,7 +21,6 @@ import select
 import threading
 
 from . import procfs, protocol
-from .fs_binding import fuse, libfuse
 
 log = logging.getLogger('wcfs.channel')
 
@@ -33,13 +31,17 @@ MAX_UNREAD = 64 * 1024
 INTERRUPT_POLL_MIN = 0.02
 INTERRUPT_POLL_MAX = 1.0
 
-libfuse.fuse_notify_poll.argtypes = [ctypes.c_void_p]
-libfuse.fuse_pollhandle_destroy.argtypes = [ctypes.c_void_p]
+
+
+def _error(code):
+    """The errno a FUSE handler answers with (mfusepy returns an OSError's)."""
+    return OSError(code, os.strerror(code))
 
 
 class Channel:
-    def __init__(self, bf, shutdown, debug=False):
+    def __init__(self, bf, shutdown, polls, debug=False):
         self.bf = bf
+        self._polls = polls         # fs_binding.PollHandles: the kernel's poll handles
         self.state = protocol.ChannelState()
         self.lines = protocol.LineBuffer()
         self.owner = None           # procfs.Process that made the subscription, if known
@@ -67,7 +69,7 @@ class Channel:
         request = WriteContext(caller_tid, self.bf.ctx.last_tid)
         for item in self.lines.feed(data):
             if self.dropped:
-                raise fuse.FuseOSError(errno.EIO)
+                raise _error(errno.EIO)
             if isinstance(item, protocol.ProtocolError):
                 self.reply_error(item)
                 continue
@@ -82,7 +84,7 @@ class Channel:
             except protocol.ProtocolError as e:
                 self.reply_error(e)
         if self.dropped:
-            raise fuse.FuseOSError(errno.EIO)
+            raise _error(errno.EIO)
         return len(data)
 
     def reply_error(self, exc):
@@ -111,8 +113,7 @@ class Channel:
     def _wake(self):
         self._readable.notify_all()
         if self._ph is not None:
-            libfuse.fuse_notify_poll(self._ph)
-            libfuse.fuse_pollhandle_destroy(self._ph)
+            self._polls.notify(self._ph)
             self._ph = None
 
     def drop(self):
@@ -143,11 +144,11 @@ class Channel:
         with self.lock:
             while not self._out:
                 if self.dropped or self.closed or self._shutdown.is_set():
-                    raise fuse.FuseOSError(errno.EIO)
+                    raise _error(errno.EIO)
                 if fi.flags & os.O_NONBLOCK:
-                    raise fuse.FuseOSError(errno.EAGAIN)
-                if libfuse.fuse_interrupted():
-                    raise fuse.FuseOSError(errno.EINTR)
+                    raise _error(errno.EAGAIN)
+                if self._polls.interrupted():
+                    raise _error(errno.EINTR)
                 self._readable.wait(pause)
                 pause = min(pause * 2, INTERRUPT_POLL_MAX)
             data = bytes(self._out[:size])
@@ -157,7 +158,7 @@ class Channel:
     def poll(self, ph, reventsp):
         with self.lock:
             if self._ph is not None:
-                libfuse.fuse_pollhandle_destroy(self._ph)
+                self._polls.release(self._ph)
                 self._ph = None
             revents = select.POLLOUT
             if self._out:
@@ -167,7 +168,7 @@ class Channel:
             if ph and not self._out:
                 self._ph = ph
             elif ph:
-                libfuse.fuse_pollhandle_destroy(ph)
+                self._polls.release(ph)
             reventsp[0] = revents
         return 0
 
@@ -176,7 +177,7 @@ class Channel:
             self._uncount()
             self.closed = True
             if self._ph is not None:
-                libfuse.fuse_pollhandle_destroy(self._ph)
+                self._polls.release(self._ph)
                 self._ph = None
             self._readable.notify_all()
         self.bf.channel_closed(self)

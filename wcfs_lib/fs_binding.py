@@ -20,7 +20,7 @@ if fuse.fuse_version_major != 3:
 class FUSE(fuse.FUSE):
     """mfusepy's FUSE, except that a read handler may answer with an object
     that writes itself into libfuse's buffer (`copy_to(address)`, and len()),
-    such as blockdata.Reply: the bytes of a block are then copied once on
+    such as reply.Reply: the bytes of a block are then copied once on
     their way to the kernel, not sliced, joined and copied again."""
 
     def read(self, path, buf, size, offset, fip):
@@ -37,3 +37,27 @@ class FUSE(fuse.FUSE):
             else:
                 ctypes.memmove(buf, ret, n)
         return n
+
+
+libfuse.fuse_notify_poll.argtypes = [ctypes.c_void_p]
+libfuse.fuse_pollhandle_destroy.argtypes = [ctypes.c_void_p]
+
+
+class PollHandles:
+    """What a channel (the model, which imports nothing of the kernel side)
+    needs of libfuse: waking a poll(2) and telling an interrupted read."""
+
+    @staticmethod
+    def notify(ph):
+        """Wake the poll that left `ph`, and give the handle back."""
+        libfuse.fuse_notify_poll(ph)
+        libfuse.fuse_pollhandle_destroy(ph)
+
+    @staticmethod
+    def release(ph):
+        libfuse.fuse_pollhandle_destroy(ph)
+
+    @staticmethod
+    def interrupted():
+        """Whether the request this thread serves was interrupted (a signal)."""
+        return bool(libfuse.fuse_interrupted())

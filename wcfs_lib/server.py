@@ -64,10 +64,10 @@ import threading
 import time
 
 from . import fs, mount, procfs, zformat, zstorage, zurl
-from .bigfile import MAX_REVDIRS, BigFileTable
+from .bigfile import MAX_REVDIRS, BigFile, BigFileTable
 from .blockcache import BlockCache
 from .channel import Channel
-from .fs_binding import FUSE, libfuse
+from .fs_binding import FUSE, PollHandles, libfuse
 from .kcache import KernelCache
 from .oidindex import OidIndex
 from .prefetch import Prefetcher
@@ -173,7 +173,7 @@ class Server:
         kcache = KernelCache(libfuse, self.mountpoint)
         self.ctx = Context(self, kcache)
         try:
-            self.watcher = Watcher(self.loader, self.table, self.stats, OidIndex())
+            self.watcher = Watcher(self.loader, self.table, self.stats, OidIndex(), BigFile)
         except zstorage.DatabaseUnavailable as e:
             self._close_storage()
             raise StartError('%s: %s' % (self.zurl_shown, e)) from None
@@ -345,7 +345,7 @@ class Server:
         if refused is not None:
             log.warning('open bigfile/%s/head/invalidations: EMFILE: %s', bf.name, refused)
             return None
-        ch = Channel(bf, self.shutdown, debug=self.opts.debug)
+        ch = Channel(bf, self.shutdown, PollHandles, debug=self.opts.debug)
         ch.opener = procfs.thread_process(caller_tid)
         bf.add_channel(ch)
         return ch

@@ -24,7 +24,6 @@ import threading
 import time
 
 from . import zstorage
-from .bigfile import BigFile
 from .fileindex import FileIndex
 
 log = logging.getLogger('wcfs.watcher')
@@ -42,8 +41,9 @@ class Watcher:
     RESYNC = object()
     PACKED = object()
 
-    def __init__(self, loader, table, stats, oidindex):
+    def __init__(self, loader, table, stats, oidindex, make_file):
         self.loader = loader
+        self._make_file = make_file     # (oid, FileIndex, ctx) -> the visible file (bigfile.BigFile)
         self.records = loader.records
         self.table = table
         self.stats = stats
@@ -193,7 +193,7 @@ class Watcher:
         try:
             index = FileIndex(self.loader, oid, loading.at, self.oidindex)
             while True:
-                bf, backlog = self.table.publish(loading, lambda: BigFile(oid, index, ctx))
+                bf, backlog = self.table.publish(loading, lambda: self._make_file(oid, index, ctx))
                 if bf is not None:
                     return bf
                 for tid, oids in backlog:
