@@ -79,7 +79,7 @@ class Records:
                 if max_size is None:
                     r = self.database.load(p64(oid), p64(at + 1), fresh, cache)
                 else:
-                    r = self.database.load_bounded(p64(oid), p64(at + 1), cache, max_size)
+                    r = self.database.load_bounded(p64(oid), p64(at + 1), fresh, cache, max_size)
                 break
             except POSKeyError:
                 r = None

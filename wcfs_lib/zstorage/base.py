@@ -64,12 +64,12 @@ class Database:
         in a client cache. Raises POSKeyError, or a disconnect (is_disconnect)."""
         raise NotImplementedError
 
-    def load_bounded(self, oid, before, cache, max_size):
+    def load_bounded(self, oid, before, fresh, cache, max_size):
         """load() of a record that no cache holds (a block's, or one a
         transaction just wrote), where the database can tell its size
         before it sends it: RecordTooLarge for one over max_size. This
         default cannot, and loads it."""
-        return self.load(oid, before, False, cache)
+        return self.load(oid, before, fresh, cache)
 
     def last_tid(self):
         """The database's last transaction (an int), asked of the server."""

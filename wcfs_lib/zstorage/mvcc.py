@@ -451,14 +451,20 @@ class MVCCDatabase(Database):
             inst.at_least(u64(before) - 1)
             return inst.storage.loadBefore(oid, before)
 
-    def load_bounded(self, oid, before, cache, max_size):
+    def load_bounded(self, oid, before, fresh, cache, max_size):
         """One query that sends the record only if it is at most max_size
-        long: RelStorage would ship a 100 MiB one in seconds."""
-        r = self._ahead.take(oid, before)
-        if r is not None:
-            return r
+        long: RelStorage would ship a 100 MiB one in seconds. fresh: as in
+        load(), and a record with no next revision is then current as of
+        a snapshot taken now, not of the one a pooled connection kept
+        (a block is shared over the span of its records, zformat.Span)."""
+        if not fresh:
+            r = self._ahead.take(oid, before)
+            if r is not None:
+                return r
         at = u64(before) - 1
         with self._instance('load') as inst:
+            if fresh:
+                inst.poll()
             inst.at_least(at)
             cursor = inst.storage._load_connection.cursor
             cursor.execute(_RECORD_AS_OF_BOUNDED, (max_size, u64(oid), at))
