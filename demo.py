@@ -28,7 +28,7 @@ import ZEO.ClientStorage
 import ZODB
 import ZODB.utils
 
-from wcfs_lib import zwriter
+from wcfs_lib import zbig
 from wcfs_lib.localpg import PostgresCluster, last_transaction
 from wcfs_lib.localproc import accepts, free_port, is_mounted, terminate
 from wcfs_lib.zurl import masked
@@ -212,7 +212,7 @@ class Demo:
              ZODB client.""")
         self.db = server.open()
         conn = self.db.open()
-        f = zwriter.ZBigFile(BLKSIZE)
+        f = zbig.ZBigFile(BLKSIZE)
         conn.root()['demo'] = f
         transaction.commit()
         old = np.arange(NELEM, dtype='<f8')

@@ -1,4 +1,4 @@
-from setuptools import setup
+from setuptools import find_packages, setup
 
 setup(
     name='wcfs',
@@ -7,7 +7,7 @@ setup(
     license='GPL-3.0-or-later',
     python_requires='>=3.11',
     py_modules=['wcfs'],
-    packages=['wcfs_lib', 'wcfs_lib.zstorage'],
+    packages=find_packages(include=['wcfs_lib', 'wcfs_lib.*']),
     install_requires=[
         'ZODB',
         'ZEO',

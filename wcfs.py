@@ -2,7 +2,7 @@
 """wcfs: serve the ZBigFiles of a ZODB database as plain files (FUSE).
 
 This module is the entry point: it parses the command line, sets up logging
-and signals, and runs the server of wcfs_lib.server. See `man wcfs`.
+and signals, and runs the server of wcfs_lib.service.server. See `man wcfs`.
 """
 
 import argparse
@@ -154,7 +154,9 @@ def install_signals(srv):
 def serve(opts, handler, report):
     """Start the server, report(None) once it serves or report(why) if it
     cannot; serve until SIGTERM/SIGINT/autoexit. -> exit code."""
-    from wcfs_lib import mount, server, zstorage
+    from wcfs_lib.kernel import mount
+    from wcfs_lib.service import server
+    from wcfs_lib.zodb import zstorage
     setup_logging(opts, handler)
     srv = server.Server(opts, reopen_log=lambda: reopen_log(handler))
     install_signals(srv)
@@ -178,7 +180,8 @@ def main(argv=None):
     except UsageError as e:
         print('wcfs: %s (see wcfs --help)' % e, file=sys.stderr)
         return 2
-    from wcfs_lib import daemon, zstorage
+    from wcfs_lib.service import daemon
+    from wcfs_lib.zodb import zstorage
     # The real path: the default pid file and the /proc fd links of clients
     # name the mount point so, whichever path to it was given.
     opts.mountpoint = os.path.realpath(opts.mountpoint)

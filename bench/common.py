@@ -38,7 +38,7 @@ from ZODB.utils import u64                                  # noqa: E402
 
 from wcfs_lib.localpg import PostgresCluster, last_transaction  # noqa: E402
 from wcfs_lib.localproc import free_port, is_mounted, terminate  # noqa: E402
-from wcfs_lib import zwriter                                # noqa: E402
+from wcfs_lib import zbig  # noqa: E402
 
 MiB = 1 << 20
 BLKSIZE = 2 * MiB
@@ -361,7 +361,7 @@ class Bench:
         conn = db.open()
         out = open(copy_to, 'wb') if copy_to else None
         try:
-            f = conn.root()['f'] = zwriter.ZBigFile(BLKSIZE)
+            f = conn.root()['f'] = zbig.ZBigFile(BLKSIZE)
             transaction.commit()
             pending = 0
             for blk in range(size // BLKSIZE):

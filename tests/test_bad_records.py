@@ -33,8 +33,8 @@ from ZODB.POSException import POSKeyError
 from ZODB.utils import p64, u64
 
 from test_protocol import BS, randbytes, serve  # noqa: F401  (serve: a fixture)
-from wcfs_lib import zformat, zstorage
-from wcfs_lib.zstorage import zeo_receive
+from wcfs_lib.zodb import zformat, zstorage
+from wcfs_lib.zodb.zstorage import zeo_receive
 from zhelp import MiB, Writer, raw_store, read_bytes, wait_head
 
 AT = 0x0285cbac258bf266         # the one revision of the records of the unit tests

@@ -46,7 +46,8 @@ from ZODB.utils import u64
 
 from conftest import ROOT, START_TIMEOUT, STOP_TIMEOUT, free_port, is_mounted, read_text, \
     unmount, wait_for
-from wcfs_lib import daemon, zwriter
+from wcfs_lib import zbig
+from wcfs_lib.service import daemon
 from zhelp import read_head
 
 RUN_TIMEOUT = 60        # seconds for a `wcfs -d` command to return
@@ -222,7 +223,7 @@ def commit_bigfile(db, data):
     tm = transaction.TransactionManager()
     conn = db.open(tm)
     try:
-        f = zwriter.ZBigFile(BLKSIZE)
+        f = zbig.ZBigFile(BLKSIZE)
         f.write(0, data)
         conn.root()['f'] = f
         tm.commit()
@@ -449,7 +450,7 @@ def why_nobody_cannot_run_wcfs():
     """None when nobody can run this wcfs.py with this python, else why not
     (a clone in a directory only root may enter, as on CI)."""
     imports = ('import sys; sys.path.insert(0, sys.argv[1]); '
-               'import daemon, mfusepy, ZODB, wcfs_lib.daemon')
+               'import daemon, mfusepy, ZODB, wcfs_lib.service.daemon')
     r = subprocess.run(SETPRIV_NOBODY + [sys.executable, '-c', imports, str(ROOT)],
                        cwd='/', capture_output=True, text=True, timeout=RUN_TIMEOUT)
     return None if r.returncode == 0 else r.stderr.strip().splitlines()[-1]

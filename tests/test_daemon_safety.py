@@ -29,7 +29,8 @@ from conftest import (ROOT, START_TIMEOUT, is_mounted, read_text, spawn, termina
                       wait_for)
 from test_cli import wcfs_proc  # noqa: F401  (a fixture)
 from test_daemon import stale_mount
-from wcfs_lib import daemon, procfs
+from wcfs_lib import procfs
+from wcfs_lib.service import daemon
 from zhelp import Writer, head_at, stat_int, wait_head
 
 NOBODY = pwd.getpwnam('nobody')

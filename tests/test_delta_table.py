@@ -1,6 +1,6 @@
 """The δ engine without a mount: commits into a database in, expected byte ranges out.
 
-Each case writes a ZBigFile with wcfs_lib.zwriter (ZBlk0 and ZBlk1 blocks,
+Each case writes a ZBigFile with wcfs_lib.zbig (ZBlk0 and ZBlk1 blocks,
 state as Python 3 bytes and as Python 2 str) into a ZODB.DB on a
 ZODB.MappingStorage.MappingStorage, commits a setup, then one or more
 changes, and checks δR(setup, last) against SPEC §4.2: ranges half-open,
@@ -33,10 +33,11 @@ from hypothesis import given, settings, strategies as st
 from ZODB.MappingStorage import MappingStorage
 from ZODB.utils import u64
 
-from wcfs_lib import zformat, zstorage, zwriter
-from wcfs_lib.delta import compare_revisions
-from wcfs_lib.fileindex import FileIndex
-from wcfs_lib.oidindex import OidIndex
+from wcfs_lib import zbig
+from wcfs_lib.zodb import zformat, zstorage
+from wcfs_lib.follow.delta import compare_revisions
+from wcfs_lib.follow.fileindex import FileIndex
+from wcfs_lib.follow.oidindex import OidIndex
 
 B = 4096
 PAGE = 4096     # every blksize wcfs serves is a multiple of it
@@ -55,7 +56,7 @@ class Database:
         self.loader = zformat.ZLoader(zstorage.Records(self.storage))
 
     def new_file(self, blksize=B):
-        return zwriter.ZBigFile(blksize, py2str=self.py2str)
+        return zbig.ZBigFile(blksize, py2str=self.py2str)
 
     def commit(self):
         """-> (tid, oids it modified), or None when there was nothing to write."""
@@ -431,7 +432,7 @@ def test_folded_with_a_transaction_of_another_object_reports_the_file_only(db):
                  blocks(0))
 
 
-@pytest.mark.parametrize('kind', zwriter.KINDS)
+@pytest.mark.parametrize('kind', zbig.KINDS)
 def test_zblk_rewritten_with_identical_content_is_touched(db, kind):
     def rewrite(f):
         f.blktab[1]._p_changed = True
@@ -448,12 +449,12 @@ def test_zblk0_rewritten_by_write_block_with_identical_content_is_touched(db):
 BLK = st.integers(0, 11)
 OPS = st.one_of(
     st.tuples(st.just('write'), BLK, st.integers(0, B - 1), st.binary(min_size=1, max_size=40),
-              st.sampled_from(zwriter.KINDS)),
+              st.sampled_from(zbig.KINDS)),
     st.tuples(st.just('rewrite'), st.integers(0, 99)),
     st.tuples(st.just('delete'), BLK),
     st.tuples(st.just('truncate'), BLK),
     st.tuples(st.just('point'), BLK, st.integers(0, 99)),
-    st.tuples(st.just('blksize'), st.integers(1, 3), st.sampled_from(zwriter.KINDS)),
+    st.tuples(st.just('blksize'), st.integers(1, 3), st.sampled_from(zbig.KINDS)),
     st.tuples(st.just('replace_blktab')),
     st.tuples(st.just('other')),
     st.tuples(st.just('chunk alone'), st.integers(0, 99), st.binary(min_size=1, max_size=8)),
@@ -490,7 +491,7 @@ def apply(db, f, op):
     elif name == 'other':
         db.root['other'] = db.root.get('other', 0) + 1
     elif name == 'chunk alone':                         # not as wendelin.core writes
-        zblk = nth([z for z in f.blktab.values() if isinstance(z, zwriter.ZBlk1) and z.chunktab],
+        zblk = nth([z for z in f.blktab.values() if isinstance(z, zbig.ZBlk1) and z.chunktab],
                    args[0])
         if zblk is not None:
             zblk.chunktab[zblk.chunktab.minKey()].data = args[1]

@@ -14,7 +14,7 @@ import pytest
 
 from zhelp import (KiB, MiB, Holder, Writer, head_at, hex16, read_bytes, resident_blocks,
                    stat_int, stats, wait_head)
-from wcfs_lib import zwriter
+from wcfs_lib import zbig
 
 BS = 64 * KiB
 
@@ -162,7 +162,7 @@ def test_zblk1_chunk_change_reloads_only_that_block(database, wcfs_mount, how):
     elif how == 'ZData-only':       # only the chunk's record changes
         zblk.chunktab[4096].data = b'only the ZData'
     elif how == 'chunk-replaced':   # the chunk tree points to a new ZData
-        zblk.chunktab[8192] = zwriter.ZData(b'a new ZData object')
+        zblk.chunktab[8192] = zbig.ZData(b'a new ZData object')
     elif how == 'chunk-gone':       # a chunk leaves the chunk tree: zeros there
         del zblk.chunktab[8192]
     s.commit_and_wait()

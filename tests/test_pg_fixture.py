@@ -17,7 +17,7 @@ from ZODB.POSException import StorageError
 from ZODB.utils import p64, u64
 
 from conftest import ROOT, PGServer, accepts, wait_for
-from wcfs_lib import zwriter
+from wcfs_lib import zbig
 from wcfs_lib.localpg import PostgresCluster, PostgresError
 
 BLKSIZE = 4096
@@ -28,7 +28,7 @@ def write_bigfile(db):
     """Commit root['f'] = a ZBigFile of BLOCKS; -> (its oid, the commit's tid)."""
     conn = db.open()
     try:
-        f = zwriter.ZBigFile(BLKSIZE)
+        f = zbig.ZBigFile(BLKSIZE)
         for blk, data in BLOCKS.items():
             f.write_block(blk, data)
         conn.root()['f'] = f

@@ -30,9 +30,9 @@ from ZODB.utils import u64
 
 from chanhelp import Chan, Client, Have, ranges_of
 from conftest import wait_for
-from wcfs_lib import zwriter
+from wcfs_lib import zbig
 from wcfs_lib.localpg import last_transaction
-from wcfs_lib.server import MAX_CHANNELS
+from wcfs_lib.service.server import MAX_CHANNELS
 from zhelp import KiB, MiB, Writer, head_at, hex16, process_state, read_bytes, stat_int, wait_head
 
 BS = 64 * KiB
@@ -56,7 +56,7 @@ class Served:
     """ZBigFiles committed to a database fixture, a wcfs on the database, their
     bigfile/<oid>/ made, and the content of every file after every commit.
 
-    files[i]: the zwriter.ZBigFile; dirs[i]: bigfile/<oid>; dir: dirs[0];
+    files[i]: the zbig.ZBigFile; dirs[i]: bigfile/<oid>; dir: dirs[0];
     tid: the last commit.
     content[i][tid]: bytes of file i as of tid (for every tid committed here
     after file i was added). Channels opened with .chan() are closed at the
@@ -69,7 +69,7 @@ class Served:
         self.blksize = blksize
         self.files, self.oids, self.content = [], [], []
         for _ in range(nfiles):
-            f = zwriter.ZBigFile(blksize)
+            f = zbig.ZBigFile(blksize)
             for blk in range(nblk):
                 f.write_block(blk, randbytes(blksize), 'ZBlk1' if blk % 2 else 'ZBlk0')
             self.files.append(f)

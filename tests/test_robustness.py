@@ -49,9 +49,9 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from chanhelp import Chan, Client, ranges_of
 from conftest import (ROOT, RUNZEO, START_TIMEOUT, WCFS, accepts, free_port, is_mounted,
                       spawn, terminate, wait_for)
-from wcfs_lib import zwriter
-from wcfs_lib.prefetch import AHEAD_BLOCKS
-from wcfs_lib.server import READ_AHEAD_KB
+from wcfs_lib import zbig
+from wcfs_lib.files.prefetch import AHEAD_BLOCKS
+from wcfs_lib.service.server import READ_AHEAD_KB
 from zhelp import (KiB, Holder, Writer, head_at, hex16, process_state, read_bytes, resident_blocks,
                    stat_int, stats, wait_head)
 
@@ -319,7 +319,7 @@ class Scene:
         self.w = Writer(zeo.db())
         self.f, self.oid = {}, {}
         for name, (nblk, blksize) in files.items():
-            f = zwriter.ZBigFile(blksize)
+            f = zbig.ZBigFile(blksize)
             for blk in range(nblk):
                 f.write_block(blk, randbytes(blksize), 'ZBlk1' if blk % 2 else 'ZBlk0')
             self.f[name] = f

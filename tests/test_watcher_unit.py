@@ -3,12 +3,12 @@
 import pytest
 
 from test_delta_table import Database, oid_of
-from wcfs_lib import zformat
-from wcfs_lib.bigfile import BigFile, BigFileTable
-from wcfs_lib.fileindex import FileIndex
-from wcfs_lib.oidindex import OidIndex
-from wcfs_lib.stats import Stats
-from wcfs_lib.watcher import Watcher
+from wcfs_lib.zodb import zformat
+from wcfs_lib.files.bigfile import BigFile, BigFileTable
+from wcfs_lib.follow.fileindex import FileIndex
+from wcfs_lib.follow.oidindex import OidIndex
+from wcfs_lib.service.stats import Stats
+from wcfs_lib.follow.watcher import Watcher
 
 
 def test_a_file_whose_load_fails_leaves_nothing_in_the_oid_index():

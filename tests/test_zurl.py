@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from wcfs_lib import zstorage
+from wcfs_lib.zodb import zstorage
 from wcfs_lib.zurl import masked
 
 
@@ -36,7 +36,7 @@ def test_zurl_file_shows_no_password(zeo, wcfs_mount):
 
 # ---- postgres:// is opened by wcfs itself: read-only, no DDL ----
 
-from wcfs_lib.zstorage import postgres  # noqa: E402
+from wcfs_lib.zodb.zstorage import postgres  # noqa: E402
 
 
 @pytest.mark.parametrize('zurl, dsn, options', [

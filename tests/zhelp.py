@@ -24,7 +24,7 @@ from ZODB.TimeStamp import TimeStamp
 from ZODB.utils import p64, u64
 
 from conftest import spawn, terminate, unmount, wait_for
-from wcfs_lib import zwriter
+from wcfs_lib import zbig
 from wcfs_lib.localpg import last_transaction
 
 PAGE = mmap.PAGESIZE
@@ -54,7 +54,7 @@ class Writer:
 
     def new_file(self, blksize, blocks=(), kind='ZBlk0', py2str=False):
         """A ZBigFile with blocks {blk: data} (or [(blk, data)]), committed; -> (f, oid, tid)."""
-        f = zwriter.ZBigFile(blksize, py2str=py2str)
+        f = zbig.ZBigFile(blksize, py2str=py2str)
         for blk, data in dict(blocks).items():
             f.write_block(blk, data, kind)
         oid, tid = self.add(f)

@@ -8,7 +8,7 @@ import signal
 import socket
 import subprocess
 
-from .mount import is_mounted
+from .kernel.mount import is_mounted
 
 __all__ = ['free_port', 'accepts', 'terminate', 'is_mounted', 'unmount_left']
 

@@ -20,7 +20,7 @@ import os
 import select
 import threading
 
-from . import procfs, protocol
+from .. import procfs, protocol
 
 log = logging.getLogger('wcfs.channel')
 

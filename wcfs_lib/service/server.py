@@ -63,18 +63,20 @@ import os
 import threading
 import time
 
-from . import fs, mount, procfs, zformat, zstorage, zurl
-from .bigfile import MAX_REVDIRS, BigFile, BigFileTable
-from .blockcache import BlockCache
-from .channel import Channel
-from .fs_binding import FUSE, PollHandles, libfuse
-from .kcache import KernelCache
-from .oidindex import OidIndex
-from .prefetch import Prefetcher
+from .. import procfs, zurl
+from ..files.bigfile import MAX_REVDIRS, BigFile, BigFileTable
+from ..files.blockcache import BlockCache
+from ..files.channel import Channel
+from ..files.prefetch import Prefetcher
+from ..files.subscription import KillPolicy
+from ..follow.oidindex import OidIndex
+from ..follow.watcher import Watcher
+from ..kernel import fs, mount
+from ..kernel.fs_binding import FUSE, PollHandles, libfuse
+from ..kernel.kcache import KernelCache
+from ..zodb import zformat, zstorage
 from .quota import Quota
 from .stats import Stats
-from .subscription import KillPolicy
-from .watcher import Watcher
 
 log = logging.getLogger('wcfs')
 

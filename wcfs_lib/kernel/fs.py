@@ -23,12 +23,13 @@ import stat
 import threading
 import time
 
-from . import errors, mount, zformat
-from .bigfile import head_of
-from .reply import Reply
+from ..files.bigfile import head_of
+from ..files.prefetch import ReadStream
+from ..files.reply import Reply
+from ..zodb import zformat
+from . import errors, mount
 from .fs_binding import fuse
 from .kcache import FUSE_CAP_AUTO_INVAL_DATA, FUSE_CAP_EXPLICIT_INVAL_DATA
-from .prefetch import ReadStream
 
 log = logging.getLogger('wcfs.fs')
 

@@ -17,9 +17,9 @@ import time
 
 import zodburi
 
-from .base import is_disconnect, oneline
-from ..zurl import masked
+from ...zurl import masked
 from . import postgres, zeo_receive
+from .base import is_disconnect, oneline
 from .mvcc import MVCCDatabase, is_mvcc
 from .plain import PlainDatabase
 from .zeo import MissingPrivate, ZEODatabase, is_zeo

@@ -51,7 +51,7 @@ import itertools
 import threading
 import time
 
-from .blockdata import HOLE
+from ..zodb.blockdata import HOLE
 
 CACHE_BYTES = 32 << 20      # kept, at least
 KEEP_LARGEST = 2            # kept, at least this many blocks of the largest blksize read

@@ -15,8 +15,8 @@ Ranges are half-open, block aligned, sorted and merged.
 
 import collections
 
-from . import zformat
-from .ranges import blocks_to_ranges, merge_ranges, resized_range, whole
+from ..ranges import blocks_to_ranges, merge_ranges, resized_range, whole
+from ..zodb import zformat
 
 MAX_STEPS = 100000
 

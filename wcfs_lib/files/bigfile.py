@@ -46,14 +46,15 @@ import threading
 import time
 
 
-from . import protocol, zformat
+from .. import protocol
+from ..follow.delta import DeltaHistory, compare_revisions
+from ..ranges import merge_ranges, whole
+from ..zodb import zformat
+from ..zodb.revisions import ObjectRevisions
+from ..zodb.zstorage import RETRY_PAUSE, Cancelled, DatabaseUnavailable
 from .reply import Reply
-from .delta import DeltaHistory, compare_revisions
-from .ranges import merge_ranges, whole
 from .revdir import RevDirs
-from .revisions import ObjectRevisions
 from .subscription import Update
-from .zstorage import RETRY_PAUSE, Cancelled, DatabaseUnavailable
 
 log = logging.getLogger('wcfs.bigfile')
 

@@ -69,11 +69,11 @@ def _privates(storage):
             obj = getattr(obj, name, None)
         if obj is None:
             raise MissingPrivate('ZEO %s: ClientStorage.%s is gone; wcfs needs it (see '
-                                 'wcfs_lib/zstorage/zeo.py)' % (_version(), path))
+                                 'wcfs_lib/zodb/zstorage/zeo.py)' % (_version(), path))
     if not hasattr(ZEO.asyncio.base.ZEOBaseProtocol, 'sm_protocol') or \
             not hasattr(ZEO.asyncio.smp.SizedMessageProtocol, 'transport'):
         raise MissingPrivate('ZEO %s: a protocol\'s sm_protocol.transport is gone; wcfs needs '
-                             'it (see wcfs_lib/zstorage/zeo.py)' % _version())
+                             'it (see wcfs_lib/zodb/zstorage/zeo.py)' % _version())
     return storage._call, storage._server.prefetch, storage._server.client
 
 

@@ -27,7 +27,7 @@ import stat
 import sys
 import time
 
-from . import procfs
+from .. import procfs
 
 log = logging.getLogger('wcfs.daemon')
 

@@ -71,7 +71,7 @@ import logging
 import os
 import threading
 
-from . import procfs
+from .. import procfs
 
 log = logging.getLogger('wcfs.kcache')
 

@@ -23,7 +23,7 @@ import logging
 import threading
 import time
 
-from . import zstorage
+from ..zodb import zstorage
 from .fileindex import FileIndex
 
 log = logging.getLogger('wcfs.watcher')

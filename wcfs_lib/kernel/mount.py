@@ -7,7 +7,7 @@ import logging
 import os
 import subprocess
 
-from . import procfs
+from .. import procfs
 
 log = logging.getLogger('wcfs.mount')
 

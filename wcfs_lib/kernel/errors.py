@@ -17,7 +17,7 @@ wcfs and every other request go on.
 import errno
 import logging
 
-from . import zformat, zstorage
+from ..zodb import zformat, zstorage
 from .fs_binding import fuse
 
 log = logging.getLogger('wcfs.fs')

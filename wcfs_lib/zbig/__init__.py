@@ -305,12 +305,12 @@ def _register_module():
     top = sys.modules.get('wendelin')
     if (top is None and importlib.util.find_spec('wendelin') is not None) \
             or (top is not None and not getattr(top, '_zwriter_standin', False)):
-        raise ImportError('a real wendelin is importable here: zwriter will not shadow it')
+        raise ImportError('a real wendelin is importable here: zbig will not shadow it')
     parent = None
     for name in ('wendelin', 'wendelin.bigfile', MODULE):
         mod = sys.modules.get(name)
         if mod is None:
-            mod = types.ModuleType(name, 'Stand-in registered by wcfs_lib.zwriter.')
+            mod = types.ModuleType(name, 'Stand-in registered by wcfs_lib.zbig.')
             mod._zwriter_standin = True
             sys.modules[name] = mod
         if parent is not None:

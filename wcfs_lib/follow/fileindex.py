@@ -37,8 +37,8 @@ import threading
 
 import numpy as np
 
-from . import zformat
-from .ranges import blocks_to_ranges, merge_ranges, resized_range, whole
+from ..ranges import blocks_to_ranges, merge_ranges, resized_range, whole
+from ..zodb import zformat
 
 MAX_DEPTH = 64      # deeper BTrees are refused as malformed
 PREFETCH = 256      # records asked for at once while loading a file

@@ -93,5 +93,5 @@ def install():
     if not isinstance(getattr(base, 'SizedMessageProtocol', None), type) or \
             not issubclass(base.SizedMessageProtocol, ZEO.asyncio.smp.SizedMessageProtocol):
         raise MissingPrivate('ZEO: ZEO.asyncio.base.SizedMessageProtocol is gone; wcfs '
-                             'replaces it (see wcfs_lib/zstorage/zeo_receive.py)')
+                             'replaces it (see wcfs_lib/zodb/zstorage/zeo_receive.py)')
     base.SizedMessageProtocol = SizedMessages

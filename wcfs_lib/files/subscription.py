@@ -25,8 +25,8 @@ import os
 import signal
 import time
 
-from . import procfs
-from .ranges import merge_ranges
+from .. import procfs
+from ..ranges import merge_ranges
 
 log = logging.getLogger('wcfs.subscription')
 
