@@ -154,18 +154,16 @@ def install_signals(srv):
 def serve(opts, handler, report):
     """Start the server, report(None) once it serves or report(why) if it
     cannot; serve until SIGTERM/SIGINT/autoexit. -> exit code."""
-    from wcfs_lib.kernel import mount
     from wcfs_lib.service import server
-    from wcfs_lib.zodb import zstorage
     setup_logging(opts, handler)
     srv = server.Server(opts, reopen_log=lambda: reopen_log(handler))
     install_signals(srv)
     try:
         srv.start()
-    except zstorage.UsageError as e:
+    except server.UsageError as e:
         report(str(e))
         return 2
-    except (zstorage.OpenError, mount.MountError, server.StartError) as e:
+    except server.START_ERRORS as e:
         if type(handler) is not logging.StreamHandler:     # else report() says it on stderr
             logging.getLogger('wcfs').error('%s', e)
         report(str(e))
@@ -180,16 +178,15 @@ def main(argv=None):
     except UsageError as e:
         print('wcfs: %s (see wcfs --help)' % e, file=sys.stderr)
         return 2
-    from wcfs_lib.service import daemon
-    from wcfs_lib.zodb import zstorage
+    from wcfs_lib.service import daemon, server
     # The real path: the default pid file and the /proc fd links of clients
     # name the mount point so, whichever path to it was given.
     opts.mountpoint = os.path.realpath(opts.mountpoint)
     if opts.logfile:
         opts.logfile = os.path.abspath(opts.logfile)
     try:
-        zstorage.resolve(opts.zurl)
-    except zstorage.UsageError as e:
+        server.check_zurl(opts.zurl)
+    except server.UsageError as e:
         print('wcfs: %s' % e, file=sys.stderr)
         return 2
     if not opts.daemon:

@@ -118,6 +118,18 @@ class StartError(Exception):
     """wcfs cannot start: a one-line reason for the user; exit 1."""
 
 
+# What the command line (wcfs.py, which imports only this layer) tells
+# apart: a ZURL it cannot use (exit 2), a start that failed (exit 1).
+UsageError = zstorage.UsageError
+START_ERRORS = (zstorage.OpenError, mount.MountError, StartError)
+
+
+def check_zurl(zurl):
+    """UsageError for a ZURL that names no database wcfs can open; run
+    before detaching, so that the caller sees it."""
+    zstorage.resolve(zurl)
+
+
 class Context:
     """What every bigfile shares."""
 
