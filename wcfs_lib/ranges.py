@@ -31,3 +31,26 @@ def resized_range(old_size, new_size):
     if old_size == new_size:
         return []
     return [(min(old_size, new_size), max(old_size, new_size))]
+
+
+def clip(ranges, lo, hi):
+    """The parts of `ranges` within [lo, hi), merged."""
+    return merge_ranges((max(a, lo), min(b, hi)) for a, b in ranges)
+
+
+def subtract(ranges, minus):
+    """The parts of `ranges` outside every range of `minus`, merged."""
+    out = []
+    minus = merge_ranges(minus)
+    for start, stop in merge_ranges(ranges):
+        for a, b in minus:
+            if b <= start or a >= stop:
+                continue
+            if a > start:
+                out.append((start, a))
+            start = max(start, b)
+            if start >= stop:
+                break
+        if start < stop:
+            out.append((start, stop))
+    return out

@@ -95,6 +95,9 @@ import os
 import select
 import threading
 
+from .. import protocol
+from ..ranges import clip, merge_ranges, subtract
+
 log = logging.getLogger('wcfs.client')
 
 PAGE = mmap.PAGESIZE
@@ -124,41 +127,6 @@ def connect(mountpoint):
     return Connection(mountpoint)
 
 
-# ---- ranges: sorted lists of disjoint half-open (start, stop) ----
-
-def _merge(ranges):
-    out = []
-    for start, stop in sorted(ranges):
-        if start >= stop:
-            continue
-        if out and out[-1][1] >= start:
-            out[-1] = (out[-1][0], max(out[-1][1], stop))
-        else:
-            out.append((start, stop))
-    return out
-
-
-def _clip(ranges, lo, hi):
-    return _merge((max(a, lo), min(b, hi)) for a, b in ranges)
-
-
-def _subtract(ranges, minus):
-    out = []
-    minus = _merge(minus)
-    for start, stop in _merge(ranges):
-        for a, b in minus:
-            if b <= start or a >= stop:
-                continue
-            if a > start:
-                out.append((start, a))
-            start = max(start, b)
-            if start >= stop:
-                break
-        if start < stop:
-            out.append((start, stop))
-    return out
-
-
 # ---- memory ----
 
 def _mmap(addr, length, prot, flags, fd, offset, what):
@@ -185,23 +153,10 @@ def _round_up(n, to):
 
 def _parse(line):
     """A line from wcfs -> ('have', tid, ranges) | ('wait', tid, None) | ('error', msg, None)."""
-    text = line.decode('ascii', 'backslashreplace')
-    words = text.split(' ')
     try:
-        if words[0] == 'error':
-            return 'error', text[len('error '):], None
-        if words[0] == 'have' and len(words) >= 2 and len(words[1]) == 16:
-            tid = int(words[1], 16)
-            if words[2:] == ['wait']:
-                return 'wait', tid, None
-            ranges = []
-            for word in words[2:]:
-                start, stop = word.split('-')
-                ranges.append((int(start), int(stop)))
-            return 'have', tid, ranges
-    except ValueError:
-        pass
-    raise WCFSError('malformed line from wcfs: %r' % text)
+        return protocol.parse_reply(line)
+    except protocol.ProtocolError as e:
+        raise WCFSError('malformed line from wcfs: %s' % e) from None
 
 
 class _Want:
@@ -522,7 +477,7 @@ class View:
         then ends as of cat, or as it was if the want fails.
         """
         req = _Want(cat, rev_fd, size)
-        line = b'want %016x\n' % cat
+        line = protocol.format_want(cat)
         with self._lock:
             try:
                 while True:
@@ -648,7 +603,7 @@ class View:
             # The answer is as of head before the update; after the one ack,
             # head moves to the update's tid: overlay both lines' ranges.
             log.debug('%s: S: %s', self.name, self._next_line().decode('ascii', 'backslashreplace'))
-            self._answer(req, max(tid, value), _merge(ranges + ranges2))
+            self._answer(req, max(tid, value), merge_ranges(ranges + ranges2))
 
     def _finish(self, req, state, error=None):
         if state == 'resend':
@@ -662,11 +617,11 @@ class View:
         self._cond.notify_all()
 
     def _ack(self):
-        os.pwrite(self._fd, b'ack\n', 0)
+        os.pwrite(self._fd, protocol.format_ack(), 0)
 
     def _update(self, ranges):
         """have <Snew> <ranges> for the view's own at: overlay what is not yet, ack."""
-        new = _subtract(_clip(ranges, 0, self.size), self._overlaid)
+        new = subtract(clip(ranges, 0, self.size), self._overlaid)
         if new:
             self._overlay(new)
         self._ack()
@@ -674,9 +629,9 @@ class View:
     def _answer(self, req, sat, ranges):
         """The answer to want <cat>: remap the view from at to cat, ack."""
         size = req.size
-        delta = _clip(ranges, 0, size)
+        delta = clip(ranges, 0, size)
         grown = [(self.size, size)] if size > self.size else []
-        to_head = _subtract(_clip(self._overlaid + grown, 0, size), delta)
+        to_head = subtract(clip(self._overlaid + grown, 0, size), delta)
         for start, stop in to_head:
             _mmap(self._base + start, stop - start, mmap.PROT_READ, mmap.MAP_SHARED | MAP_FIXED,
                   self._head_fd, start, self.name + '/head/data')
@@ -710,7 +665,7 @@ class View:
             for start, stop in ranges:
                 _mmap(self._base + start, stop - start, mmap.PROT_READ,
                       mmap.MAP_SHARED | MAP_FIXED, self._rev_fd, start, what)
-            self._overlaid = _merge(self._overlaid + ranges)
+            self._overlaid = merge_ranges(self._overlaid + ranges)
         except OSError as e:
             if e.errno != errno.ENOMEM:
                 raise
