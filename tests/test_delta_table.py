@@ -34,6 +34,7 @@ from ZODB.MappingStorage import MappingStorage
 from ZODB.utils import u64
 
 from wcfs_lib import zbig
+from zhelp import block_bytes, index_mapping
 from wcfs_lib.zodb import zformat, zstorage
 from wcfs_lib.follow.delta import compare_revisions
 from wcfs_lib.follow.fileindex import FileIndex
@@ -105,8 +106,8 @@ def update(index, tid, oids):
 
 def read_blocks(loader, index):
     """Read every block as of index.at, as a read of head/data does: its parts get noted."""
-    for blk, zblk in index.mapping().items():
-        _data, oids = loader.load_block(zblk, index.at, index.head.blksize)
+    for blk, zblk in index_mapping(index).items():
+        _data, oids = block_bytes(loader, zblk, index.at, index.head.blksize)
         index.note_parts(blk, oids)
 
 
@@ -157,8 +158,8 @@ def deltas(db, oid, at, steps, reads=(False, True)):
         for name, engine in (('index per transaction', index_steps), ('index folded', index_folded)):
             ranges, index = engine(loader, oid, at, steps, read)
             out['%s%s' % (name, ', blocks read' if read else '')] = ranges
-            assert (index.at, index.mapping(), index.size, index.nodes.keys()) == \
-                (last, fresh.mapping(), fresh.size, fresh.nodes.keys()), (name, read)
+            assert (index.at, index_mapping(index), index.size, index.nodes.keys()) == \
+                (last, index_mapping(fresh), fresh.size, fresh.nodes.keys()), (name, read)
     out['compare per transaction'] = compare_steps(loader, oid, at, steps)
     out['compare folded'] = compare_revisions(loader, oid, at, last)
     return out
@@ -200,7 +201,7 @@ def test_mapping_storage_keeps_old_revisions(db):
     loader = db.loader
     for tid, data in ((at, b'block 0'), (steps[0][0], b'new')):
         head = loader.zbigfile(oid, tid)
-        block, _ = loader.load_block(loader.lookup(head, 0), tid, B)
+        block, _ = block_bytes(loader, loader.lookup(head, 0), tid, B)
         assert block == data.ljust(B, b'\0')
 
 
@@ -534,7 +535,7 @@ def mapping(loader, head):
 
 
 def parts(loader, zblk, at, blksize):
-    return set(loader.load_block(zblk, at, blksize)[1])
+    return set(block_bytes(loader, zblk, at, blksize)[1])
 
 
 def differing_pages(old, new):

@@ -188,7 +188,7 @@ class ChannelMachine(RuleBasedStateMachine):
 
     @rule(n=st.integers(1, 20))
     def head_moves(self, n):
-        """An update: BigFile._wait_acks, then _answer_waiting."""
+        """An update: BigFile._update_clients, then answer_waiting."""
         self.head += n
         c = self.ch
         if c.subscribed and not c.unacked and c.reported < self.head:

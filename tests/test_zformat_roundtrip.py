@@ -7,6 +7,7 @@ import ZODB.FileStorage
 
 from test_zwriter import B, MiB, SCRIPTS, commit, oid, randbytes, store
 from wcfs_lib import zbig
+from zhelp import block_bytes
 from wcfs_lib.zodb import zformat, zstorage
 
 
@@ -36,7 +37,7 @@ def reader_snapshot(db, f, at):
     for blk in range(size // head.blksize):
         zblk = loader.lookup(head, blk)
         blocks.append(bytes(head.blksize) if zblk is None else
-                      loader.load_block(zblk, at, head.blksize)[0])
+                      block_bytes(loader, zblk, at, head.blksize)[0])
     return size, blocks
 
 
@@ -119,6 +120,6 @@ def test_malformed_block_is_FormatError(db, make):
     tid = store(db, f)
     loader = zformat.ZLoader(zstorage.Records(db.storage))
     head = loader.zbigfile(oid(f), tid)
-    assert loader.load_block(loader.lookup(head, 0), tid, B)[0] == f.read_block(0)
+    assert block_bytes(loader, loader.lookup(head, 0), tid, B)[0] == f.read_block(0)
     with pytest.raises(zformat.FormatError):
-        loader.load_block(loader.lookup(head, 1), tid, B)
+        block_bytes(loader, loader.lookup(head, 1), tid, B)

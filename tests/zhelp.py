@@ -25,6 +25,7 @@ from ZODB.utils import p64, u64
 
 from conftest import spawn, terminate, unmount, wait_for
 from wcfs_lib import zbig
+from wcfs_lib.zodb import zformat
 from wcfs_lib.localpg import last_transaction
 
 PAGE = mmap.PAGESIZE
@@ -116,6 +117,21 @@ def raw_store(storage, records):
     storage.tpc_vote(t)
     storage.tpc_finish(t)
     return u64(storage.lastTransaction())
+
+
+def block_bytes(loader, zblk, at, blksize):
+    """-> (block `zblk` as of `at` as blksize bytes, the oids it is made of)."""
+    data, oids = loader.load_block_data(zblk, at, blksize)
+    return bytes(data.view()).ljust(blksize, b'\0'), oids
+
+
+def index_mapping(index):
+    """-> {blk: ZBlk oid} of a whole file from its FileIndex's nodes."""
+    out = {}
+    for node in index.nodes.values():
+        if isinstance(node, zformat.Bucket):
+            out.update(zip(node.keys, node.oids))
+    return out
 
 
 def tid_time(tid):

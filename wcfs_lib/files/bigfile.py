@@ -2,7 +2,7 @@
 reading blocks.
 
 A `BigFile` exists once a client made `bigfile/<oid>/`. Its `head` is an
-immutable `Head` snapshot replaced as a whole when the head moves, so a read
+immutable `Snapshot` replaced as a whole when the head moves, so a read
 takes one snapshot and serves every block of the request as of one revision.
 
 Moving the head (SPEC 4.3, DESIGN "Moving a head"): the watcher thread hands
@@ -64,7 +64,7 @@ INDEX_TRIES = 3         # δR from the index computed again when it moved meanwh
 MAX_SINCE = 1024        # δR(Cat, z) kept per file for Cats older than its history
 
 
-class Head(collections.namedtuple('Head', 'oid at blksize blktab size broken')):
+class Snapshot(collections.namedtuple('Snapshot', 'oid at blksize blktab size broken')):
     """A file as of revision `at`; `broken` is why it cannot be read, or None."""
 
 
@@ -73,9 +73,9 @@ def _gone(ch):
     return lambda: ch.dropped or ch.closed
 
 
-def head_of(zh, size):
-    """The Head of a ZBigFileHead whose file has `size` bytes."""
-    return Head(zh.oid, zh.at, zh.blksize, zh.blktab, size, None)
+def snapshot_of(zh, size):
+    """The Snapshot of a ZBigFileState whose file has `size` bytes."""
+    return Snapshot(zh.oid, zh.at, zh.blksize, zh.blktab, size, None)
 
 
 class BigFile:
@@ -91,14 +91,14 @@ class BigFile:
         self.loader = index.loader
         self.ctx = ctx                  # Context: kcache, stats, blocks, kill policy, options
         self.index = index              # owned by the watcher thread
-        self.head = head_of(index.head, index.size)
+        self.head = snapshot_of(index.head, index.size)
         self.at = self.head.at          # what head/at shows
-        self._zhead_head = self.head    # as of the index: head once the pending step is applied
+        self._latest = self.head    # as of the index: head once the pending step is applied
         self.revisions = ObjectRevisions(self.loader, oid)
         self.revisions.add_current(index.head.serial)
         self.cond = threading.Condition()
         self.history = DeltaHistory(self.head.at)
-        self.pending = None             # (Head, ranges): the step not applied yet
+        self.pending = None             # (Snapshot, ranges): the step not applied yet
         self.moving = False             # a step is being applied (a thread owns it)
         self.mover = None               # the last mover thread started (watcher thread; joined at shutdown)
         self.answering = False          # the answerer thread runs
@@ -118,7 +118,7 @@ class BigFile:
 
         DatabaseUnavailable propagates (the watcher retries the step); any
         other failure marks the file broken."""
-        old = self._zhead_head
+        old = self._latest
         try:
             new, ranges = self._step(old, tid, oids, hits)
         except DatabaseUnavailable:
@@ -126,7 +126,7 @@ class BigFile:
         except Exception as e:
             reason = '%s: %s' % (type(e).__name__, e) if str(e) else type(e).__name__
             new, ranges = self._broken(old, tid, reason), whole(old.size)
-        self._zhead_head = new
+        self._latest = new
         self._push_step(new, ranges, tid)
 
     def _step(self, old, tid, oids, hits):
@@ -142,7 +142,7 @@ class BigFile:
             ranges = self.index.update(tid, oids, hits)
         if self.index.head.serial is not None:
             self.revisions.add_current(self.index.head.serial)
-        return head_of(self.index.head, self.index.size), ranges
+        return snapshot_of(self.index.head, self.index.size), ranges
 
     def _broken(self, old, tid, reason):
         log.error('bigfile/%s @%016x: cannot serve it any more: %s', self.name, tid, reason)
@@ -151,14 +151,14 @@ class BigFile:
     def check_gone(self, zhead):
         """After a pack: is the ZBigFile still in the database? (watcher thread)"""
         self.revisions.forget()
-        old = self._zhead_head
+        old = self._latest
         if old.broken:
             return
         try:
             self.loader.record(self.oid, zhead, fresh=True)
         except zformat.ObjectMissing as e:
-            self._zhead_head = self._broken(old, old.at, 'packed away: %s' % e)
-            self._push_step(self._zhead_head, whole(old.size), None)
+            self._latest = self._broken(old, old.at, 'packed away: %s' % e)
+            self._push_step(self._latest, whole(old.size), None)
 
     def _push_step(self, new, ranges, tid):
         with self.cond:
@@ -303,7 +303,7 @@ class BigFile:
         except Exception as e:
             log.warning('bigfile/%s: δR(%016x, %016x): %s; reporting the whole file',
                         self.name, a, b, e)
-            return whole(max(self.head.size, self._zhead_head.size))
+            return whole(max(self.head.size, self._latest.size))
 
     def answer_waiting(self, mover=False):
         """Channels whose `want` waited for a head at or after their Cat get
@@ -478,7 +478,7 @@ class BigFile:
                 return []
             except DatabaseUnavailable as e:
                 if self.ctx.shutdown.is_set():
-                    return whole(max(self.head.size, self._zhead_head.size))
+                    return whole(max(self.head.size, self._latest.size))
                 log.warning('bigfile/%s: update waits for the database: %s', self.name, e)
                 time.sleep(RETRY_PAUSE)
 
@@ -602,7 +602,7 @@ class BigFile:
         """What fixes the content of block `blk` as of `head` besides the
         span of its records: its ZBlk (looked up in blktab as of head.at)
         and the blksize; None for a hole."""
-        zhead = zformat.ZBigFileHead(self.oid, head.at, None, head.blksize, head.blktab)
+        zhead = zformat.ZBigFileState(self.oid, head.at, None, head.blksize, head.blktab)
         zblk = self.loader.lookup(zhead, blk)
         return None if zblk is None else (zblk, head.blksize)
 

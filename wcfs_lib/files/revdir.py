@@ -30,9 +30,6 @@ class RevDirs:
         self.lock = threading.Lock()
         self._dirs = {}                 # tid -> RevDir
 
-    def __len__(self):
-        return len(self._dirs)
-
     def get(self, tid):
         with self.lock:
             return self._dirs.get(tid)

@@ -208,14 +208,6 @@ class FileIndex:
                     if isinstance(n, zformat.Bucket) and len(n.keys)), default=None)
         return 0 if last is None else zformat.file_size(last, self.head)
 
-    def mapping(self):
-        """-> {blk: ZBlk oid} of the whole file (for tests: it is big)."""
-        out = {}
-        for node in self.nodes.values():
-            if isinstance(node, zformat.Bucket):
-                out.update(zip(node.keys, node.oids))
-        return out
-
     # ---- δR from an older revision ----
 
     def delta_since(self, a, changed):

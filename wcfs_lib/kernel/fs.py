@@ -23,7 +23,7 @@ import stat
 import threading
 import time
 
-from ..files.bigfile import head_of
+from ..files.bigfile import snapshot_of
 from ..files.prefetch import ReadStream
 from ..files.reply import Reply
 from ..zodb import zformat
@@ -424,14 +424,14 @@ class WCFS(fuse.Operations):
         with errors.mapped(errors.MKDIR_REVDIR, 'mkdir bigfile/%s/@%016x', bf.name, tid):
             if tid > self.srv.last_tid():
                 raise err(errno.ENOENT)
-            head = self._head_at(bf.oid, tid)
+            head = self._snapshot_at(bf.oid, tid)
         if bf.revdirs.add(tid, head, uid) is None:
             raise err(errno.EEXIST)
 
-    def _head_at(self, oid, tid):
+    def _snapshot_at(self, oid, tid):
         loader = self.srv.loader
         zh = loader.zbigfile(oid, tid, fresh=True)     # packed away: ENOENT
-        return head_of(zh, loader.size(zh))
+        return snapshot_of(zh, loader.size(zh))
 
     # ---- everything else is refused ----
 

@@ -138,14 +138,6 @@ class KernelCache:
                          ino, start, stop - start)
         self._ino(relpath)      # the new size, in an answer the kernel takes
 
-    def invalidate_attr(self, relpath):
-        """Drop only the cached attributes of a file (size, mtime)."""
-        if self._session is None:
-            return
-        ino = self._ino(relpath)
-        if ino is not None:
-            self._notify(relpath, self._lib.fuse_lowlevel_notify_inval_inode, ino, -1, 0)
-
     def forget_entry(self, parent_relpath, name):
         """Drop the kernel's directory entry `name` of a directory."""
         if self._session is None:

@@ -36,14 +36,5 @@ class BlockData:
             self._pin = (ctypes.c_char * len(buf)).from_buffer(buf)
         return ctypes.addressof(self._pin) + self.start
 
-    def padded(self, size):
-        """The block as `size` bytes (a copy, except for a full block of bytes)."""
-        if self.length == size and self.start == 0 and type(self.buf) is bytes \
-                and len(self.buf) == size:
-            return self.buf
-        out = bytearray(size)
-        out[:self.length] = self.view()
-        return bytes(out)
-
 
 HOLE = BlockData(b'')

@@ -476,7 +476,7 @@ def _child_for(tree, key):
 
 # ---- the loader ----
 
-class ZBigFileHead:
+class ZBigFileState:
     """The ZBigFile object's own state as of a revision."""
 
     __slots__ = ('oid', 'at', 'serial', 'blksize', 'blktab')
@@ -570,7 +570,7 @@ class ZLoader:
     # the ZBigFile object
 
     def zbigfile(self, oid, at, fresh=False):
-        """-> ZBigFileHead; NotZBigFile when wcfs cannot serve `oid`."""
+        """-> ZBigFileState; NotZBigFile when wcfs cannot serve `oid`."""
         data, serial = self.record(oid, at, fresh)
         return zbigfile_of(oid, at, data, serial)
 
@@ -647,11 +647,6 @@ class ZLoader:
 
     # blocks
 
-    def load_block(self, zblk, at, blksize):
-        """-> (bytes of length blksize, oids the block is made of)."""
-        data, oids = self.load_block_data(zblk, at, blksize)
-        return data.padded(blksize), oids
-
     def load_block_data(self, zblk, at, blksize, span=None):
         """-> (BlockData of at most blksize bytes, oids the block is made of);
         `span` (a Span) learns over which revisions they all hold."""
@@ -712,7 +707,7 @@ class ZLoader:
 
 
 def zbigfile_of(oid, at, data, serial):
-    """The ZBigFileHead of the record `data` of `oid` as of `at`; NotZBigFile
+    """The ZBigFileState of the record `data` of `oid` as of `at`; NotZBigFile
     when wcfs cannot serve it (another class, bad state, blksize refused)."""
     check_size(oid, at, data, MAX_ZBIGFILE_RECORD, 'a ZBigFile')
     try:
@@ -729,7 +724,7 @@ def zbigfile_of(oid, at, data, serial):
     if blksize <= 0 or blksize % PAGE_SIZE or blksize > MAX_BLKSIZE:
         raise NotZBigFile('object %016x: blksize %d is not a multiple of %d up to %d'
                           % (oid, blksize, PAGE_SIZE, MAX_BLKSIZE))
-    return ZBigFileHead(oid, at, serial, blksize, blktab.oid)
+    return ZBigFileState(oid, at, serial, blksize, blktab.oid)
 
 
 def file_size(last_blk, head):

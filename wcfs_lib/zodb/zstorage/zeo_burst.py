@@ -15,8 +15,8 @@ in order, and checks each tid against the transaction it is at. So:
    iterators still open, until every one has said None.
 
 Anything unexpected (a storage without undoLog, a transaction undoLog does
-not list, a tid the server refuses, a disconnect) gives None: the caller
-walks the iterator the slow way. Like that way, the records' data travels
+not list, a tid the server refuses) gives None: the caller walks the
+iterator the slow way; a disconnect raises, as it would there. Like that way, the records' data travels
 too. Between bursts the walk asks whether anybody still wants it
 (`keep_going`), and stops if not: then, and on any failure, the iterators
 it opened on the server are closed.
