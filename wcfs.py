@@ -185,6 +185,7 @@ def main(argv=None):
     if opts.logfile:
         opts.logfile = os.path.abspath(opts.logfile)
     try:
+        server.check_environment()
         server.check_zurl(opts.zurl)
     except server.UsageError as e:
         print('wcfs: %s' % e, file=sys.stderr)

@@ -32,9 +32,13 @@ import select
 import subprocess
 import sys
 import time
+from pathlib import Path
 
-from wcfs_lib import protocol
-from wcfs_lib.ranges import blocks_to_ranges
+# run as a script too (the clients of Client): this tree's wcfs_lib
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from wcfs_lib import protocol  # noqa: E402
+from wcfs_lib.ranges import blocks_to_ranges  # noqa: E402
 
 REPLY_TIMEOUT = 10      # seconds a reply that must come may take
 QUIET = 0.5             # seconds of silence that count as "no reply"

@@ -27,10 +27,16 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-import ZEO.ClientStorage
-import ZODB
-import ZODB.utils
+# Every wcfs of the suite, and the model's objects the tests make in this
+# process, check the order of their locks (wcfs_lib/locks.py): set before
+# wcfs_lib is imported, inherited by every process started.
+os.environ.setdefault('WCFS_DEBUG', 'lock-ranks')
+LOCK_ORDER = 'lock order: '     # what wcfs logs at a wrong nesting
+
+import pytest  # noqa: E402
+import ZEO.ClientStorage  # noqa: E402
+import ZODB  # noqa: E402
+import ZODB.utils  # noqa: E402
 
 from wcfs_lib.localpg import PostgresCluster, last_transaction
 from wcfs_lib.localproc import accepts, free_port, is_mounted, terminate  # noqa: F401
@@ -377,6 +383,11 @@ def wcfs_mount(tmp_path):
     try:
         yield mount
     finally:
+        broken = []
         for mnt in mounts:
             mnt.cleanup()
             print(f'--- wcfs log ({mnt.logpath}), exit {mnt.proc.returncode}:\n{mnt.log()}')
+            if LOCK_ORDER in mnt.log():
+                broken.append(str(mnt.logpath))
+        if broken:
+            pytest.fail('wcfs nested its locks against wcfs_lib/locks.py: see %s' % ', '.join(broken))

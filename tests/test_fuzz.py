@@ -57,7 +57,7 @@ from wcfs_lib.protocol import (MAX_LINE, ChannelState, LineBuffer, ProtocolError
 from wcfs_lib.follow.fileindex import FileIndex
 from wcfs_lib.follow.oidindex import OidIndex
 from chanhelp import Chan
-from zhelp import KiB, Writer, head_at, hex16, read_bytes, stats
+from zhelp import KiB, Writer, block_bytes, head_at, hex16, read_bytes, stats
 
 Z = 'wendelin.bigfile.file_zodb.'
 LOBTREE, LOBUCKET = 'BTrees.LOBTree.LOBTree', 'BTrees.LOBTree.LOBucket'
@@ -286,7 +286,7 @@ def serve(loader, oid):
             if zblk is None:
                 blocks[blk] = b'hole'
             else:
-                data, oids = loader.load_block(zblk, AT, head.blksize)
+                data, oids = block_bytes(loader, zblk, AT, head.blksize)
                 assert len(data) == head.blksize
                 blocks[blk] = data
         except ALLOWED as e:
@@ -297,7 +297,7 @@ def serve(loader, oid):
 def block_parts(loader, oid):
     """{blk: oids its block is made of (ZBlk, chunk tree nodes, ZData)} of a sound file."""
     head = loader.zbigfile(oid, AT)
-    return {blk: set(loader.load_block(zblk, AT, head.blksize)[1])
+    return {blk: set(block_bytes(loader, zblk, AT, head.blksize)[1])
             for blk, zblk in loader.walk(head.blktab, AT)}
 
 
@@ -487,7 +487,7 @@ def test_decode_of_arbitrary_bytes_is_format_error(data):
     with memory_bound(), time_bound(10):
         for call in (lambda: loader.decode(1, AT), lambda: loader.zbigfile(1, AT),
                      lambda: loader.node(1, AT), lambda: loader.node(1, AT, zformat.IOBTREE),
-                     lambda: loader.load_block(1, AT, 4096)):
+                     lambda: block_bytes(loader, 1, AT, 4096)):
             try:
                 call()
             except ALLOWED:
@@ -738,7 +738,7 @@ def _serve_file(loader):
 
 def _load_block(loader):
     head = loader.zbigfile(1, AT)
-    loader.load_block(loader.lookup(head, 0), AT, head.blksize)
+    block_bytes(loader, loader.lookup(head, 0), AT, head.blksize)
 
 
 def _skeleton_with(changes):

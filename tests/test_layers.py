@@ -14,7 +14,7 @@ LIB = ROOT / 'wcfs_lib'
 
 # the server's layers, top first: each may import those below it
 SERVER = ['service', 'kernel', 'files', 'follow', 'zodb']
-LEAVES = {'protocol', 'ranges', 'zurl', 'procfs'}
+LEAVES = {'protocol', 'ranges', 'zurl', 'procfs', 'locks', 'knobs'}
 # the library for programs: never the server's packages
 CLIENT_SIDE = {'client': {'zbig'}, 'zbig': set()}
 ZODB_PACKAGES = {'ZODB', 'ZEO', 'relstorage', 'BTrees', 'persistent', 'transaction',
@@ -63,8 +63,8 @@ def may_import(importer, imported):
         return False
     if importer in CLIENT_SIDE or imported in CLIENT_SIDE:
         return imported in CLIENT_SIDE.get(importer, ())
-    if imported not in SERVER:
-        return False        # an import of wcfs_lib that is neither layer nor leaf
+    if importer not in SERVER or imported not in SERVER:
+        return False        # a module of wcfs_lib that is neither layer nor leaf
     return SERVER.index(importer) <= SERVER.index(imported)
 
 

@@ -119,6 +119,11 @@ def raw_store(storage, records):
     return u64(storage.lastTransaction())
 
 
+def debug_knobs(*knobs):
+    """WCFS_DEBUG with `knobs` added to the suite's own (conftest.py)."""
+    return ','.join(filter(None, [os.environ.get('WCFS_DEBUG', '')] + list(knobs)))
+
+
 def block_bytes(loader, zblk, at, blksize):
     """-> (block `zblk` as of `at` as blksize bytes, the oids it is made of)."""
     data, oids = loader.load_block_data(zblk, at, blksize)

@@ -46,7 +46,7 @@ import threading
 import time
 
 
-from .. import protocol
+from .. import locks, protocol
 from ..follow.delta import DeltaHistory, compare_revisions
 from ..ranges import merge_ranges, whole
 from ..zodb import zformat
@@ -96,7 +96,7 @@ class BigFile:
         self._latest = self.head    # as of the index: head once the pending step is applied
         self.revisions = ObjectRevisions(self.loader, oid)
         self.revisions.add_current(index.head.serial)
-        self.cond = threading.Condition()
+        self.cond = locks.condition('BigFile.cond')
         self.history = DeltaHistory(self.head.at)
         self.pending = None             # (Snapshot, ranges): the step not applied yet
         self.moving = False             # a step is being applied (a thread owns it)
@@ -631,7 +631,7 @@ class BigFileTable:
     `lock` is held only to look up or change the table."""
 
     def __init__(self):
-        self.lock = threading.Lock()
+        self.lock = locks.lock('BigFileTable.lock')
         self.waiting = WaitingFiles()
         self._files = {}
         self._by_fid = {}               # OidIndex file id -> BigFile
@@ -697,7 +697,7 @@ class WaitingFiles:
     watcher pokes them after each transaction, touched or not."""
 
     def __init__(self):
-        self.lock = threading.Lock()    # guards _files
+        self.lock = locks.lock('WaitingFiles.lock')    # guards _files
         self._files = set()
 
     def add(self, bf):
@@ -720,4 +720,4 @@ class Loading:
         self.oid = oid
         self.at = at
         self.backlog = []               # (tid, oids) after `at`; guarded by the table's lock
-        self.done = threading.Event()
+        self.done = locks.event('Loading.done')

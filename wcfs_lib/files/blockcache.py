@@ -48,9 +48,9 @@ for any other load.
 
 import collections
 import itertools
-import threading
 import time
 
+from .. import locks
 from ..zodb.blockdata import HOLE
 
 CACHE_BYTES = 32 << 20      # kept, at least
@@ -94,7 +94,7 @@ class BlockCache:
     def __init__(self, max_bytes=CACHE_BYTES, max_inflight=INFLIGHT_BYTES,
                  max_ahead=AHEAD_BYTES, max_user=USER_BYTES):
         # guards everything below: entries, aliases, claims, loads, turns
-        self.lock = threading.Condition()
+        self.lock = locks.condition('BlockCache.lock')
         self._entries = collections.OrderedDict()   # id(entry) -> Entry, least used first
         self._by_cid = {}                   # content key -> [Entry]
         self._aliases = collections.OrderedDict()   # revision key -> Entry
@@ -130,7 +130,7 @@ class BlockCache:
                     return data
                 claim = self._claims.get(key)
                 if claim is None:
-                    claim = self._claims[key] = threading.Event()
+                    claim = self._claims[key] = locks.event('BlockCache.load')
                     break
                 self._read(key)         # a prefetch of it: read now, whatever comes of it
             claim.wait()
@@ -155,7 +155,7 @@ class BlockCache:
             if self._ahead + size > self._max_ahead:
                 return False
             self._note_size(size)
-            self._claims[key] = threading.Event()
+            self._claims[key] = locks.event('BlockCache.load')
             self._begin(uid, size)
             self._unread[key] = size
             self._ahead += size
@@ -224,7 +224,7 @@ class BlockCache:
                     self._admit(uid, size)
                     admitted = True
                 if entry is None:
-                    inflight = self._loading[cid] = threading.Event()
+                    inflight = self._loading[cid] = locks.event('BlockCache.load')
             if entry is None:
                 entry = self._load(key, cid, size, load, inflight)
             if resolved is not None:

@@ -20,7 +20,7 @@ import os
 import select
 import threading
 
-from .. import procfs, protocol
+from .. import locks, procfs, protocol
 
 log = logging.getLogger('wcfs.channel')
 
@@ -46,7 +46,7 @@ class Channel:
         self.lines = protocol.LineBuffer()
         self.owner = None           # procfs.Process that made the subscription, if known
         self.opener = None          # procfs.Process that opened the channel
-        self.lock = threading.Lock()    # guards _out, _ph, dropped, closed
+        self.lock = locks.lock('Channel.lock')    # guards _out, _ph, dropped, closed
         self._readable = threading.Condition(self.lock)
         self._out = bytearray()     # replies not yet read
         self._ph = None             # poll handle to notify

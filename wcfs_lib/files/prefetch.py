@@ -32,6 +32,8 @@ import logging
 import queue
 import threading
 
+from .. import locks
+
 log = logging.getLogger('wcfs.prefetch')
 
 AHEAD_BYTES = 8 << 20       # how far ahead of a sequential reader
@@ -44,7 +46,7 @@ class ReadStream:
     """The reads through one open data file, enough to tell a sequential reader."""
 
     def __init__(self):
-        self._lock = threading.Lock()       # guards _runs
+        self._lock = locks.lock('ReadStream._lock')       # guards _runs
         self._runs = []                     # disjoint [lo, hi) ranges read, last extended last
 
     def note(self, offset, end, blksize):
@@ -73,7 +75,7 @@ class Prefetcher:
     def __init__(self, blocks):
         self.blocks = blocks
         self._queue = queue.SimpleQueue()
-        self._lock = threading.Lock()       # guards _threads
+        self._lock = locks.lock('Prefetcher._lock')       # guards _threads
         self._threads = []
 
     def ahead(self, bf, head, blk, uid=None):

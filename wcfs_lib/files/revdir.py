@@ -4,8 +4,9 @@ A revdir never changes; it lives while something in it is open, and for the
 revdir timeout after its last use (Server's timer expires it).
 """
 
-import threading
 import time
+
+from .. import locks
 
 
 class RevDir:
@@ -27,7 +28,7 @@ class RevDirs:
     """The revdirs of one file; `lock` guards the table and their counts."""
 
     def __init__(self):
-        self.lock = threading.Lock()
+        self.lock = locks.lock('RevDirs.lock')
         self._dirs = {}                 # tid -> RevDir
 
     def get(self, tid):

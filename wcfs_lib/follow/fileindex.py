@@ -33,10 +33,10 @@ that δR is never computed from blktab of one revision and `at` of another.
 """
 
 import bisect
-import threading
 
 import numpy as np
 
+from .. import locks
 from ..ranges import blocks_to_ranges, merge_ranges, resized_range, whole
 from ..zodb import zformat
 
@@ -52,10 +52,10 @@ class FileIndex:
         self.oid = oid
         self.oidindex = oidindex
         self.fid = oidindex.new_fid()
-        self.parts_lock = threading.Lock()      # guards parts, blk_parts
+        self.parts_lock = locks.lock('FileIndex.parts_lock')      # guards parts, blk_parts
         self.parts = {}                         # ZBlk1 part oid -> {blk}
         self.blk_parts = {}                     # blk -> part oids registered for it
-        self.state_lock = threading.Lock()      # guards head (and head.at), nodes, size: one revision
+        self.state_lock = locks.lock('FileIndex.state_lock')      # guards head (and head.at), nodes, size: one revision
         self.head = None
         self.nodes = {}                         # blktab node oid -> Bucket or Tree
         self._load(at)

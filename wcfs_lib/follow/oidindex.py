@@ -21,16 +21,17 @@ while holding it).
 """
 
 import collections
-import threading
 
 import numpy as np
+
+from .. import locks
 
 MERGE_AT = 1 << 16      # overlay entries that trigger a merge into the arrays
 
 
 class OidIndex:
     def __init__(self):
-        self.lock = threading.Lock()
+        self.lock = locks.lock('OidIndex.lock')
         self._oids = np.empty(0, np.uint64)     # sorted
         self._fids = np.empty(0, np.uint32)
         self._blks = np.empty(0, np.int64)

@@ -23,6 +23,7 @@ import logging
 import threading
 import time
 
+from .. import locks
 from ..zodb import zstorage
 from .fileindex import FileIndex
 
@@ -50,10 +51,10 @@ class Watcher:
         self.oidindex = oidindex
         self.zhead = self.records.last_tid()
         self.applied = self.zhead   # every file untouched since shows this as head/at
-        self.zhead_lock = threading.Lock()
+        self.zhead_lock = locks.lock('Watcher.zhead_lock')
         self._queue = collections.deque()
-        self._queue_cond = threading.Condition()    # guards _queue, _stop
-        self._zhead_cond = threading.Condition()    # notified when zhead moves
+        self._queue_cond = locks.condition('Watcher._queue_cond')    # guards _queue, _stop
+        self._zhead_cond = locks.condition('Watcher._zhead_cond')    # notified when zhead moves
         self._stop = False
         self._thread = threading.Thread(target=self._run, name='watcher', daemon=True)
 

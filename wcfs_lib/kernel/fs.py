@@ -20,9 +20,9 @@ import logging
 import os
 import re
 import stat
-import threading
 import time
 
+from .. import locks
 from ..files.bigfile import snapshot_of
 from ..files.prefetch import ReadStream
 from ..files.reply import Reply
@@ -152,7 +152,7 @@ class WCFS(fuse.Operations):
     def __init__(self, srv):
         self.srv = srv              # Server: table, loader, watcher, ctx, zurl
         self._handles = {}
-        self._handles_lock = threading.Lock()   # guards _handles, _next_fh
+        self._handles_lock = locks.lock('WCFS._handles_lock')   # guards _handles, _next_fh
         self._next_fh = 1
         self.opens = 0              # open files and dirs; guarded by _handles_lock
         self.last_close = time.monotonic()

@@ -69,9 +69,8 @@ import ctypes.util
 import errno
 import logging
 import os
-import threading
 
-from .. import procfs
+from .. import locks, procfs
 
 log = logging.getLogger('wcfs.kcache')
 
@@ -95,7 +94,7 @@ class KernelCache:
         self._session = None
         self._dev = None            # (major, minor) of the mount, from FUSE init
         self._private = True        # may a private copy of the mount be made?
-        self._lock = threading.Lock()   # guards _known and _problems
+        self._lock = locks.lock('KernelCache._lock')   # guards _known and _problems
         self._known = {}            # relpath -> nodeid of its last lookup that counted
         self._problems = {}         # (what failed, relpath) -> the problem logged last
         libfuse.fuse_get_session.restype = ctypes.c_void_p

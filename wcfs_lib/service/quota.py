@@ -19,7 +19,8 @@ order on a small total; total must be at least 80 for this).
 """
 
 import collections
-import threading
+
+from .. import locks
 
 
 class Quota:
@@ -30,7 +31,7 @@ class Quota:
         self.what = what            # what a slot is, for messages: 'channels'
         self.total = total
         self.reserve = total // 5   # what a uid over a fifth leaves free
-        self._lock = threading.Lock()   # guards _held, _used
+        self._lock = locks.lock('Quota._lock')   # guards _held, _used
         self._held = collections.Counter()  # uid -> slots it holds
         self._used = 0
 

@@ -63,7 +63,7 @@ import os
 import threading
 import time
 
-from .. import procfs, zurl
+from .. import knobs, procfs, zurl
 from ..files.bigfile import MAX_REVDIRS, BigFile, BigFileTable
 from ..files.blockcache import BlockCache
 from ..files.channel import Channel
@@ -122,6 +122,12 @@ class StartError(Exception):
 # apart: a ZURL it cannot use (exit 2), a start that failed (exit 1).
 UsageError = zstorage.UsageError
 START_ERRORS = (zstorage.OpenError, mount.MountError, StartError)
+
+
+def check_environment():
+    """UsageError for a WCFS_DEBUG that names an unknown knob (knobs.py)."""
+    if knobs.ERROR is not None:
+        raise UsageError(knobs.ERROR)
 
 
 def check_zurl(zurl):

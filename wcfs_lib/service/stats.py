@@ -1,7 +1,8 @@
 """Counters shown in `.wcfs/stats`, one `name: value` a line."""
 
-import threading
 import time
+
+from .. import locks
 
 COUNTERS = ('reads', 'bytes_read', 'blocks_loaded', 'blocks_prefetched', 'invalidations_sent',
             'clients_killed')
@@ -9,7 +10,7 @@ COUNTERS = ('reads', 'bytes_read', 'blocks_loaded', 'blocks_prefetched', 'invali
 
 class Stats:
     def __init__(self):
-        self._lock = threading.Lock()   # guards _values
+        self._lock = locks.lock('Stats._lock')   # guards _values
         self._values = dict.fromkeys(COUNTERS, 0)
         self._values['zhead'] = '0000000000000000'
         self._values['database'] = 'connected'

@@ -10,8 +10,8 @@ always one or two), not the requests.
 """
 
 import bisect
-import threading
 
+from .. import locks
 from . import zformat
 
 MAX_SPANS = 256     # revisions of one ZBigFile object remembered
@@ -25,7 +25,7 @@ class ObjectRevisions:
     def __init__(self, loader, oid):
         self.loader = loader
         self.oid = oid
-        self.lock = threading.Lock()    # guards _spans, _first
+        self.lock = locks.lock('ObjectRevisions.lock')    # guards _spans, _first
         self._spans = []                # sorted (serial, end or None, verdict)
         self._first = None              # no revision of the object before this tid
 

@@ -36,7 +36,6 @@ import io
 import pickletools
 import re
 import struct
-import threading
 
 from array import array
 
@@ -44,6 +43,7 @@ import zodbpickle.pickle
 from ZODB.TimeStamp import TimeStamp
 from ZODB.utils import p64, u64
 
+from .. import locks
 from .blockdata import HOLE, BlockData
 from .zstorage import RecordTooLarge
 
@@ -521,9 +521,9 @@ class ZLoader:
         self.records = records
         self._nodes = collections.OrderedDict()     # (oid, serial) -> node
         self._nodes_max = node_cache_size
-        self._nodes_lock = threading.Lock()         # guards _nodes
+        self._nodes_lock = locks.lock('ZLoader._nodes_lock')         # guards _nodes
         # held by the one decode of a record over LARGE_RECORD through the unpickler
-        self._large_decode_lock = threading.Lock()
+        self._large_decode_lock = locks.lock('ZLoader._large_decode_lock')
 
     # records
 

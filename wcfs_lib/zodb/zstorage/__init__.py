@@ -22,12 +22,12 @@ commits folded into one item where the storage only tells so):
 `DatabaseUnavailable` after the database timeout, and the count of requests.
 """
 
-import threading
 import time
 
 from ZODB.POSException import POSKeyError
 from ZODB.utils import p64, u64
 
+from ... import locks
 from .base import Database, DatabaseUnavailable, RecordTooLarge, is_disconnect, oneline
 from .opening import OpenError, UsageError, database_of, open_database, resolve
 from .walks import Cancelled, Walks
@@ -51,7 +51,7 @@ class Records:
         self.db_timeout = db_timeout
         self._unreachable = False   # a request gave up on the database
         self.requests = 0           # round trips asked of the database (.wcfs/stats db_requests)
-        self._requests_lock = threading.Lock()  # guards requests: every thread asks
+        self._requests_lock = locks.lock('Records._requests_lock')  # guards requests: every thread asks
         self.walks = Walks(database.walk)
 
     def _asked(self):

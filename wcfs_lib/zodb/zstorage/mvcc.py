@@ -47,14 +47,13 @@ import time
 from ZODB.POSException import POSKeyError
 from ZODB.utils import p64, u64
 
+from ... import knobs, locks
 from .base import Database, RecordTooLarge, is_disconnect, oneline, silence
 
 log = logging.getLogger('wcfs.zstorage')
 
 POLL_INTERVAL = 0.01        # seconds between two polls for commits
 CONNECTIONS = 8             # instances (database connections) loads may use
-# seconds between two checks for packed-away files (the environment: for tests)
-PACK_CHECK_INTERVAL = float(os.environ.get('WCFS_PACK_CHECK_INTERVAL', 60))
 
 _CHANGED_OIDS = 'SELECT DISTINCT zoid FROM object_state WHERE tid > %s AND tid <= %s'
 # the record of each oid as of a tid when it is at most %s bytes long (a
@@ -204,7 +203,7 @@ class Pool:
         self._idle = []
         self._made = 0
         self._closed = False    # an instance given back then is closed, not kept
-        self._cond = threading.Condition()  # guards _idle, _made, _closed
+        self._cond = locks.condition('Pool._cond')  # guards _idle, _made, _closed
 
     def take(self, timeout):
         """-> an instance; PoolBusy when none is free within `timeout` seconds."""
@@ -274,7 +273,7 @@ class Watchdog:
         self.timeout = timeout
         self._uses = {}                     # id -> _Use
         self._stopped = False
-        self._cond = threading.Condition()  # guards _uses, _stopped, each use's due, targets, cut
+        self._cond = locks.condition('Watchdog._cond')  # guards _uses, _stopped, each use's due, targets, cut
         self._thread = threading.Thread(target=self._run, name='db-watchdog', daemon=True)
         self._thread.start()
 
@@ -406,7 +405,7 @@ class Prefetched:
         self._max = max_bytes
         self._records = collections.OrderedDict()   # (oid, before) -> (data, serial, end)
         self._bytes = 0
-        self._lock = threading.Lock()               # guards _records, _bytes
+        self._lock = locks.lock('Prefetched._lock')       # guards _records, _bytes
 
     def put(self, oid, before, record):
         with self._lock:
@@ -550,7 +549,7 @@ class MVCCDatabase(Database):
         inst = Instance(self.storage.new_instance())
         probe = LastTid(self.storage)
         resync, away = True, False
-        next_pack_check = time.monotonic() + PACK_CHECK_INTERVAL
+        next_pack_check = time.monotonic() + knobs.PACK_CHECK_INTERVAL
         try:
             while not self._stop.wait(self.poll_interval):
                 prev = inst.tid
@@ -570,7 +569,7 @@ class MVCCDatabase(Database):
                 elif inst.tid > prev:
                     on_commit(inst.tid, frozenset(oids))
                 if time.monotonic() >= next_pack_check:
-                    next_pack_check = time.monotonic() + PACK_CHECK_INTERVAL
+                    next_pack_check = time.monotonic() + knobs.PACK_CHECK_INTERVAL
                     on_pack()
         finally:
             probe.close()

@@ -12,11 +12,11 @@ The kind of the storage opened, not the scheme, decides how it is followed
 
 import importlib
 import math
-import threading
 import time
 
 import zodburi
 
+from ... import locks
 from ...zurl import masked
 from . import postgres, zeo_receive
 from .base import is_disconnect, oneline
@@ -35,7 +35,7 @@ class OpenError(Exception):
 
 # the module, not the class of the same name that ZODB.FileStorage exports
 fsmodule = importlib.import_module('ZODB.FileStorage.FileStorage')
-_fs_magic_lock = threading.Lock()   # guards fsmodule.packed_version while opening
+_fs_magic_lock = locks.lock('opening._fs_magic_lock')   # guards fsmodule.packed_version while opening
 
 def open_database(zurl, db_timeout, connections=None, poll_interval=None):
     """-> the Database of `zurl`, opened read-only. OpenError when it cannot

@@ -37,6 +37,8 @@ import array
 import bisect
 import threading
 
+from ... import locks
+
 MAX_BYTES = 16 << 20    # kept oids and tids of walked transactions, at most
 POLL = 0.1              # seconds between checks that a waiting request is still wanted
 
@@ -174,7 +176,7 @@ class Walks:
 
     def __init__(self, walk, max_bytes=MAX_BYTES):
         self._walk = walk
-        self.lock = threading.Lock()
+        self.lock = locks.lock('Walks.lock')
         self._ended = threading.Condition(self.lock)    # a walk ended
         self._kept = Kept(max_bytes)
         self._waiting = []          # Requests not answered yet
