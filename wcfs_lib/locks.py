@@ -139,9 +139,10 @@ class RankedLock:
         return self in _held.locks
 
     def _release_save(self):
+        others = [held for held in _held.locks if held is not self]
+        if others:      # checked before the wait lets the lock go: it stays consistent
+            _violation('waits on %s while %s is held' % (self.name, others[-1].name))
         self.release()
-        if _held.locks:
-            _violation('waits on %s while %s is held' % (self.name, _held.locks[-1].name))
 
     def _acquire_restore(self, _state):
         self.acquire()

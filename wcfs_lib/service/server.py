@@ -15,45 +15,9 @@ unmount, a failing timer task): it joins every one of these threads,
 holding no lock, then closes the database. Signal handlers only record
 (`request_*`); the timer loop acts.
 
-Locks, every one of wcfs, and what each guards. A thread holding one may
-take only those below it in this list ("A > B": take A before B):
-
-    Watcher.zhead_lock        zhead, and which files are visible or loading
-    > BigFileTable.lock       the table: oid -> BigFile, oid -> Loading
-    BigFile.cond              a file's head, at, pending step, history,
-                              channels and their protocol states (the mover
-                              waits on it for acks, the answerer for a step)
-    > Channel.lock            a channel's unread replies, poll handle, flags
-    WaitingFiles.lock         the files with a `want` that waits
-    RevDirs.lock              a file's @<tid>/ directories and their use counts
-    FileIndex.parts_lock      which oids each read block was made of
-    > OidIndex.lock           which visible file each oid belongs to
-    FileIndex.state_lock      a file index's head, blktab and size as one revision (taken alone)
-    BlockCache.lock           decoded blocks, revision keys resolved to them,
-                              loads in flight and waiting for their turn (a
-                              wait on its condition: no lock held but it),
-                              prefetched blocks not read yet
-    ReadStream._lock          where the last reads of an open data file ended (taken alone)
-    Prefetcher._lock          the prefetch threads started (taken alone)
-    ObjectRevisions.lock      verdicts on a ZBigFile object's revisions
-    Walks.lock                walked history kept, requests waiting for a walk
-                              (taken alone; a request waits on it for the walk
-                              in progress, which runs with it released)
-    ZLoader._nodes_lock       decoded BTree nodes
-    ZLoader._large_decode_lock  the one record over 1 MiB being unpickled (taken alone)
-    Quota._lock               slots of channels / @<tid>/ directories per uid
-    Stats._lock               counters
-    Records._requests_lock    the count of database requests (taken alone)
-    WCFS._handles_lock        open files and directories
-    Watcher._queue_cond       transactions not applied yet (taken alone)
-    Watcher._zhead_cond       waiting for zhead (taken alone)
-    mvcc.Pool._cond           idle storage instances (taken alone)
-    mvcc.Watchdog._cond       uses of the database being timed (taken alone)
-    mvcc.Prefetched._lock     records fetched ahead (taken alone)
-
-No lock is held across database I/O, /proc reads or kernel notifications
-(a notification waits for the read handler of the same page, and the lookup
-it needs is itself a request to this filesystem).
+Locks and waits: the one list, their order, what each guards and which
+threads take them, is locks.ORDER (wcfs_lib/locks.py); with the lock-ranks
+knob every lock checks it.
 """
 
 import ctypes
