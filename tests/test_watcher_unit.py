@@ -4,7 +4,8 @@ import pytest
 
 from test_delta_table import Database, oid_of
 from wcfs_lib.zodb import zformat
-from wcfs_lib.files.bigfile import BigFile, BigFileTable
+from wcfs_lib.files.bigfile import BigFile
+from wcfs_lib.files.table import BigFileTable
 from wcfs_lib.follow.fileindex import FileIndex
 from wcfs_lib.follow.oidindex import OidIndex
 from wcfs_lib.service.stats import Stats

@@ -34,10 +34,10 @@ A file whose step fails for any reason other than an unreachable database is
 marked broken: its reads give EIO (logged once, with the reason), and the
 other files go on (DESIGN "Failures stay where they happen").
 
-Locks (the order of every lock of wcfs is in server.py): `BigFile.cond`
-guards head, at, pending, moving, answering, history, since, channels and
-their protocol states. It is never held across database I/O, /proc reads or
-kernel notifications.
+Locks (the order of every lock of wcfs is locks.ORDER): `BigFile.cond`
+guards head, at, pending, moving, answering, the δ history and `since`
+(deltas.py), channels and their protocol states. It is never held across
+database I/O, /proc reads or kernel notifications.
 """
 
 import collections
@@ -47,12 +47,13 @@ import time
 
 
 from .. import locks, protocol
-from ..follow.delta import DeltaHistory, compare_revisions
+from ..follow.delta import compare_revisions
 from ..ranges import merge_ranges, whole
 from ..zodb import zformat
 from ..zodb.revisions import ObjectRevisions
-from ..zodb.zstorage import RETRY_PAUSE, Cancelled, DatabaseUnavailable
-from .reply import Reply
+from ..zodb.zstorage import Cancelled, DatabaseUnavailable
+from .deltas import FileDeltas
+from .reads import FileReads
 from .revdir import RevDirs
 from .subscription import Update
 
@@ -60,8 +61,6 @@ log = logging.getLogger('wcfs.bigfile')
 
 MAX_REVDIRS = 10000     # @<tid>/ directories over all files, shared per uid (quota.py); beyond: ENOSPC
 ANSWERER_POLL = 1.0     # seconds between checks for shutdown while the answerer waits for a step
-INDEX_TRIES = 3         # δR from the index computed again when it moved meanwhile
-MAX_SINCE = 1024        # δR(Cat, z) kept per file for Cats older than its history
 
 
 class Snapshot(collections.namedtuple('Snapshot', 'oid at blksize blktab size broken')):
@@ -93,18 +92,18 @@ class BigFile:
         self.index = index              # owned by the watcher thread
         self.head = snapshot_of(index.head, index.size)
         self.at = self.head.at          # what head/at shows
-        self._latest = self.head    # as of the index: head once the pending step is applied
+        self.latest = self.head    # as of the index: head once the pending step is applied
         self.revisions = ObjectRevisions(self.loader, oid)
         self.revisions.add_current(index.head.serial)
         self.cond = locks.condition('BigFile.cond')
-        self.history = DeltaHistory(self.head.at)
         self.pending = None             # (Snapshot, ranges): the step not applied yet
         self.moving = False             # a step is being applied (a thread owns it)
         self.mover = None               # the last mover thread started (watcher thread; joined at shutdown)
         self.answering = False          # the answerer thread runs
-        self.since = {}                 # Cat older than the history -> (z, δR(Cat, z)), oldest z
         self.channels = set()
         self.revdirs = RevDirs()
+        self.reads = FileReads(oid, index, ctx)
+        self.deltas = FileDeltas(self, self.head.at)
 
     @property
     def name(self):
@@ -118,7 +117,7 @@ class BigFile:
 
         DatabaseUnavailable propagates (the watcher retries the step); any
         other failure marks the file broken."""
-        old = self._latest
+        old = self.latest
         try:
             new, ranges = self._step(old, tid, oids, hits)
         except DatabaseUnavailable:
@@ -126,7 +125,7 @@ class BigFile:
         except Exception as e:
             reason = '%s: %s' % (type(e).__name__, e) if str(e) else type(e).__name__
             new, ranges = self._broken(old, tid, reason), whole(old.size)
-        self._latest = new
+        self.latest = new
         self._push_step(new, ranges, tid)
 
     def _step(self, old, tid, oids, hits):
@@ -151,19 +150,19 @@ class BigFile:
     def check_gone(self, zhead):
         """After a pack: is the ZBigFile still in the database? (watcher thread)"""
         self.revisions.forget()
-        old = self._latest
+        old = self.latest
         if old.broken:
             return
         try:
             self.loader.record(self.oid, zhead, fresh=True)
         except zformat.ObjectMissing as e:
-            self._latest = self._broken(old, old.at, 'packed away: %s' % e)
-            self._push_step(self._latest, whole(old.size), None)
+            self.latest = self._broken(old, old.at, 'packed away: %s' % e)
+            self._push_step(self.latest, whole(old.size), None)
 
     def _push_step(self, new, ranges, tid):
         with self.cond:
             if tid is not None:
-                self.history.append(tid, ranges)
+                self.deltas.append(tid, ranges)
             if self.pending is not None:
                 ranges = merge_ranges(self.pending[1] + ranges)
             self.pending = (new, ranges)
@@ -233,7 +232,7 @@ class BigFile:
         target = update.target.at
         with self.cond:
             since = {ch: ch.state.reported for ch in update.waitset}
-        update.ranges = {ch: self._delta_retrying(reported, target)
+        update.ranges = {ch: self.deltas.retrying(reported, target)
                          for ch, reported in since.items()}
         laggards = []
         with self.cond:
@@ -243,7 +242,7 @@ class BigFile:
                     self.cond.release()     # δR may need the database
                     try:
                         for ch, cat in needed:
-                            update.since_cat[(ch, cat)] = self._delta_retrying(
+                            update.since_cat[(ch, cat)] = self.deltas.retrying(
                                 cat, target, cancelled=_gone(ch))
                     finally:
                         self.cond.acquire()
@@ -290,21 +289,6 @@ class BigFile:
             ch.count_subscribed()
         self.ctx.stats.add('invalidations_sent')
 
-    def _delta(self, a, b, cancelled=None):
-        """δR(a, b) with a <= b <= zhead; no lock held (may load from the
-        database). Cancelled once cancelled() is true."""
-        with self.cond:
-            if self.history.covers(a):
-                return self.history.ranges(a, b)
-        try:
-            return self._delta_from_database(a, b, cancelled)
-        except (DatabaseUnavailable, Cancelled):
-            raise
-        except Exception as e:
-            log.warning('bigfile/%s: δR(%016x, %016x): %s; reporting the whole file',
-                        self.name, a, b, e)
-            return whole(max(self.head.size, self._latest.size))
-
     def answer_waiting(self, mover=False):
         """Channels whose `want` waited for a head at or after their Cat get
         their `have`, when no update waits for acks: from the thread that
@@ -324,8 +308,8 @@ class BigFile:
             for ch, cat in waiting:
                 if cat > sat or ch.state.unacked:
                     continue
-                if self.history.covers(cat):
-                    self._send_have(ch, sat, self.history.ranges(cat, sat))
+                if self.deltas.covers(cat):
+                    self._send_have(ch, sat, self.deltas.ranges(cat, sat))
                 else:
                     self._start_answerer()
 
@@ -380,7 +364,7 @@ class BigFile:
         asked = [(ch.state.waiting, id(ch), ch) for ch in self.channels
                  if ch.state.waiting is not None and ch.state.waiting <= sat
                  and not ch.state.unacked and not ch.dropped and not ch.closed
-                 and not self.history.covers(ch.state.waiting)]
+                 and not self.deltas.covers(ch.state.waiting)]
         if not asked:
             return None
         cat, _, ch = min(asked)
@@ -395,12 +379,12 @@ class BigFile:
         gone = _gone(ch)
         try:
             try:
-                found = self._delta_from_index(cat, gone)
+                found = self.deltas.from_index(cat, gone)
             except (DatabaseUnavailable, Cancelled):
                 raise
             except Exception:
-                found = None    # _delta meets it again, says so, and reports the whole file
-            return found or (sat, self._delta(cat, sat, gone))
+                found = None    # deltas.delta meets it again, says so, and reports the whole file
+            return found or (sat, self.deltas.delta(cat, sat, gone))
         except DatabaseUnavailable:
             return sat, None
 
@@ -414,79 +398,10 @@ class BigFile:
             ch.state.waiting = None
         elif since > sat:
             return False
-        elif self.history.covers(since):
-            self._send_have(ch, sat, merge_ranges(ranges + self.history.ranges(since, sat)))
+        elif self.deltas.covers(since):
+            self._send_have(ch, sat, merge_ranges(ranges + self.deltas.ranges(since, sat)))
         # else the history forgot `since`: the next round computes it again
         return True
-
-    def _delta_from_index(self, a, cancelled=None, before=None):
-        """-> (z, δR(a, z)): kept from an earlier call, or for z the
-        revision of the file's index: the oids that changed in (a, z],
-        looked up in the index (exact, and the cost follows the
-        transactions); None where the database cannot list them, the index
-        kept moving meanwhile, or it is past `before`."""
-        with self.cond:
-            known = self.since.get(a)
-        if known is not None and (before is None or known[0] <= before):
-            return known
-        for _ in range(INDEX_TRIES):
-            applied = self.ctx.applied()    # first: the index has every transaction up to it
-            at = self.index.at
-            if a > at or (before is not None and at > before):
-                return None
-            # transactions in (at, applied] did not touch the file
-            changed = self.loader.records.changed_oids(a, at, upto=applied, cancelled=cancelled)
-            if changed is None:
-                return None
-            moved_at, ranges = self.index.delta_since(a, frozenset(changed))
-            if moved_at == at:
-                with self.cond:
-                    self._keep_since(a, at, ranges)
-                return at, ranges
-        return None
-
-    def _keep_since(self, a, z, ranges):
-        """Keep δR(a, z) unless one of an older z is kept. cond held."""
-        known = self.since.get(a)
-        if known is None or z < known[0]:
-            if known is None and len(self.since) >= MAX_SINCE:
-                del self.since[next(iter(self.since))]
-            self.since[a] = (z, ranges)
-
-    def _delta_from_database(self, a, b, cancelled=None):
-        """δR(a, b) for `a` older than the history: δR(a, z) for some z <= b
-        (_delta_from_index) and the history from z to b; else, or where the
-        storage cannot list transactions, the trees as of a and b are
-        compared."""
-        found = self._delta_from_index(a, cancelled, before=b)
-        if found is not None:
-            z, ranges = found
-            with self.cond:
-                if self.history.covers(z):
-                    return merge_ranges(ranges + self.history.ranges(z, b))
-        return compare_revisions(self.loader, self.oid, a, b)
-
-    def _delta_retrying(self, a, b, cancelled=None):
-        """δR(a, b) for an update, which cannot go on without it: while the
-        database is away, ask again (the update then takes the database's
-        time, SPEC 4.4). Nothing once cancelled() is true (the channel it
-        was for is gone)."""
-        while True:
-            try:
-                return self._delta(a, b, cancelled)
-            except Cancelled:
-                return []
-            except DatabaseUnavailable as e:
-                if self.ctx.shutdown.is_set():
-                    return whole(max(self.head.size, self._latest.size))
-                log.warning('bigfile/%s: update waits for the database: %s', self.name, e)
-                time.sleep(RETRY_PAUSE)
-
-    def _delta_or_none(self, a, b, cancelled=None):
-        try:
-            return self._delta(a, b, cancelled)
-        except DatabaseUnavailable:
-            return None
 
     # ---- the protocol (FUSE threads) ----
 
@@ -533,8 +448,8 @@ class BigFile:
                 ch.send(protocol.format_have(sat, wait=True))
                 ch.state.sent_wait(cat)
                 self.ctx.waiting.add(self)
-            elif self.history.covers(cat):
-                self._send_have(ch, sat, self.history.ranges(cat, sat))
+            elif self.deltas.covers(cat):
+                self._send_have(ch, sat, self.deltas.ranges(cat, sat))
                 return
             else:
                 ch.state.asked(cat)
@@ -556,168 +471,3 @@ class BigFile:
             raise protocol.ProtocolError('want %016x: %s' % (cat, e)) from None
         if why is not None:
             raise protocol.ProtocolError('want %016x: %s' % (cat, why))
-
-    # ---- reading ----
-
-    def read(self, head, offset, size, stream=None, uid=None):
-        """Bytes [offset, offset+size) of the file as of `head`, as a Reply;
-        `stream`: the prefetch.ReadStream of the open file read through;
-        `uid`: who reads (whose turn a load takes, blockcache.py)."""
-        if head.broken:
-            raise zformat.FormatError(self.oid, head.at, head.broken)
-        end = min(offset + size, head.size)
-        reply = Reply()
-        if offset >= end:
-            return reply
-        bs = head.blksize
-        ahead = None if stream is None else stream.note(offset, end, bs)
-        if ahead is not None:
-            self.ctx.prefetch.ahead(self, head, ahead, uid)
-        for blk in range(offset // bs, (end - 1) // bs + 1):
-            reply.add(self._block(head, blk, uid), max(offset - blk * bs, 0),
-                      min(end - blk * bs, bs))
-        stats = self.ctx.stats
-        stats.add('reads')
-        stats.add('bytes_read', end - offset)
-        return reply
-
-    def block_key(self, head, blk):
-        """What a read asks the BlockCache for block `blk` as of `head` by."""
-        return (self.oid, head.at, blk)
-
-    def _block(self, head, blk, uid=None):
-        return self.ctx.blocks.get(self.block_key(head, blk), head.at, head.blksize,
-                                   lambda: self._content_key(head, blk),
-                                   lambda cid: self._load_block(head, blk, cid[0]), uid,
-                                   lambda parts: self._note_parts(head, blk, parts))
-
-    def fill_ahead(self, head, blk, uid=None):
-        """Load block `blk` as of `head` for prefetch (a prefetch thread)."""
-        self.ctx.blocks.fill(self.block_key(head, blk), head.at, head.blksize,
-                             lambda: self._content_key(head, blk),
-                             lambda cid: self._load_block(head, blk, cid[0], 'blocks_prefetched'),
-                             uid, lambda parts: self._note_parts(head, blk, parts))
-
-    def _content_key(self, head, blk):
-        """What fixes the content of block `blk` as of `head` besides the
-        span of its records: its ZBlk (looked up in blktab as of head.at)
-        and the blksize; None for a hole."""
-        zhead = zformat.ZBigFileState(self.oid, head.at, None, head.blksize, head.blktab)
-        zblk = self.loader.lookup(zhead, blk)
-        return None if zblk is None else (zblk, head.blksize)
-
-    def _load_block(self, head, blk, zblk, counter=None):
-        """-> (data, (lo, hi)): block `blk` as of `head` (ZBlk `zblk`), the
-        same for every revision in [lo, hi]."""
-        # a record without a next revision is current as of the server's
-        # answer, so at least as of what the watcher applied before asking
-        span = zformat.Span(self.ctx.applied())
-        data, oids = self.loader.load_block_data(zblk, head.at, head.blksize, span)
-        self.ctx.stats.add('blocks_loaded')
-        if counter is not None:
-            self.ctx.stats.add(counter)
-        return data, (span.lo, span.hi), oids
-
-    def _note_parts(self, head, blk, oids):
-        """A block of head, loaded or shared with another revision: the
-        watcher must know every record it is made of."""
-        if head.at == self.index.at:
-            self.index.note_parts(blk, oids)
-
-
-class BigFileTable:
-    """oid -> BigFile, and the files being made visible.
-
-    `lock` is held only to look up or change the table."""
-
-    def __init__(self):
-        self.lock = locks.lock('BigFileTable.lock')
-        self.waiting = WaitingFiles()
-        self._files = {}
-        self._by_fid = {}               # OidIndex file id -> BigFile
-        self._loading = {}              # oid -> Loading
-
-    def get(self, oid):
-        with self.lock:
-            return self._files.get(oid)
-
-    def files(self):
-        with self.lock:
-            return list(self._files.values())
-
-    def count(self):
-        with self.lock:
-            return len(self._files)
-
-    def start_loading(self, oid, at):
-        """-> ('visible', BigFile), ('loading', Loading) of another mkdir, or
-        ('new', Loading): the caller loads `oid` as of `at`."""
-        with self.lock:
-            if oid in self._files:
-                return 'visible', self._files[oid]
-            if oid in self._loading:
-                return 'loading', self._loading[oid]
-            loading = self._loading[oid] = Loading(oid, at)
-            return 'new', loading
-
-    def note_transaction(self, tid, oids):
-        """A transaction: the files being loaded get it in their backlog;
-        -> {fid: BigFile} of the files visible now, which get it from the
-        watcher. Both under one hold of the lock, and a copy: a file
-        published after this caught up on it from its backlog, and must not
-        get it from the watcher too."""
-        with self.lock:
-            for loading in self._loading.values():
-                loading.backlog.append((tid, oids))
-            return dict(self._by_fid)
-
-    def publish(self, loading, make):
-        """Publish the file make() builds, unless transactions wait for it:
-        -> (BigFile, None), or (None, the transactions to catch up on first)."""
-        with self.lock:
-            if loading.backlog:
-                backlog, loading.backlog = loading.backlog, []
-                return None, backlog
-            bf = self._files[loading.oid] = make()
-            self._by_fid[bf.index.fid] = bf
-            del self._loading[loading.oid]
-        loading.done.set()
-        return bf, None
-
-    def abandon(self, loading):
-        """The load failed: the oid is free again."""
-        with self.lock:
-            if self._loading.get(loading.oid) is loading:
-                del self._loading[loading.oid]
-        loading.done.set()
-
-
-class WaitingFiles:
-    """The files with a channel whose `want` waits for a later head: the
-    watcher pokes them after each transaction, touched or not."""
-
-    def __init__(self):
-        self.lock = locks.lock('WaitingFiles.lock')    # guards _files
-        self._files = set()
-
-    def add(self, bf):
-        with self.lock:
-            self._files.add(bf)
-
-    def discard(self, bf):
-        with self.lock:
-            self._files.discard(bf)
-
-    def files(self):
-        with self.lock:
-            return list(self._files)
-
-
-class Loading:
-    """A file being made visible: the transactions it must catch up on."""
-
-    def __init__(self, oid, at):
-        self.oid = oid
-        self.at = at
-        self.backlog = []               # (tid, oids) after `at`; guarded by the table's lock
-        self.done = locks.event('Loading.done')

@@ -79,8 +79,8 @@ class Prefetcher:
         self._threads = []
 
     def ahead(self, bf, head, blk, uid=None):
-        """Prefetch the blocks of `bf` as of `head` from `blk` on, for the
-        reader `uid` (they count among its loads in flight)."""
+        """Prefetch the blocks of `bf` (a reads.FileReads) as of `head` from
+        `blk` on, for the reader `uid` (they count among its loads in flight)."""
         bs = head.blksize
         nblk = -(-head.size // bs)
         stop = min(nblk, blk + max(1, min(AHEAD_BLOCKS, AHEAD_BYTES // bs)))

@@ -337,7 +337,7 @@ class WCFS(fuse.Operations):
             head = node.bf.head if node.kind == DATA else node.rd.head
             with errors.mapped(errors.READ, 'read bigfile/%s @%016x [%d:+%d]',
                                node.bf.name, head.at, offset, size):
-                return node.bf.read(head, offset, size, h.stream, fuse.fuse_get_context()[0])
+                return node.bf.reads.read(head, offset, size, h.stream, fuse.fuse_get_context()[0])
         if h.channel is not None:
             return h.channel.read(size, fi)
         return self._read_uncached(h, offset, size)

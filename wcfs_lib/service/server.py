@@ -28,7 +28,8 @@ import threading
 import time
 
 from .. import knobs, procfs, zurl
-from ..files.bigfile import MAX_REVDIRS, BigFile, BigFileTable
+from ..files.bigfile import MAX_REVDIRS, BigFile
+from ..files.table import BigFileTable
 from ..files.blockcache import BlockCache
 from ..files.channel import Channel
 from ..files.prefetch import Prefetcher
