@@ -29,8 +29,8 @@ from devtools.pgcluster import PGServer, last_transaction
 from devtools.procs import is_mounted, tail, wait_for
 from devtools.wcfsproc import WCFS
 from devtools.zeoserver import ZEOServer
-from wcfs_lib import zwriter
-from wcfs_lib.zstorage import masked
+from wcfs_lib import zbig
+from wcfs_lib.zurl import masked
 
 MiB = 1 << 20
 BLKSIZE = 2 * MiB
@@ -166,7 +166,7 @@ class Demo:
              ZODB client.""")
         self.db = server.open()
         conn = self.db.open()
-        f = zwriter.ZBigFile(BLKSIZE)
+        f = zbig.ZBigFile(BLKSIZE)
         conn.root()['demo'] = f
         transaction.commit()
         old = np.arange(NELEM, dtype='<f8')

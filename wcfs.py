@@ -2,7 +2,7 @@
 """wcfs: serve the ZBigFiles of a ZODB database as plain files (FUSE).
 
 This module is the entry point: it parses the command line, sets up logging
-and signals, and runs the server of wcfs_lib.server. See `man wcfs`.
+and signals, and runs the server of wcfs_lib.service.server. See `man wcfs`.
 """
 
 import argparse
@@ -154,16 +154,16 @@ def install_signals(srv):
 def serve(opts, handler, report):
     """Start the server, report(None) once it serves or report(why) if it
     cannot; serve until SIGTERM/SIGINT/autoexit. -> exit code."""
-    from wcfs_lib import mount, server, zstorage
+    from wcfs_lib.service import server
     setup_logging(opts, handler)
     srv = server.Server(opts, reopen_log=lambda: reopen_log(handler))
     install_signals(srv)
     try:
         srv.start()
-    except zstorage.UsageError as e:
+    except server.UsageError as e:
         report(str(e))
         return 2
-    except (zstorage.OpenError, mount.MountError, server.StartError) as e:
+    except server.START_ERRORS as e:
         if type(handler) is not logging.StreamHandler:     # else report() says it on stderr
             logging.getLogger('wcfs').error('%s', e)
         report(str(e))
@@ -178,15 +178,16 @@ def main(argv=None):
     except UsageError as e:
         print('wcfs: %s (see wcfs --help)' % e, file=sys.stderr)
         return 2
-    from wcfs_lib import daemon, zstorage
+    from wcfs_lib.service import daemon, server
     # The real path: the default pid file and the /proc fd links of clients
     # name the mount point so, whichever path to it was given.
     opts.mountpoint = os.path.realpath(opts.mountpoint)
     if opts.logfile:
         opts.logfile = os.path.abspath(opts.logfile)
     try:
-        zstorage.resolve(opts.zurl)
-    except zstorage.UsageError as e:
+        server.check_environment()
+        server.check_zurl(opts.zurl)
+    except server.UsageError as e:
         print('wcfs: %s' % e, file=sys.stderr)
         return 2
     if not opts.daemon:

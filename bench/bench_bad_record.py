@@ -21,7 +21,7 @@ from common import MiB
 from ZODB.Connection import TransactionMetaData
 from ZODB.utils import p64, u64
 
-from wcfs_lib import zwriter
+from wcfs_lib import zbig
 from devtools.pgcluster import last_transaction
 
 BLKSIZE = 64 << 10
@@ -67,7 +67,7 @@ def main():
     with common.Bench('bad record', db=args.db) as b:
         db = b.db()
         conn = db.open()
-        files = conn.root()['files'] = [zwriter.ZBigFile(BLKSIZE) for _ in range(2)]
+        files = conn.root()['files'] = [zbig.ZBigFile(BLKSIZE) for _ in range(2)]
         for f in files:
             f.write_block(0, os.urandom(BLKSIZE))
             f.write_block(1, os.urandom(BLKSIZE))

@@ -59,7 +59,7 @@ from ZODB.utils import p64, u64
 
 import common
 from bench_latency import Client
-from wcfs_lib import zwriter
+from wcfs_lib import zbig
 
 BLKSIZE = 4096
 SMALL_BLOCKS = 4
@@ -137,10 +137,10 @@ def write_database(b, layout):
     try:
         conn = db.open()
         root = conn.root()
-        small = root['small'] = zwriter.ZBigFile(BLKSIZE)
+        small = root['small'] = zbig.ZBigFile(BLKSIZE)
         for blk in range(SMALL_BLOCKS):
             small.write_block(blk, content(blk))
-        big = root['big'] = zwriter.ZBigFile(BLKSIZE)
+        big = root['big'] = zbig.ZBigFile(BLKSIZE)
         transaction.commit()
         for i, blk in enumerate(layout.written()):
             big.write_block(blk, content(blk))

@@ -48,7 +48,7 @@ from ZODB.utils import p64, u64
 
 import common
 from bench_latency import Client, percentile
-from wcfs_lib import zwriter
+from wcfs_lib import zbig
 
 BLKSIZE = 4096
 PAUSE = 0.02            # seconds between the commits of the CPU and latency measurements
@@ -83,7 +83,7 @@ def write_database(b, nfiles, nblocks):
         root = conn.root()
         names = ['f%d' % i for i in range(nfiles)] + ['idle']
         for name in names:
-            f = root[name] = zwriter.ZBigFile(BLKSIZE)
+            f = root[name] = zbig.ZBigFile(BLKSIZE)
             for blk in range(nblocks):
                 f.write_block(blk, b'%s %d\n' % (name.encode(), blk))
         transaction.commit()

@@ -24,7 +24,7 @@ from ZODB.utils import u64
 
 import common
 from common import BLKSIZE, CHUNK, MiB
-from wcfs_lib import zwriter
+from wcfs_lib import zbig
 
 TARGET_MIB = 150
 IDLE = 5            # seconds after the reads before the last look at RSS
@@ -50,7 +50,7 @@ def write_bigfiles(b, nfiles, size):
     try:
         root = conn.root()
         for i in range(nfiles):
-            f = root['f%d' % i] = zwriter.ZBigFile(BLKSIZE)
+            f = root['f%d' % i] = zbig.ZBigFile(BLKSIZE)
             transaction.commit()
             oids.append(u64(f._p_oid))
             pending = 0

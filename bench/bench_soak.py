@@ -75,10 +75,10 @@ import common
 from common import last_transaction
 
 sys.path.insert(0, str(common.ROOT))
-from wcfs_lib import zwriter                                # noqa: E402
+from wcfs_lib import zbig  # noqa: E402
 
 BLKSIZES = (16384, 65536, 65536, 262144)    # of the files, in turn
-CHUNK = 4096                    # a patch's size: zwriter's chunk of a ZBlk1
+CHUNK = 4096                    # a patch's size: zbig's chunk of a ZBlk1
 START_BLOCKS = 24
 MIN_BLOCKS, MAX_BLOCKS = 4, 64  # the writer grows below, shrinks above
 MAX_PATCHES = 6                 # more, and the block is written anew
@@ -458,11 +458,11 @@ class Writer:
         self.log = open(logpath, 'a')
         self.kinds = {}
         for i, bs in enumerate(self.blksizes):
-            f = self.root['soak%d' % i] = zwriter.ZBigFile(bs)
+            f = self.root['soak%d' % i] = zbig.ZBigFile(bs)
             self.zf.append(f)
             self.model.append([])
             for blk in range(START_BLOCKS):
-                self.write(i, blk, self.new_desc(bs), self.rng.choice(zwriter.KINDS))
+                self.write(i, blk, self.new_desc(bs), self.rng.choice(zbig.KINDS))
         tid = self.commit()
         self.oids = ['%016x' % u64(f._p_oid) for f in self.zf]
         self.record(tid, range(nfiles), oids=self.oids, blksizes=self.blksizes)
@@ -478,7 +478,7 @@ class Writer:
         blocks.extend([None] * (blk + 1 - len(blocks)))
         blocks[blk] = desc
         if f.read_block(blk) != data:
-            raise AssertionError('file %d blk %d: zwriter reads back other bytes than %r'
+            raise AssertionError('file %d blk %d: zbig reads back other bytes than %r'
                                  % (fi, blk, desc))
 
     def commit(self):
@@ -493,7 +493,7 @@ class Writer:
             while blocks and blocks[-1] is None:
                 blocks.pop()
             if len(blocks) * self.blksizes[fi] != self.zf[fi].size():
-                raise AssertionError('file %d: model size %d, zwriter size %d' % (
+                raise AssertionError('file %d: model size %d, zbig size %d' % (
                     fi, len(blocks) * self.blksizes[fi], self.zf[fi].size()))
         files = {str(fi): [None if d is None else [d[0], d[1], [list(p) for p in d[2]]]
                            for d in self.model[fi]] for fi in changed}
@@ -526,7 +526,7 @@ class Writer:
             what = 'grow'
         if nblk > MAX_BLOCKS and what == 'grow':
             what = 'shrink'
-        kind = rng.choice(zwriter.KINDS)
+        kind = rng.choice(zbig.KINDS)
         if what == 'block':
             for _ in range(rng.randint(1, 3)):
                 self.write(fi, rng.randrange(nblk), self.new_desc(bs), kind)

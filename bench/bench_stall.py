@@ -35,7 +35,8 @@ from ZODB.utils import u64
 
 import common
 from common import MiB, Bench, add_db_option, kernel, read_stats, reset_peak_rss, verdict
-from wcfs_lib import blockcache, zwriter
+from wcfs_lib import zbig
+from wcfs_lib.files import blockcache
 from devtools.pgcluster import last_transaction
 
 BIG = 64 * MiB
@@ -103,7 +104,7 @@ class Files:
         return u64(last_transaction(self.db))
 
     def new(self, name, blksize, blocks):
-        f = self.root[name] = zwriter.ZBigFile(blksize)
+        f = self.root[name] = zbig.ZBigFile(blksize)
         for blk, data in blocks.items():
             f.write_block(blk, data)
         self.commit()

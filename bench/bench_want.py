@@ -40,7 +40,7 @@ import transaction
 from ZODB.utils import u64
 
 import common
-from wcfs_lib import zwriter
+from wcfs_lib import zbig
 from devtools.pgcluster import last_transaction
 
 TARGET = 0.5    # seconds, (b)'s median
@@ -131,7 +131,7 @@ def main():
     with common.Bench('want', db=args.db, zeo_options=zeo_options) as b:
         db = b.db()
         conn = db.open()
-        f = conn.root()['f'] = zwriter.ZBigFile(bs)
+        f = conn.root()['f'] = zbig.ZBigFile(bs)
         t0 = time.monotonic()
         for blk in range(args.blocks):
             f.write_block(blk, os.urandom(bs))

@@ -45,7 +45,7 @@ from ZODB.utils import u64
 
 import common
 from bench_want import read_at
-from wcfs_lib import zwriter
+from wcfs_lib import zbig
 from devtools.pgcluster import last_transaction
 
 TARGET_MS = 50
@@ -176,7 +176,7 @@ def main():
     with common.Bench('want contention') as b:
         db = b.db()
         conn = db.open()
-        f = conn.root()['f'] = zwriter.ZBigFile(bs)
+        f = conn.root()['f'] = zbig.ZBigFile(bs)
         for blk in range(args.blocks):
             f.write_block(blk, os.urandom(bs))
         transaction.commit()

@@ -41,7 +41,7 @@ from devtools.pgcluster import PGServer, last_transaction   # noqa: E402
 from devtools.procs import is_mounted                       # noqa: E402
 from devtools.wcfsproc import WCFS                          # noqa: E402
 from devtools.zeoserver import ZEOServer                    # noqa: E402
-from wcfs_lib import zwriter                                # noqa: E402
+from wcfs_lib import zbig  # noqa: E402
 
 MiB = 1 << 20
 BLKSIZE = 2 * MiB
@@ -289,7 +289,7 @@ class Bench:
         conn = db.open()
         out = open(copy_to, 'wb') if copy_to else None
         try:
-            f = conn.root()['f'] = zwriter.ZBigFile(BLKSIZE)
+            f = conn.root()['f'] = zbig.ZBigFile(BLKSIZE)
             transaction.commit()
             pending = 0
             for blk in range(size // BLKSIZE):

@@ -36,7 +36,7 @@ from ZODB.utils import p64, u64
 
 import common
 from common import CHUNK, MiB
-from wcfs_lib import zformat, zstorage
+from wcfs_lib.zodb import zformat, zstorage
 
 GiB = 1 << 30
 

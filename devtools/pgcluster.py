@@ -54,7 +54,7 @@ import ZODB
 import ZODB.interfaces
 from psycopg2 import sql
 
-from wcfs_lib.zstorage import masked
+from wcfs_lib.zurl import masked
 
 from .procs import free_port
 

@@ -10,7 +10,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from wcfs_lib.mount import is_mounted
+from wcfs_lib.kernel.mount import is_mounted
 
 __all__ = ['free_port', 'accepts', 'terminate', 'is_mounted', 'unmount_left',
            'spawn', 'read_text', 'tail', 'wait_for', 'START_TIMEOUT', 'STOP_TIMEOUT']

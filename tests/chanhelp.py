@@ -32,23 +32,31 @@ import select
 import subprocess
 import sys
 import time
+from pathlib import Path
+
+# run as a script too (the clients of Client): this tree's wcfs_lib
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from wcfs_lib import protocol  # noqa: E402
+from wcfs_lib.ranges import blocks_to_ranges  # noqa: E402
 
 REPLY_TIMEOUT = 10      # seconds a reply that must come may take
 QUIET = 0.5             # seconds of silence that count as "no reply"
 
 
 class Have:
-    """`have <tid> wait` or `have <tid>[ <start>-<stop>]...`, parsed."""
+    """`have <tid> wait` or `have <tid>[ <start>-<stop>]...`, parsed by the
+    protocol's own grammar (protocol.parse_reply)."""
 
     def __init__(self, line):
-        words = line.split(' ')
-        assert words[0] == 'have' and len(words) >= 2, 'not a have: %r' % line
-        assert len(words[1]) == 16, 'tid not 16 hex digits: %r' % line
+        try:
+            kind, self.tid, ranges = protocol.parse_reply(line.encode())
+        except protocol.ProtocolError as e:
+            raise AssertionError('not a have: %r: %s' % (line, e)) from None
+        assert kind in ('have', 'wait'), 'not a have: %r' % line
         self.line = line
-        self.tid = int(words[1], 16)
-        self.wait = words[2:] == ['wait']
-        self.ranges = [] if self.wait else [tuple(int(x) for x in w.split('-'))
-                                            for w in words[2:]]
+        self.wait = kind == 'wait'
+        self.ranges = ranges or []
 
     def __repr__(self):
         return 'Have(%r)' % self.line
@@ -56,14 +64,7 @@ class Have:
 
 def ranges_of(blocks, blksize):
     """Set of blocks -> sorted, merged, half-open byte ranges [(start, stop)]."""
-    out = []
-    for blk in sorted(blocks):
-        start, stop = blk * blksize, (blk + 1) * blksize
-        if out and out[-1][1] == start:
-            out[-1] = (out[-1][0], stop)
-        else:
-            out.append((start, stop))
-    return out
+    return blocks_to_ranges(blocks, blksize)
 
 
 class NoReply(AssertionError):

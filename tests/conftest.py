@@ -40,16 +40,22 @@ import sys
 import tempfile
 from pathlib import Path
 
-import pytest
-import ZEO.ClientStorage
+# Every wcfs of the suite, and the model's objects the tests make in this
+# process, check the order of their locks (wcfs_lib/locks.py): set before
+# wcfs_lib is imported, inherited by every process started.
+os.environ.setdefault('WCFS_DEBUG', 'lock-ranks')
+LOCK_ORDER = 'lock order: '     # what wcfs logs at a wrong nesting
 
-from daemonhelp import Start, end_daemon, read_pid
-from devtools.pgcluster import PGServer, PostgresCluster
-from devtools.procs import START_TIMEOUT, is_mounted, unmount_left, wait_for
-from devtools.wcfsproc import WCFS, WCFS_PY
-from devtools.zeoserver import ZEOServer
-from scenes import Served
-from zhelp import NOBODY, SETPRIV_NOBODY
+import pytest  # noqa: E402
+import ZEO.ClientStorage  # noqa: E402
+
+from daemonhelp import Start, end_daemon, read_pid  # noqa: E402
+from devtools.pgcluster import PGServer, PostgresCluster  # noqa: E402
+from devtools.procs import START_TIMEOUT, is_mounted, unmount_left, wait_for  # noqa: E402
+from devtools.wcfsproc import WCFS, WCFS_PY  # noqa: E402
+from devtools.zeoserver import ZEOServer  # noqa: E402
+from scenes import Served  # noqa: E402
+from zhelp import NOBODY, SETPRIV_NOBODY  # noqa: E402
 
 
 @pytest.fixture(name='wait_for')
@@ -152,10 +158,16 @@ def wcfs_mount(tmp_path):
 
 
 def end_all(mounts):
-    """End every WCFS of mounts and detach its mount; print its log."""
+    """End every WCFS of mounts and detach its mount; print its log; fail
+    where wcfs nested its locks against wcfs_lib/locks.py."""
+    broken = []
     for mnt in mounts:
         mnt.cleanup()
         print(f'--- wcfs log ({mnt.logpath}), exit {mnt.proc.returncode}:\n{mnt.log()}')
+        if LOCK_ORDER in mnt.log():
+            broken.append(str(mnt.logpath))
+    if broken:
+        pytest.fail('wcfs nested its locks against wcfs_lib/locks.py: see %s' % ', '.join(broken))
 
 
 @pytest.fixture

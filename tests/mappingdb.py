@@ -1,5 +1,5 @@
 """A database in memory for the tests that need no server: ZBigFiles written
-with wcfs_lib.zwriter into a ZODB.DB on a MappingStorage, which keeps every
+with wcfs_lib.zbig into a ZODB.DB on a MappingStorage, which keeps every
 revision of every object, and read back through the records wcfs decodes.
 """
 
@@ -8,7 +8,8 @@ import ZODB
 from ZODB.MappingStorage import MappingStorage
 from ZODB.utils import u64
 
-from wcfs_lib import zformat, zstorage, zwriter
+from wcfs_lib import zbig
+from wcfs_lib.zodb import zformat, zstorage
 
 B = 4096        # the block size of new_file() unless told
 
@@ -26,7 +27,7 @@ class Database:
         self.loader = zformat.ZLoader(zstorage.Records(self.storage))
 
     def new_file(self, blksize=B):
-        return zwriter.ZBigFile(blksize, py2str=self.py2str)
+        return zbig.ZBigFile(blksize, py2str=self.py2str)
 
     def commit(self):
         """-> (tid, oids it modified), or None when there was nothing to write."""

@@ -13,7 +13,7 @@ from ZODB.utils import u64
 
 from chanhelp import Chan, ranges_of
 from devtools.pgcluster import last_transaction
-from wcfs_lib import zwriter
+from wcfs_lib import zbig
 from zhelp import KiB, Writer, read_bytes
 
 BS = 64 * KiB
@@ -37,7 +37,7 @@ class Served:
     """ZBigFiles committed to a database fixture, a wcfs on the database, their
     bigfile/<oid>/ made, and the content of every file after every commit.
 
-    files[i]: the zwriter.ZBigFile; dirs[i]: bigfile/<oid>; dir: dirs[0];
+    files[i]: the zbig.ZBigFile; dirs[i]: bigfile/<oid>; dir: dirs[0];
     tid: the last commit.
     content[i][tid]: bytes of file i as of tid (for every tid committed here
     after file i was added). Channels opened with .chan() are closed at the
@@ -50,7 +50,7 @@ class Served:
         self.blksize = blksize
         self.files, self.oids, self.content = [], [], []
         for _ in range(nfiles):
-            f = zwriter.ZBigFile(blksize)
+            f = zbig.ZBigFile(blksize)
             for blk in range(nblk):
                 f.write_block(blk, randbytes(blksize), 'ZBlk1' if blk % 2 else 'ZBlk0')
             self.files.append(f)
@@ -126,7 +126,7 @@ class Scene:
         self.w = Writer(zeo.db())
         self.f, self.oid = {}, {}
         for name, (nblk, blksize) in files.items():
-            f = zwriter.ZBigFile(blksize)
+            f = zbig.ZBigFile(blksize)
             for blk in range(nblk):
                 f.write_block(blk, randbytes(blksize), 'ZBlk1' if blk % 2 else 'ZBlk0')
             self.f[name] = f

@@ -18,14 +18,14 @@ class Writer:
     """Random changes to one ZBigFile, each commit's content logged by tid."""
 
     def __init__(self, database, logpath, seed):
-        from wcfs_lib import zwriter
+        from wcfs_lib import zbig
         from zhelp import Writer as ZWriter
 
         self.rng = random.Random(seed)
         self.w = ZWriter(database.db())
-        self.f = zwriter.ZBigFile(BS)
+        self.f = zbig.ZBigFile(BS)
         for blk in range(24):
-            self.f.write_block(blk, self.rng.randbytes(BS), self.rng.choice(zwriter.KINDS))
+            self.f.write_block(blk, self.rng.randbytes(BS), self.rng.choice(zbig.KINDS))
         self.oid, tid = self.w.add(self.f)
         self.log = open(logpath, 'a')
         self.kinds = {}                 # what each commit did, for the report

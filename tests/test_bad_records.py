@@ -33,9 +33,9 @@ from ZODB.POSException import POSKeyError
 from ZODB.utils import p64, u64
 
 from scenes import BS, randbytes
-from wcfs_lib import zformat, zstorage
-from wcfs_lib.zstorage import zeo_receive
-from zhelp import MiB, Writer, raw_store, read_bytes, wait_head
+from wcfs_lib.zodb import zformat, zstorage
+from wcfs_lib.zodb.zstorage import zeo_receive
+from zhelp import MiB, Writer, block_bytes, raw_store, read_bytes, wait_head
 
 AT = 0x0285cbac258bf266         # the one revision of the records of the unit tests
 Z = 'wendelin.bigfile.file_zodb.'
@@ -166,10 +166,10 @@ def test_block_record_over_its_bound_is_refused_before_decoding():
     block = record(Z + 'ZBlk0', b'x' * 100)
     limit = zformat.max_block_record(BS)
     at_bound = block + bytes(limit - len(block))
-    data, _ = loader_of({10: at_bound}).load_block(10, AT, BS)
+    data, _ = block_bytes(loader_of({10: at_bound}), 10, AT, BS)
     assert data == b'x' * 100 + bytes(BS - 100)
     with pytest.raises(zformat.FormatError, match='record of %d bytes refused' % (limit + 1)):
-        loader_of({10: at_bound + b'\0'}).load_block(10, AT, BS)
+        block_bytes(loader_of({10: at_bound + b'\0'}), 10, AT, BS)
 
 
 def test_block_as_latin1_text_of_twice_its_size_is_within_the_bound():
@@ -177,7 +177,7 @@ def test_block_as_latin1_text_of_twice_its_size_is_within_the_bound():
     data = b'\xff' * BS
     block = class_pickle(Z + 'ZBlk0') + pickle.dumps(data, 2)
     assert len(block) > 2 * BS
-    assert loader_of({10: block}).load_block(10, AT, BS)[0] == data
+    assert block_bytes(loader_of({10: block}), 10, AT, BS)[0] == data
 
 
 # ---- large records through the unpickler: one at a time ----
@@ -188,7 +188,7 @@ def test_large_records_through_the_unpickler_decode_one_at_a_time():
     assert len(block) > zformat.LARGE_RECORD
     loader = loader_of({10: block})
     out = []
-    reader = threading.Thread(target=lambda: out.append(loader.load_block(10, AT, 2 * MiB)))
+    reader = threading.Thread(target=lambda: out.append(block_bytes(loader, 10, AT, 2 * MiB)))
     with loader._large_decode_lock:
         reader.start()
         reader.join(0.5)

@@ -24,7 +24,7 @@ from ZODB.utils import u64
 
 from devtools.procs import free_port, is_mounted, wait_for
 from devtools.wcfsproc import ROOT
-from wcfs_lib import zwriter
+from wcfs_lib import zbig
 from zhelp import read_head
 
 import wcfs
@@ -78,7 +78,7 @@ def write_bigfile(db, data, py2str=False):
     -> (oid, the content wcfs must serve)."""
     conn = db.open()
     try:
-        f = zwriter.ZBigFile(BLKSIZE, py2str=py2str)
+        f = zbig.ZBigFile(BLKSIZE, py2str=py2str)
         for blk in range(-(-len(data) // BLKSIZE)):
             piece = data[blk * BLKSIZE:(blk + 1) * BLKSIZE]
             if piece.rstrip(b'\0'):

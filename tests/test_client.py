@@ -18,7 +18,7 @@ import threading
 import pytest
 
 from devtools.procs import wait_for
-from wcfs_lib import client, zwriter
+from wcfs_lib import client, zbig
 from zhelp import KiB, Writer, close_child, hex16, read_bytes, stat_int, wait_head
 
 BS = 64 * KiB
@@ -374,7 +374,7 @@ def test_zblk1_and_zblk0_blocks_mixed(zeo, wcfs_mount):
 
 def test_two_views_of_different_tids_in_one_process(zeo, wcfs_mount):
     s = Recorded(zeo, wcfs_mount)
-    other = zwriter.ZBigFile(BS)
+    other = zbig.ZBigFile(BS)
     other.write_block(0, b'another file')
     other_oid, _ = s.w.add(other)
     tids = [s.tid]

@@ -45,7 +45,8 @@ from ZODB.utils import u64
 from daemonhelp import RUN_TIMEOUT, read_pid, stale_mount, wcfs_running
 from devtools.procs import START_TIMEOUT, STOP_TIMEOUT, free_port, is_mounted, read_text, wait_for
 from devtools.wcfsproc import ROOT
-from wcfs_lib import daemon, zwriter
+from wcfs_lib import zbig
+from wcfs_lib.service import daemon
 from zhelp import NOBODY, SETPRIV_NOBODY, read_head
 
 AUTOEXIT = 2            # seconds of --autoexit in these tests
@@ -78,7 +79,7 @@ def commit_bigfile(db, data):
     tm = transaction.TransactionManager()
     conn = db.open(tm)
     try:
-        f = zwriter.ZBigFile(BLKSIZE)
+        f = zbig.ZBigFile(BLKSIZE)
         f.write(0, data)
         conn.root()['f'] = f
         tm.commit()
@@ -305,7 +306,7 @@ def why_nobody_cannot_run_wcfs():
     """None when nobody can run this wcfs.py with this python, else why not
     (a clone in a directory only root may enter, as on CI)."""
     imports = ('import sys; sys.path.insert(0, sys.argv[1]); '
-               'import daemon, mfusepy, ZODB, wcfs_lib.daemon')
+               'import daemon, mfusepy, ZODB, wcfs_lib.service.daemon')
     r = subprocess.run(SETPRIV_NOBODY + [sys.executable, '-c', imports, str(ROOT)],
                        cwd='/', capture_output=True, text=True, timeout=RUN_TIMEOUT)
     return None if r.returncode == 0 else r.stderr.strip().splitlines()[-1]

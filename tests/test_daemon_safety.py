@@ -28,7 +28,8 @@ from daemonhelp import stale_mount
 from devtools.procs import (START_TIMEOUT, is_mounted, read_text, spawn, terminate, unmount_left,
                             wait_for)
 from devtools.wcfsproc import ROOT
-from wcfs_lib import daemon, procfs
+from wcfs_lib import procfs
+from wcfs_lib.service import daemon
 from zhelp import NOBODY, Writer, head_at, stat_int, wait_head
 
 RUN_TIMEOUT = 60        # seconds for a wcfs that is expected to exit by itself

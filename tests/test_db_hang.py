@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from devtools.procs import wait_for
-from wcfs_lib.zstorage.mvcc import GaveUp, Watchdog
+from wcfs_lib.zodb.zstorage.mvcc import GaveUp, Watchdog
 from zhelp import KiB, Writer, head_at, hex16, read_bytes, resident_blocks, stats, wait_head
 
 BS = 64 * KiB

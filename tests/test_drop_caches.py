@@ -68,7 +68,7 @@ MIN_CHECKS = 30         # per reader
 def launch(argv):
     """Run wcfs with argv, answering a share of the getattrs, lookups and
     reads of data files up to LATE seconds after the answer was made."""
-    from wcfs_lib import fs
+    from wcfs_lib.kernel import fs
     import wcfs
 
     getattr_now, read_now = fs.WCFS.getattr, fs.WCFS.read

@@ -15,8 +15,8 @@ from BTrees.LOBTree import LOBTree
 from persistent.mapping import PersistentMapping
 
 from devtools.procs import wait_for
-from wcfs_lib import zwriter
-from wcfs_lib.zstorage import masked
+from wcfs_lib import zbig
+from wcfs_lib.zurl import masked
 from zhelp import KiB, MiB, Writer, head_at, hex16, read_bytes, stat_int, stats, tid_time
 
 BS = 64 * KiB                   # blksize of most files here
@@ -41,7 +41,7 @@ class Served:
         self.w = Writer(database.db())
         if blocks is None:
             blocks = {blk: randbytes(blk, blksize) for blk in range(4)}
-        f = zwriter.ZBigFile(blksize, py2str=py2str)
+        f = zbig.ZBigFile(blksize, py2str=py2str)
         for blk, data in blocks.items():
             f.write_block(blk, data, kind)
         if setup is not None:
@@ -96,7 +96,7 @@ def test_mkdir_object_not_a_ZBigFile_is_EINVAL(database, wcfs_mount, what):
         oid = 0
     else:
         obj = {'PersistentMapping': PersistentMapping, 'LOBTree': LOBTree,
-               'ZBlk0': lambda: zwriter.ZBlk0(b'data')}[what]()
+               'ZBlk0': lambda: zbig.ZBlk0(b'data')}[what]()
         oid, _ = w.add(obj)
     mnt = wcfs_mount(database.zurl)
     assert errno_of(os.mkdir, os.path.join(mnt.path, 'bigfile', hex16(oid))) == 'EINVAL'
@@ -735,17 +735,17 @@ def test_revdir_in_use_is_not_removed(database, wcfs_mount, held):
 
 def _broken(kind, bs):
     if kind == 'ZBlk0-longer-than-blksize':
-        return zwriter.ZBlk0(b'x' * (bs + 1))
-    zblk = zwriter.ZBlk1()
+        return zbig.ZBlk0(b'x' * (bs + 1))
+    zblk = zbig.ZBlk1()
     if kind == 'ZBlk1-overlapping-chunks':
-        zblk.chunktab[0] = zwriter.ZData(b'a' * 5000)
-        zblk.chunktab[4096] = zwriter.ZData(b'b' * 10)
+        zblk.chunktab[0] = zbig.ZData(b'a' * 5000)
+        zblk.chunktab[4096] = zbig.ZData(b'b' * 10)
     elif kind == 'ZBlk1-chunk-past-blksize':
-        zblk.chunktab[bs - 4096] = zwriter.ZData(b'c' * 4097)
+        zblk.chunktab[bs - 4096] = zbig.ZData(b'c' * 4097)
     elif kind == 'ZBlk1-negative-offset':
-        zblk.chunktab[-4096] = zwriter.ZData(b'd' * 10)
+        zblk.chunktab[-4096] = zbig.ZData(b'd' * 10)
     elif kind == 'not-a-block':
-        return zwriter.ZData(b'a chunk where a block should be')
+        return zbig.ZData(b'a chunk where a block should be')
     return zblk
 
 

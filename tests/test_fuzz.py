@@ -7,7 +7,7 @@ one ASCII line; `ChannelState` under any order of requests and replies stays
 consistent.
 
 The format decoder (ZBIGFILE.md), without a mount: real records written by
-zwriter, truncated and mutated; records of every class with states of wrong
+zbig, truncated and mutated; records of every class with states of wrong
 types and shapes; and the cases the format names (chunks that overlap, run
 past blksize or have negative offsets, blocks longer than blksize, a blktab
 that is not an LOBTree). Every call wcfs makes to serve a file raises only
@@ -47,14 +47,15 @@ from ZODB.POSException import POSKeyError
 from ZODB.utils import p64, u64, z64
 
 from devtools.procs import wait_for
-from wcfs_lib import zformat, zwriter
-from wcfs_lib.delta import compare_revisions
+from wcfs_lib import zbig
+from wcfs_lib.zodb import zformat
+from wcfs_lib.follow.delta import compare_revisions
 from wcfs_lib.protocol import (MAX_LINE, ChannelState, LineBuffer, ProtocolError, format_error,
                                parse_request)
-from wcfs_lib.fileindex import FileIndex
-from wcfs_lib.oidindex import OidIndex
+from wcfs_lib.follow.fileindex import FileIndex
+from wcfs_lib.follow.oidindex import OidIndex
 from chanhelp import Chan
-from zhelp import KiB, Writer, head_at, hex16, read_bytes, stats
+from zhelp import KiB, Writer, block_bytes, head_at, hex16, read_bytes, stats
 from zrecords import (AT, BOMB_CASES, BS, IOBTREE, IOBUCKET, LOBTREE, LOBUCKET, SKELETON, Z, R,
                       Records, loader_of, record)
 
@@ -184,7 +185,7 @@ class ChannelMachine(RuleBasedStateMachine):
 
     @rule(n=st.integers(1, 20))
     def head_moves(self, n):
-        """An update: BigFile._wait_acks, then _answer_waiting."""
+        """An update: BigFile._update_clients, then answer_waiting."""
         self.head += n
         c = self.ch
         if c.subscribed and not c.unacked and c.reported < self.head:
@@ -245,7 +246,7 @@ def serve(loader, oid):
             if zblk is None:
                 blocks[blk] = b'hole'
             else:
-                data, oids = loader.load_block(zblk, AT, head.blksize)
+                data, oids = block_bytes(loader, zblk, AT, head.blksize)
                 assert len(data) == head.blksize
                 blocks[blk] = data
         except ALLOWED as e:
@@ -256,7 +257,7 @@ def serve(loader, oid):
 def block_parts(loader, oid):
     """{blk: oids its block is made of (ZBlk, chunk tree nodes, ZData)} of a sound file."""
     head = loader.zbigfile(oid, AT)
-    return {blk: set(loader.load_block(zblk, AT, head.blksize)[1])
+    return {blk: set(block_bytes(loader, zblk, AT, head.blksize)[1])
             for blk, zblk in loader.walk(head.blktab, AT)}
 
 
@@ -303,10 +304,10 @@ def time_bound(seconds):
     assert not fired, 'took over %s s' % seconds
 
 
-# ---- real records, written by zwriter ----
+# ---- real records, written by zbig ----
 
 class RealDB:
-    """ZBigFiles of every shape zwriter writes, as raw records of one revision.
+    """ZBigFiles of every shape zbig writes, as raw records of one revision.
 
     files: {oid: expected {blk: bytes}}, blksize: {oid: blksize},
     records: {oid: raw record}, parts: {file oid: {blk: oids of the block}},
@@ -321,26 +322,26 @@ class RealDB:
         root = conn.root()
         made = []
 
-        a = zwriter.ZBigFile(4 * KiB)                   # blktab of several buckets
+        a = zbig.ZBigFile(4 * KiB)                   # blktab of several buckets
         for blk in range(0, 140, 2):
             a.write_block(blk, bytes([blk]) * (blk + 1), 'ZBlk0')
-        a.blktab[141] = zwriter.ZBlk(b'old name')
+        a.blktab[141] = zbig.ZBlk(b'old name')
         made.append(a)
 
-        b = zwriter.ZBigFile(16 * KiB)                  # ZBlk1 of several chunk buckets
+        b = zbig.ZBigFile(16 * KiB)                  # ZBlk1 of several chunk buckets
         b.write_block(0, bytes(range(256)) * 64, 'ZBlk1', chunk=128)
         b.write_block(1, b'\x01' * 5000, 'ZBlk1', chunk=1024)
         b.write_block(3, b'short', 'ZBlk0')
         b.write_block(4, bytes(16 * KiB), 'ZBlk1')      # an empty chunk tree
         made.append(b)
 
-        c = zwriter.ZBigFile(8 * KiB, py2str=True)      # state as Python 2 str
+        c = zbig.ZBigFile(8 * KiB, py2str=True)      # state as Python 2 str
         c.write_block(0, bytes(range(256)) * 3, 'ZBlk0')
         c.write_block(1, b'\xff' * 300 + b'\0' * 100 + b'\xfe', 'ZBlk1', chunk=256)
         c.write_block(2, b'ascii only', 'ZBlk0')
         made.append(c)
 
-        made.append(zwriter.ZBigFile(4 * KiB))          # empty
+        made.append(zbig.ZBigFile(4 * KiB))          # empty
 
         for i, f in enumerate(made):
             root['f%d' % i] = f
@@ -446,7 +447,7 @@ def test_decode_of_arbitrary_bytes_is_format_error(data):
     with memory_bound(), time_bound(10):
         for call in (lambda: loader.decode(1, AT), lambda: loader.zbigfile(1, AT),
                      lambda: loader.node(1, AT), lambda: loader.node(1, AT, zformat.IOBTREE),
-                     lambda: loader.load_block(1, AT, 4096)):
+                     lambda: block_bytes(loader, 1, AT, 4096)):
             try:
                 call()
             except ALLOWED:
@@ -645,7 +646,7 @@ PROBE = textwrap.dedent('''
     import resource, sys, time
     sys.path[:0] = [%r, %r]
     from zrecords import BOMB_CASES, Records, loader_of
-    from wcfs_lib import zformat
+    from wcfs_lib.zodb import zformat
     make, call = BOMB_CASES[sys.argv[1]]
     loader = loader_of(Records(make()))
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
@@ -827,7 +828,7 @@ def test_broken_blocks_through_a_mount_are_EIO_and_wcfs_keeps_serving(zeo, wcfs_
     w.commit()
 
     zw = Writer(zeo.db())
-    sound = zwriter.ZBigFile(MBS)
+    sound = zbig.ZBigFile(MBS)
     sound.write_block(0, b'sound file', 'ZBlk1')
     sound_oid, _ = zw.add(sound)
 
@@ -890,7 +891,7 @@ NAMES = st.one_of(NAME_BYTES,
 
 def test_names_of_any_length_and_bytes_give_errnos_and_wcfs_keeps_serving(zeo, wcfs_mount):
     zw = Writer(zeo.db())
-    f = zwriter.ZBigFile(MBS)
+    f = zbig.ZBigFile(MBS)
     f.write_block(0, b'named')
     oid, tid = zw.add(f)
     mnt = wcfs_mount(zeo.zurl)
@@ -952,7 +953,7 @@ def test_blktab_of_shared_nodes_does_not_stall_other_files(zeo, wcfs_mount, raw_
     dag = w.new(Z + 'ZBigFile', (MBS, R(node)))
     w.commit()
     zw = Writer(zeo.db())
-    f = zwriter.ZBigFile(MBS)
+    f = zbig.ZBigFile(MBS)
     f.write_block(0, b'before')
     oid, _ = zw.add(f)
     mnt = wcfs_mount(zeo.zurl)

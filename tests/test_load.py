@@ -228,8 +228,8 @@ if __name__ == '__main__':
 import pytest  # noqa: E402  (the processes above need none of this)
 
 from devtools.procs import wait_for  # noqa: E402
-from wcfs_lib import zwriter  # noqa: E402
-from wcfs_lib.bigfile import MAX_REVDIRS  # noqa: E402
+from wcfs_lib import zbig  # noqa: E402
+from wcfs_lib.files.bigfile import MAX_REVDIRS  # noqa: E402
 from zhelp import Writer, head_at, read_bytes, stats  # noqa: E402
 
 MiB = 1 << 20
@@ -374,7 +374,7 @@ def _run_load(zeo, wcfs_mount, tmp_path, procs, idle, report):
     # 1000 files in 10 commits
     files = []
     for i in range(NFILES):
-        f = zwriter.ZBigFile(BS)
+        f = zbig.ZBigFile(BS)
         for blk in range(NBLK_WRITTEN if i in WRITTEN else NBLK_OTHER):
             f.write_block(blk, block(i, blk, 0), 'ZBlk0' if blk % 2 else 'ZBlk1')
         w.root['f%04d' % i] = f
@@ -443,7 +443,7 @@ def _run_load(zeo, wcfs_mount, tmp_path, procs, idle, report):
             for blk in changed[f]:
                 n += 1
                 seq[f][blk] = n
-                files[f].write_block(blk, block(f, blk, n), rng.choice(zwriter.KINDS))
+                files[f].write_block(blk, block(f, blk, n), rng.choice(zbig.KINDS))
         history.append((w.commit(), changed, {f: list(s) for f, s in seq.items()}))
         lag.last_commit = time.monotonic()
         for p in clients + readers:

@@ -3,7 +3,7 @@ releases every instance, also one lent out at the time (given back later):
 its database sessions end."""
 
 from devtools.procs import wait_for
-from wcfs_lib.zstorage import mvcc
+from wcfs_lib.zodb.zstorage import mvcc
 
 
 def sessions(postgres):

@@ -25,10 +25,10 @@ from ZODB.utils import p64
 
 from chanhelp import Chan, NoReply, ranges_of
 from devtools.procs import wait_for
-from wcfs_lib import zwriter
-from wcfs_lib.zstorage import Cancelled, Records, zeo_burst
-from wcfs_lib.zstorage.base import transactions_from_iterator
-from wcfs_lib.zstorage.walks import Walks
+from wcfs_lib import zbig
+from wcfs_lib.zodb.zstorage import Cancelled, Records, zeo_burst
+from wcfs_lib.zodb.zstorage.base import transactions_from_iterator
+from wcfs_lib.zodb.zstorage.walks import Walks
 from zhelp import KiB, Writer, head_at, stat_int
 
 BS = 4 * KiB
@@ -45,7 +45,7 @@ class History:
     def __init__(self, db, seed=15):
         rng = random.Random(seed)
         self.w = Writer(db)
-        f = zwriter.ZBigFile(BS)
+        f = zbig.ZBigFile(BS)
         for blk in range(NBLK):
             f.write_block(blk, os.urandom(BS))
         self.oid, tid = self.w.add(f)

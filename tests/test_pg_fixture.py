@@ -19,7 +19,7 @@ from ZODB.utils import p64, u64
 from devtools.pgcluster import PGServer
 from devtools.procs import accepts, wait_for
 from devtools.wcfsproc import ROOT
-from wcfs_lib import zwriter
+from wcfs_lib import zbig
 from devtools.pgcluster import PostgresCluster, PostgresError
 
 BLKSIZE = 4096
@@ -30,7 +30,7 @@ def write_bigfile(db):
     """Commit root['f'] = a ZBigFile of BLOCKS; -> (its oid, the commit's tid)."""
     conn = db.open()
     try:
-        f = zwriter.ZBigFile(BLKSIZE)
+        f = zbig.ZBigFile(BLKSIZE)
         for blk, data in BLOCKS.items():
             f.write_block(blk, data)
         conn.root()['f'] = f

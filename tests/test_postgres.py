@@ -215,7 +215,7 @@ def test_prefetched_records_are_the_records_loadBefore_gives(postgres):
     loads in batches); each must be what loadBefore answers, next revision
     included."""
     from ZODB.utils import p64
-    from wcfs_lib import zstorage
+    from wcfs_lib.zodb import zstorage
     w = Writer(postgres.db())
     f, oid, _ = w.new_file(BS, {blk: block('p0 %d' % blk) for blk in range(6)})
     tids = []

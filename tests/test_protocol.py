@@ -29,7 +29,7 @@ import ZODB.FileStorage
 from chanhelp import Chan, Client, Have, ranges_of
 from devtools.procs import wait_for
 from scenes import BS, blocks_differing, randbytes
-from wcfs_lib.server import MAX_CHANNELS
+from wcfs_lib.service.server import MAX_CHANNELS
 from zhelp import KiB, MiB, Writer, head_at, hex16, process_state, stat_int, vmrss, wait_head
 
 def blocks_in(ranges, blksize):

@@ -1,7 +1,7 @@
 """A few users may not take what every user of a shared mount needs (SPEC
 §4.6): a uid keeps free as many channels (`head/invalidations` opens) and
 `@<tid>/` directories as it holds, and a fifth of them once it holds more
-than a fifth (wcfs_lib/quota.py); past that it gets EMFILE or ENOSPC while
+than a fifth (wcfs_lib/service/quota.py); past that it gets EMFILE or ENOSPC while
 other users are still served, and no four uids can deny a fifth.
 
 A hog runs as `nobody` (or another uid) on a mount by root with `-o allow_other` in a
@@ -21,8 +21,8 @@ import textwrap
 import pytest
 
 from scenes import Scene
-from wcfs_lib.bigfile import MAX_REVDIRS
-from wcfs_lib.server import MAX_CHANNELS
+from wcfs_lib.files.bigfile import MAX_REVDIRS
+from wcfs_lib.service.server import MAX_CHANNELS
 from zhelp import AS_NOBODY, NOBODY_PYTHON, hex16
 
 BS = 64 << 10

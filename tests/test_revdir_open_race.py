@@ -35,7 +35,7 @@ DELAY = REVDIR_TIMEOUT + 2.5    # the timeout, then a tick of the timer, and som
 def launch(armed, argv):
     """Run wcfs with argv; while `armed` exists, the first open of a
     revdir's data waits DELAY seconds before it counts as a use."""
-    from wcfs_lib import fs
+    from wcfs_lib.kernel import fs
     import wcfs
 
     new_handle_now = fs.WCFS._new_handle

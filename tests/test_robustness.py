@@ -46,9 +46,9 @@ from chanhelp import Chan, Client, ranges_of
 from devtools.procs import is_mounted, wait_for
 from devtools.zeoserver import ZEOServer
 from scenes import BS, SAFE, Scene, randbytes
-from wcfs_lib.prefetch import AHEAD_BLOCKS
-from wcfs_lib.server import READ_AHEAD_KB
-from zhelp import (AS_NOBODY, NOBODY_PYTHON, KiB, Holder, Writer, assert_serving, cached,
+from wcfs_lib.files.prefetch import AHEAD_BLOCKS
+from wcfs_lib.service.server import READ_AHEAD_KB
+from zhelp import (AS_NOBODY, NOBODY_PYTHON, KiB, Holder, Writer, assert_serving, cached, debug_knobs,
                    expected_modes, head_at, hex16, process_state, read_bytes, run_as_nobody,
                    stat_int, stats, wait_head)
 
@@ -497,7 +497,7 @@ def packed_away(zeo, wcfs_mount):
 
 def test_zbigfile_deleted_by_a_pack_answers_EIO_and_other_files_serve(database, wcfs_mount, monkeypatch):
     zeo = database
-    monkeypatch.setenv('WCFS_PACK_CHECK_INTERVAL', '0.5')   # PostgreSQL tells of no pack
+    monkeypatch.setenv('WCFS_DEBUG', debug_knobs('pack-check-interval=0.5'))   # PostgreSQL tells of no pack
     s, mnt, adir, bdir, gone = packed_away(zeo, wcfs_mount)
     bdata = os.path.join(bdir, 'head', 'data')
     fd = os.open(os.path.join(adir, 'head', 'data'), os.O_RDONLY)
@@ -535,7 +535,7 @@ def test_zbigfile_deleted_by_a_pack_answers_EIO_and_other_files_serve(database, 
 
 def test_zbigfile_deleted_by_a_pack_is_gone_as_a_whole(database, wcfs_mount, monkeypatch):
     zeo = database
-    monkeypatch.setenv('WCFS_PACK_CHECK_INTERVAL', '0.5')   # PostgreSQL tells of no pack
+    monkeypatch.setenv('WCFS_DEBUG', debug_knobs('pack-check-interval=0.5'))   # PostgreSQL tells of no pack
     # SPEC: a ZBigFile deleted by a pack: "its files answer EIO", also where
     # wcfs read the blocks before the pack; mkdir @<tid> whose record was
     # packed away is ENOENT. ZEO sends no invalidation for a pack (only new

@@ -31,7 +31,7 @@ from ZODB.utils import u64
 from chanhelp import Client
 from devtools.procs import wait_for
 from scenes import BS, randbytes
-from wcfs_lib import zwriter
+from wcfs_lib import zbig
 from zhelp import (KiB, MiB, head_at, process_state, raw_store, read_bytes, stat_int, vmrss,
                    wait_head)
 
@@ -302,7 +302,7 @@ def test_mkdir_while_the_watcher_notifies_the_kernel_does_not_deadlock(serve):
     s = serve(nblk=2)
     big = []
     for _ in range(6):
-        f = zwriter.ZBigFile(4 * KiB)
+        f = zbig.ZBigFile(4 * KiB)
         for blk in range(0, 20000, 7):
             f.write_block(blk, b'x', 'ZBlk0')
         big.append(s.w.add(f)[0])

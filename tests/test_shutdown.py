@@ -1,4 +1,4 @@
-"""Shutdown is one path (wcfs_lib/server.py stop()): whatever asked for it
+"""Shutdown is one path (wcfs_lib/service/server.py stop()): whatever asked for it
 (SIGTERM, a failure of the timer loop), wcfs unmounts, ends every thread it
 started (FUSE, watcher, movers, prefetch, poller) and closes the database.
 
@@ -16,7 +16,7 @@ import pytest
 import wcfs
 from chanhelp import Chan
 from devtools.procs import is_mounted, wait_for
-from wcfs_lib import server
+from wcfs_lib.service import server
 from zhelp import KiB, Writer, read_bytes
 
 BS = 64 * KiB

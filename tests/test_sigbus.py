@@ -49,7 +49,7 @@ MAX_BLOCKS = 24         # the file shrinks back to 4 blocks past this
 def launch(delay, argv):
     """Run wcfs with argv, answering getattr and lookup of head/data `delay`
     seconds after the answer was made (its size read from the head)."""
-    from wcfs_lib import fs
+    from wcfs_lib.kernel import fs
     import wcfs
 
     getattr_now = fs.WCFS.getattr

@@ -22,7 +22,8 @@ import time
 import pytest
 
 from devtools.procs import wait_for
-from wcfs_lib import blockcache, mount
+from wcfs_lib.files import blockcache
+from wcfs_lib.kernel import mount
 from zhelp import MiB, Writer, hex16, stat_int
 
 NOBODY = ['setpriv', '--reuid=nobody', '--regid=nogroup', '--clear-groups']

@@ -39,7 +39,7 @@ def launch(armed, done, argv):
     """Run wcfs with argv; while the file `armed` exists, a Cat's check takes
     DELAY seconds more (`armed`.checking is made when it starts), and each
     want's handling appends its Cat to `done`."""
-    from wcfs_lib import bigfile
+    from wcfs_lib.files import bigfile
     import wcfs
 
     check_now = bigfile.BigFile._check_cat

@@ -8,8 +8,8 @@ from ZODB.TimeStamp import TimeStamp
 from ZODB.utils import p64, u64
 
 from devtools.pgcluster import last_transaction
-from wcfs_lib.zstorage import zeo_burst
-from wcfs_lib.zstorage.base import transactions_from_iterator
+from wcfs_lib.zodb.zstorage import zeo_burst
+from wcfs_lib.zodb.zstorage.base import transactions_from_iterator
 
 
 def commit_many(db, n, seed):

@@ -5,10 +5,10 @@ import pytest
 from ZODB.MappingStorage import MappingStorage
 from ZODB.utils import u64
 
-from wcfs_lib import zformat, zstorage
-from wcfs_lib.zstorage.mvcc import MVCCDatabase
-from wcfs_lib.zstorage.plain import PlainDatabase
-from wcfs_lib.zstorage.zeo import MissingPrivate, ZEODatabase
+from wcfs_lib.zodb import zformat, zstorage
+from wcfs_lib.zodb.zstorage.mvcc import MVCCDatabase
+from wcfs_lib.zodb.zstorage.plain import PlainDatabase
+from wcfs_lib.zodb.zstorage.zeo import MissingPrivate, ZEODatabase
 from zhelp import KiB, Writer
 
 BS = 64 * KiB

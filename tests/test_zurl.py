@@ -5,7 +5,8 @@ import os
 
 import pytest
 
-from wcfs_lib import zstorage
+from wcfs_lib.zodb import zstorage
+from wcfs_lib.zurl import masked
 
 
 @pytest.mark.parametrize('zurl, shown', [
@@ -21,7 +22,7 @@ from wcfs_lib import zstorage
     ('file:///data/a:b@c/Data.fs', 'file:///data/a:b@c/Data.fs'),
 ])
 def test_password_is_masked(zurl, shown):
-    assert zstorage.masked(zurl) == shown
+    assert masked(zurl) == shown
 
 
 def test_zurl_file_shows_no_password(zeo, wcfs_mount):
@@ -35,7 +36,7 @@ def test_zurl_file_shows_no_password(zeo, wcfs_mount):
 
 # ---- postgres:// is opened by wcfs itself: read-only, no DDL ----
 
-from wcfs_lib.zstorage import postgres  # noqa: E402
+from wcfs_lib.zodb.zstorage import postgres  # noqa: E402
 
 
 @pytest.mark.parametrize('zurl, dsn, options', [

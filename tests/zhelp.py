@@ -31,7 +31,8 @@ from ZODB.utils import p64, u64
 from devtools.pgcluster import last_transaction
 from devtools.procs import wait_for
 from devtools.wcfsproc import WCFS
-from wcfs_lib import zwriter
+from wcfs_lib import zbig
+from wcfs_lib.zodb import zformat
 
 PAGE = mmap.PAGESIZE
 KiB = 1 << 10
@@ -60,7 +61,7 @@ class Writer:
 
     def new_file(self, blksize, blocks=(), kind='ZBlk0', py2str=False):
         """A ZBigFile with blocks {blk: data} (or [(blk, data)]), committed; -> (f, oid, tid)."""
-        f = zwriter.ZBigFile(blksize, py2str=py2str)
+        f = zbig.ZBigFile(blksize, py2str=py2str)
         for blk, data in dict(blocks).items():
             f.write_block(blk, data, kind)
         oid, tid = self.add(f)
@@ -111,6 +112,26 @@ def raw_store(storage, records):
     storage.tpc_vote(t)
     storage.tpc_finish(t)
     return u64(storage.lastTransaction())
+
+
+def debug_knobs(*knobs):
+    """WCFS_DEBUG with `knobs` added to the suite's own (conftest.py)."""
+    return ','.join(filter(None, [os.environ.get('WCFS_DEBUG', '')] + list(knobs)))
+
+
+def block_bytes(loader, zblk, at, blksize):
+    """-> (block `zblk` as of `at` as blksize bytes, the oids it is made of)."""
+    data, oids = loader.load_block_data(zblk, at, blksize)
+    return bytes(data.view()).ljust(blksize, b'\0'), oids
+
+
+def index_mapping(index):
+    """-> {blk: ZBlk oid} of a whole file from its FileIndex's nodes."""
+    out = {}
+    for node in index.nodes.values():
+        if isinstance(node, zformat.Bucket):
+            out.update(zip(node.keys, node.oids))
+    return out
 
 
 def tid_time(tid):

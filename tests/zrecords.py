@@ -11,9 +11,9 @@ import zodbpickle.pickle
 from ZODB.POSException import POSKeyError
 from ZODB.utils import p64, u64
 
-from wcfs_lib import zformat, zstorage
-from wcfs_lib.fileindex import FileIndex
-from wcfs_lib.oidindex import OidIndex
+from wcfs_lib.zodb import zformat, zstorage
+from wcfs_lib.follow.fileindex import FileIndex
+from wcfs_lib.follow.oidindex import OidIndex
 
 Z = 'wendelin.bigfile.file_zodb.'
 LOBTREE, LOBUCKET = 'BTrees.LOBTree.LOBTree', 'BTrees.LOBTree.LOBucket'

@@ -9,8 +9,10 @@
 `LineBuffer` cuts the byte stream a client writes into request lines (a line
 may arrive split over several writes; `\\r\\n` is accepted; a line over
 MAX_LINE bytes is an error, discarded up to its newline). `parse_request`
-turns a line into a request. `ChannelState` is one channel's state machine:
-it says which requests are allowed now, and records what was sent.
+turns a line into a request and `parse_reply` a line wcfs wrote into a
+reply (the client library and the tests speak through these, so that both
+sides read one grammar). `ChannelState` is one channel's state machine: it
+says which requests are allowed now, and records what was sent.
 """
 
 import re
@@ -76,6 +78,36 @@ def parse_request(line):
         return 'want', parse_tid(words[1])
     verb = words[0][:32].decode('ascii', 'backslashreplace')
     raise ProtocolError('unknown request %r' % verb if verb else 'empty request')
+
+
+def format_want(tid):
+    return b'want %016x\n' % tid
+
+
+def format_ack():
+    return b'ack\n'
+
+
+def parse_reply(line):
+    """A line wcfs wrote, without its newline -> ('have', tid, ranges) |
+    ('wait', tid, None) | ('error', message, None); ProtocolError else."""
+    words = line.split(b' ')
+    if words[0] == b'error':
+        return 'error', line[len(b'error '):].decode('ascii', 'backslashreplace'), None
+    if words[0] != b'have' or len(words) < 2:
+        raise ProtocolError('not a reply: %r' % line[:64])
+    tid = parse_tid(words[1])
+    if words[2:] == [b'wait']:
+        return 'wait', tid, None
+    return 'have', tid, [_parse_range(word) for word in words[2:]]
+
+
+def _parse_range(word):
+    start, sep, stop = word.partition(b'-')
+    if not (sep and start.isdigit() and stop.isdigit()) or int(start) >= int(stop):
+        raise ProtocolError('invalid range %r: want <start>-<stop>, start < stop'
+                            % word[:64].decode('ascii', 'backslashreplace'))
+    return int(start), int(stop)
 
 
 def format_have(tid, ranges=(), wait=False):

@@ -1,6 +1,6 @@
 """The δ engine without a mount: commits into a database in, expected byte ranges out.
 
-Each case writes a ZBigFile with wcfs_lib.zwriter (ZBlk0 and ZBlk1 blocks,
+Each case writes a ZBigFile with wcfs_lib.zbig (ZBlk0 and ZBlk1 blocks,
 state as Python 3 bytes and as Python 2 str) into a ZODB.DB on a
 ZODB.MappingStorage.MappingStorage, commits a setup, then one or more
 changes, and checks δR(setup, last) against SPEC §4.2: ranges half-open,
@@ -30,10 +30,11 @@ from BTrees.LOBTree import LOBTree
 from hypothesis import given, settings, strategies as st
 
 from mappingdb import B, Database, oid_of
-from wcfs_lib import zwriter
-from wcfs_lib.delta import compare_revisions
-from wcfs_lib.fileindex import FileIndex
-from wcfs_lib.oidindex import OidIndex
+from wcfs_lib import zbig
+from wcfs_lib.follow.delta import compare_revisions
+from wcfs_lib.follow.fileindex import FileIndex
+from wcfs_lib.follow.oidindex import OidIndex
+from zhelp import block_bytes, index_mapping
 
 PAGE = 4096     # every blksize wcfs serves is a multiple of it
 
@@ -64,8 +65,8 @@ def update(index, tid, oids):
 
 def read_blocks(loader, index):
     """Read every block as of index.at, as a read of head/data does: its parts get noted."""
-    for blk, zblk in index.mapping().items():
-        _data, oids = loader.load_block(zblk, index.at, index.head.blksize)
+    for blk, zblk in index_mapping(index).items():
+        _data, oids = block_bytes(loader, zblk, index.at, index.head.blksize)
         index.note_parts(blk, oids)
 
 
@@ -116,8 +117,8 @@ def deltas(db, oid, at, steps, reads=(False, True)):
         for name, engine in (('index per transaction', index_steps), ('index folded', index_folded)):
             ranges, index = engine(loader, oid, at, steps, read)
             out['%s%s' % (name, ', blocks read' if read else '')] = ranges
-            assert (index.at, index.mapping(), index.size, index.nodes.keys()) == \
-                (last, fresh.mapping(), fresh.size, fresh.nodes.keys()), (name, read)
+            assert (index.at, index_mapping(index), index.size, index.nodes.keys()) == \
+                (last, index_mapping(fresh), fresh.size, fresh.nodes.keys()), (name, read)
     out['compare per transaction'] = compare_steps(loader, oid, at, steps)
     out['compare folded'] = compare_revisions(loader, oid, at, last)
     return out
@@ -159,7 +160,7 @@ def test_mapping_storage_keeps_old_revisions(db):
     loader = db.loader
     for tid, data in ((at, b'block 0'), (steps[0][0], b'new')):
         head = loader.zbigfile(oid, tid)
-        block, _ = loader.load_block(loader.lookup(head, 0), tid, B)
+        block, _ = block_bytes(loader, loader.lookup(head, 0), tid, B)
         assert block == data.ljust(B, b'\0')
 
 
@@ -391,7 +392,7 @@ def test_folded_with_a_transaction_of_another_object_reports_the_file_only(db):
                  blocks(0))
 
 
-@pytest.mark.parametrize('kind', zwriter.KINDS)
+@pytest.mark.parametrize('kind', zbig.KINDS)
 def test_zblk_rewritten_with_identical_content_is_touched(db, kind):
     def rewrite(f):
         f.blktab[1]._p_changed = True
@@ -408,12 +409,12 @@ def test_zblk0_rewritten_by_write_block_with_identical_content_is_touched(db):
 BLK = st.integers(0, 11)
 OPS = st.one_of(
     st.tuples(st.just('write'), BLK, st.integers(0, B - 1), st.binary(min_size=1, max_size=40),
-              st.sampled_from(zwriter.KINDS)),
+              st.sampled_from(zbig.KINDS)),
     st.tuples(st.just('rewrite'), st.integers(0, 99)),
     st.tuples(st.just('delete'), BLK),
     st.tuples(st.just('truncate'), BLK),
     st.tuples(st.just('point'), BLK, st.integers(0, 99)),
-    st.tuples(st.just('blksize'), st.integers(1, 3), st.sampled_from(zwriter.KINDS)),
+    st.tuples(st.just('blksize'), st.integers(1, 3), st.sampled_from(zbig.KINDS)),
     st.tuples(st.just('replace_blktab')),
     st.tuples(st.just('other')),
     st.tuples(st.just('chunk alone'), st.integers(0, 99), st.binary(min_size=1, max_size=8)),
@@ -450,7 +451,7 @@ def apply(db, f, op):
     elif name == 'other':
         db.root['other'] = db.root.get('other', 0) + 1
     elif name == 'chunk alone':                         # not as wendelin.core writes
-        zblk = nth([z for z in f.blktab.values() if isinstance(z, zwriter.ZBlk1) and z.chunktab],
+        zblk = nth([z for z in f.blktab.values() if isinstance(z, zbig.ZBlk1) and z.chunktab],
                    args[0])
         if zblk is not None:
             zblk.chunktab[zblk.chunktab.minKey()].data = args[1]
@@ -493,7 +494,7 @@ def mapping(loader, head):
 
 
 def parts(loader, zblk, at, blksize):
-    return set(loader.load_block(zblk, at, blksize)[1])
+    return set(block_bytes(loader, zblk, at, blksize)[1])
 
 
 def differing_pages(old, new):

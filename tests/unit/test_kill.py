@@ -16,7 +16,7 @@ import pytest
 from devtools.procs import wait_for
 
 from wcfs_lib import procfs
-from wcfs_lib.subscription import KillPolicy
+from wcfs_lib.files.subscription import KillPolicy
 
 NS_LAST_PID = '/proc/sys/kernel/ns_last_pid'
 

@@ -10,10 +10,11 @@ import time
 
 import pytest
 
-from wcfs_lib import zformat
-from wcfs_lib.blockcache import BlockCache
-from wcfs_lib.blockdata import BlockData, Reply
-from wcfs_lib.prefetch import ReadStream
+from wcfs_lib.zodb import zformat
+from wcfs_lib.files.blockcache import BlockCache
+from wcfs_lib.zodb.blockdata import BlockData
+from wcfs_lib.files.reply import Reply
+from wcfs_lib.files.prefetch import ReadStream
 
 BS = 1 << 20
 CLASS = b'\x80\x03cwendelin.bigfile.file_zodb\nZBlk0\nq\x00.'

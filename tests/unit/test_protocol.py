@@ -4,7 +4,8 @@ lines in, requests or errors out; `have` lines; one channel's state machine;
 
 import pytest
 
-from wcfs_lib.delta import DeltaHistory, blocks_to_ranges, merge_ranges
+from wcfs_lib.follow.delta import DeltaHistory
+from wcfs_lib.ranges import blocks_to_ranges, merge_ranges
 from wcfs_lib.protocol import (MAX_LINE, ChannelState, LineBuffer, ProtocolError, format_error,
                                format_have, parse_request)
 

@@ -1,4 +1,4 @@
-"""The share rule of wcfs_lib/quota.py (SPEC §4.6), without a mount: no group
+"""The share rule of wcfs_lib/service/quota.py (SPEC §4.6), without a mount: no group
 of up to four uids can deny a fifth, in any order of takes and releases; one
 uid alone still holds at least 1000 channels and 1000 `@<tid>/` directories;
 a uid over a fifth gets another only while a fifth stays free."""
@@ -7,9 +7,9 @@ import itertools
 
 import pytest
 
-from wcfs_lib.bigfile import MAX_REVDIRS
-from wcfs_lib.quota import Quota
-from wcfs_lib.server import MAX_CHANNELS
+from wcfs_lib.files.bigfile import MAX_REVDIRS
+from wcfs_lib.service.quota import Quota
+from wcfs_lib.service.server import MAX_CHANNELS
 
 
 def take_all(q, uid):

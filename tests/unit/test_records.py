@@ -7,7 +7,7 @@ import threading
 import pytest
 from ZODB.MappingStorage import MappingStorage
 
-from wcfs_lib import zstorage
+from wcfs_lib.zodb import zstorage
 
 THREADS = 8
 ASKS = 20000

@@ -14,7 +14,7 @@ import signal
 import pytest
 
 import wcfs
-from wcfs_lib import server
+from wcfs_lib.service import server
 
 
 class CutStream:

@@ -3,12 +3,13 @@
 import pytest
 
 from mappingdb import Database, oid_of
-from wcfs_lib import zformat
-from wcfs_lib.bigfile import BigFile, BigFileTable
-from wcfs_lib.fileindex import FileIndex
-from wcfs_lib.oidindex import OidIndex
-from wcfs_lib.stats import Stats
-from wcfs_lib.watcher import Watcher
+from wcfs_lib.zodb import zformat
+from wcfs_lib.files.bigfile import BigFile
+from wcfs_lib.files.table import BigFileTable
+from wcfs_lib.follow.fileindex import FileIndex
+from wcfs_lib.follow.oidindex import OidIndex
+from wcfs_lib.service.stats import Stats
+from wcfs_lib.follow.watcher import Watcher
 
 
 def test_a_file_whose_load_fails_leaves_nothing_in_the_oid_index():
@@ -24,7 +25,7 @@ def test_a_file_whose_load_fails_leaves_nothing_in_the_oid_index():
         oid = oid_of(f)
         zblks = {oid_of(f.blktab[blk]) for blk in range(4)}
         table, oidindex = BigFileTable(), OidIndex()
-        watcher = Watcher(db.loader, table, Stats(), oidindex)
+        watcher = Watcher(db.loader, table, Stats(), oidindex, BigFile)
         kind, loading = table.start_loading(oid, at)
         assert kind == 'new'
         # a transaction to catch up on that the file cannot follow: as of

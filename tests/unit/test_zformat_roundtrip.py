@@ -1,11 +1,13 @@
-"""What zwriter writes, zformat reads back: the same bytes for every block, as of every revision."""
+"""What zbig writes, zformat reads back: the same bytes for every block, as of every revision."""
 
 import pytest
 import transaction
 import ZODB
 import ZODB.FileStorage
 
-from wcfs_lib import zformat, zstorage, zwriter
+from wcfs_lib import zbig
+from wcfs_lib.zodb import zformat, zstorage
+from zhelp import block_bytes
 from zscripts import B, MiB, SCRIPTS, commit, oid, randbytes, store
 
 
@@ -35,7 +37,7 @@ def reader_snapshot(db, f, at):
     for blk in range(size // head.blksize):
         zblk = loader.lookup(head, blk)
         blocks.append(bytes(head.blksize) if zblk is None else
-                      loader.load_block(zblk, at, head.blksize)[0])
+                      block_bytes(loader, zblk, at, head.blksize)[0])
     return size, blocks
 
 
@@ -44,19 +46,19 @@ PY2STR = pytest.mark.parametrize('py2str', [False, True], ids=['py3', 'py2str'])
 
 @PY2STR
 def test_block_kinds_holes_and_short_blocks(db, py2str):
-    f = zwriter.ZBigFile(2 * B, py2str=py2str)
+    f = zbig.ZBigFile(2 * B, py2str=py2str)
     f.write_block(0, b'\xff zblk0', kind='ZBlk0')
     f.write_block(2, b'\xfe zblk1'.rjust(B + 5, b'\0'), kind='ZBlk1')
     f.write_block(3, b'', kind='ZBlk0')
     f.write_block(5, bytes(2 * B), kind='ZBlk1')          # an empty chunk tree
-    f.blktab[6] = zwriter.ZBlk(b'old name')
+    f.blktab[6] = zbig.ZBlk(b'old name')
     tid = store(db, f)
     assert reader_snapshot(db, f, tid) == snapshot(f)
 
 
 @PY2STR
 def test_btrees_with_several_buckets(db, py2str):
-    f = zwriter.ZBigFile(2 * MiB, py2str=py2str)
+    f = zbig.ZBigFile(2 * MiB, py2str=py2str)
     f.write_block(0, randbytes(2 * MiB), kind='ZBlk1')   # 512 chunks
     f.write_block(250, b'\x80last', kind='ZBlk0')
     for blk in range(1, 250, 3):
@@ -67,7 +69,7 @@ def test_btrees_with_several_buckets(db, py2str):
 
 @PY2STR
 def test_zblk1_partial_change_reads_old_and_new(db, py2str):
-    f = zwriter.ZBigFile(2 * MiB, py2str=py2str)
+    f = zbig.ZBigFile(2 * MiB, py2str=py2str)
     data = bytearray(randbytes(2 * MiB))
     f.write_block(0, data, kind='ZBlk1')
     tid1 = store(db, f)
@@ -83,7 +85,7 @@ def test_zblk1_partial_change_reads_old_and_new(db, py2str):
 @PY2STR
 @pytest.mark.parametrize('script', SCRIPTS.values(), ids=SCRIPTS.keys())
 def test_every_revision_of_a_script_reads_back(db, script, py2str):
-    f = zwriter.ZBigFile(B, py2str=py2str)
+    f = zbig.ZBigFile(B, py2str=py2str)
     revisions = [(store(db, f), snapshot(f))]
     for op, *args in script:
         getattr(f, op)(*args)
@@ -93,31 +95,31 @@ def test_every_revision_of_a_script_reads_back(db, script, py2str):
 
 
 MALFORMED = {
-    'ZBlk0 longer than blksize': lambda: zwriter.ZBlk0(b'x' * (B + 1)),
-    'ZBlk0 state not bytes': lambda: zwriter.ZBlk0('text'),
-    'ZData in blktab': lambda: zwriter.ZData(b'x'),
+    'ZBlk0 longer than blksize': lambda: zbig.ZBlk0(b'x' * (B + 1)),
+    'ZBlk0 state not bytes': lambda: zbig.ZBlk0('text'),
+    'ZData in blktab': lambda: zbig.ZData(b'x'),
     'chunk past blksize': lambda: zblk1({B - 2: b'abc'}),
     'overlapping chunks': lambda: zblk1({0: b'x' * 100, 50: b'y'}),
-    'chunk not ZData': lambda: zblk1({0: zwriter.ZBlk0(b'x')}),
+    'chunk not ZData': lambda: zblk1({0: zbig.ZBlk0(b'x')}),
 }
 
 
 def zblk1(chunks):
     """A ZBlk1 holding chunks {offset: bytes or raw object} as given."""
-    zblk = zwriter.ZBlk1()
+    zblk = zbig.ZBlk1()
     for off, chunk in chunks.items():
-        zblk.chunktab[off] = zwriter.ZData(chunk) if isinstance(chunk, bytes) else chunk
+        zblk.chunktab[off] = zbig.ZData(chunk) if isinstance(chunk, bytes) else chunk
     return zblk
 
 
 @pytest.mark.parametrize('make', MALFORMED.values(), ids=MALFORMED.keys())
 def test_malformed_block_is_FormatError(db, make):
-    f = zwriter.ZBigFile(B)
+    f = zbig.ZBigFile(B)
     f.write_block(0, b'fine')
     f.blktab[1] = make()
     tid = store(db, f)
     loader = zformat.ZLoader(zstorage.Records(db.storage))
     head = loader.zbigfile(oid(f), tid)
-    assert loader.load_block(loader.lookup(head, 0), tid, B)[0] == f.read_block(0)
+    assert block_bytes(loader, loader.lookup(head, 0), tid, B)[0] == f.read_block(0)
     with pytest.raises(zformat.FormatError):
-        loader.load_block(loader.lookup(head, 1), tid, B)
+        block_bytes(loader, loader.lookup(head, 1), tid, B)

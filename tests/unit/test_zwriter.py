@@ -1,4 +1,4 @@
-"""zwriter writes ZBigFiles in wendelin.core's format: checked on the raw records of a FileStorage."""
+"""zbig writes ZBigFiles in wendelin.core's format: checked on the raw records of a FileStorage."""
 
 import io
 import pickletools
@@ -13,7 +13,7 @@ from hypothesis import given, settings, strategies as st
 from ZODB.POSException import StateLoadError
 from ZODB.utils import p64, u64
 
-from wcfs_lib import zwriter
+from wcfs_lib import zbig
 from zscripts import B, MiB, SCRIPTS, commit, oid, randbytes, store
 
 Z = 'wendelin.bigfile.file_zodb.'
@@ -93,16 +93,16 @@ def test_classes_are_registered_under_wendelin_names():
     mod = sys.modules['wendelin.bigfile.file_zodb']
     for name in ('ZBigFile', 'ZBlk0', 'ZBlk', 'ZBlk1', 'ZData'):
         cls = getattr(mod, name)
-        assert cls is getattr(zwriter, name)
+        assert cls is getattr(zbig, name)
         assert (cls.__module__, cls.__qualname__) == ('wendelin.bigfile.file_zodb', name)
     assert sys.modules['wendelin'].bigfile.file_zodb is mod
 
 
 def test_records_pickle_under_wendelin_class_names(db):
-    f = zwriter.ZBigFile(4096)
+    f = zbig.ZBigFile(4096)
     f.write_block(0, b'abc', kind='ZBlk0')
     f.write_block(1, b'def', kind='ZBlk1')
-    f.blktab[2] = zwriter.ZBlk(b'old')
+    f.blktab[2] = zbig.ZBlk(b'old')
     store(db, f)
     zblk1 = f.blktab[1]
     expect = [
@@ -131,7 +131,7 @@ def test_records_pickle_under_wendelin_class_names(db):
     ('ZBlk1', b'a\0\0\0b\0\0\0\0\0\0\0c', 4, {0: b'a', 4: b'b', 12: b'c'}),
 ], ids=lambda v: repr(v)[:20])
 def test_block_state_shapes(db, kind, data, chunk, chunks):
-    f = zwriter.ZBigFile(16384)
+    f = zbig.ZBigFile(16384)
     f.write_block(0, data, kind=kind, chunk=chunk)
     store(db, f)
     zblk = f.blktab[0]
@@ -149,7 +149,7 @@ def test_block_state_shapes(db, kind, data, chunk, chunks):
 # ---- reading back: holes, padding, size ----
 
 def test_holes_short_blocks_and_size(db):
-    f = zwriter.ZBigFile(4096)
+    f = zbig.ZBigFile(4096)
     assert (f.size(), f.read()) == (0, b'')
     f.write_block(1, b'one', kind='ZBlk0')
     f.write_block(4, b'four', kind='ZBlk1')
@@ -166,7 +166,7 @@ def test_holes_short_blocks_and_size(db):
 
 
 @pytest.mark.parametrize('call', [
-    lambda f: zwriter.ZBigFile(0),
+    lambda f: zbig.ZBigFile(0),
     lambda f: f.write_block(0, bytes(4097)),
     lambda f: f.write_block(-1, b'x'),
     lambda f: f.write_block(0, b'x', kind='ZBlk2'),
@@ -178,13 +178,13 @@ def test_holes_short_blocks_and_size(db):
         'negative offset', 'truncate not a multiple', 'negative blksize'])
 def test_bad_arguments_are_ValueError(call):
     with pytest.raises(ValueError):
-        call(zwriter.ZBigFile(4096))
+        call(zbig.ZBigFile(4096))
 
 
 # ---- BTrees with several buckets ----
 
 def test_zblk1_of_512_chunks_has_several_buckets(db):
-    f = zwriter.ZBigFile(2 * MiB)
+    f = zbig.ZBigFile(2 * MiB)
     data = randbytes(2 * MiB)
     f.write_block(0, data, kind='ZBlk1')
     store(db, f)
@@ -198,7 +198,7 @@ def test_zblk1_of_512_chunks_has_several_buckets(db):
 
 
 def test_blktab_of_250_blocks_has_several_buckets(db):
-    f = zwriter.ZBigFile(4096)
+    f = zbig.ZBigFile(4096)
     model = randbytes(250 * 4096)
     for blk in range(250):
         f.write_block(blk, model[blk * 4096:(blk + 1) * 4096], kind=('ZBlk0', 'ZBlk1')[blk % 2])
@@ -218,7 +218,7 @@ def written_oids(db, tid):
 
 
 def test_zblk1_partial_change_rewrites_only_changed_chunks(db):
-    f = zwriter.ZBigFile(2 * MiB)
+    f = zbig.ZBigFile(2 * MiB)
     data = bytearray(randbytes(2 * MiB))
     f.write_block(0, data, kind='ZBlk1')
     store(db, f)
@@ -245,7 +245,7 @@ def test_zblk1_partial_change_rewrites_only_changed_chunks(db):
 
 
 def test_zblk1_same_content_writes_nothing(db):
-    f = zwriter.ZBigFile(8192)
+    f = zbig.ZBigFile(8192)
     f.write_block(0, b'a' * 5000, kind='ZBlk1')
     tid = store(db, f)
     f.write_block(0, b'a' * 5000 + b'\0' * 10, kind='ZBlk1')
@@ -261,13 +261,13 @@ BINBYTES = {'SHORT_BINBYTES', 'BINBYTES', 'BINBYTES8'}
 def data_records(db, f):
     """Records of every ZBlk0 and ZData of f."""
     for zblk in f.blktab.values():
-        if isinstance(zblk, zwriter.ZBlk1):
+        if isinstance(zblk, zbig.ZBlk1):
             yield from (raw(db, z) for z in zblk.chunktab.values())
         else:
             yield raw(db, zblk)
 
 
-@pytest.mark.parametrize('kind', zwriter.KINDS)
+@pytest.mark.parametrize('kind', zbig.KINDS)
 @pytest.mark.parametrize('data', [
     b'\xff\x80 short, not ascii',
     bytes(range(256)) * 2,                              # 512 bytes: BINSTRING
@@ -275,7 +275,7 @@ def data_records(db, f):
     b'',
 ], ids=['short', 'long', 'ascii', 'empty'])
 def test_py2str_state_is_python2_str(db, kind, data):
-    f = zwriter.ZBigFile(4096, py2str=True)
+    f = zbig.ZBigFile(4096, py2str=True)
     f.write_block(0, data, kind=kind)
     f.write_block(1, bytes(range(1, 256)) * 16, kind=kind)   # 4080 bytes
     store(db, f)
@@ -291,7 +291,7 @@ def test_py2str_state_is_python2_str(db, kind, data):
 
 
 def test_py3_state_is_bytes(db):
-    f = zwriter.ZBigFile(4096)
+    f = zbig.ZBigFile(4096)
     f.write_block(0, b'\xffshort', kind='ZBlk0')
     f.write_block(1, bytes(range(256)) * 4, kind='ZBlk1')
     store(db, f)
@@ -302,7 +302,7 @@ def test_py3_state_is_bytes(db):
 
 def test_py2str_blocks_stay_readable_through_cache_gc(db):
     """ZODB on py3 cannot load non-ASCII py2 str state: the writer's objects stay in memory."""
-    f = zwriter.ZBigFile(2 * MiB, py2str=True)
+    f = zbig.ZBigFile(2 * MiB, py2str=True)
     data = randbytes(2 * MiB, seed=1)
     f.write_block(0, data, kind='ZBlk1')
     f.write_block(1, data, kind='ZBlk0')
@@ -317,7 +317,7 @@ def test_py2str_blocks_stay_readable_through_cache_gc(db):
 
 
 def test_py2str_state_as_python3_ZODB_loads_it(db):
-    f = zwriter.ZBigFile(4096, py2str=True)
+    f = zbig.ZBigFile(4096, py2str=True)
     f.write_block(0, b'ascii')
     f.write_block(1, b'\xff')
     store(db, f)
@@ -325,7 +325,7 @@ def test_py2str_state_as_python3_ZODB_loads_it(db):
     try:
         g = other.root()['f']
         assert g.read_block(0) == b'ascii'.ljust(4096, b'\0')
-        assert type(g.blktab[0].data) is zwriter.Py2Str
+        assert type(g.blktab[0].data) is zbig.Py2Str
         with pytest.raises(StateLoadError):
             g.read_block(1)
     finally:
@@ -380,7 +380,7 @@ class Model:
 @pytest.mark.parametrize('py2str', [False, True], ids=['py3', 'py2str'])
 @pytest.mark.parametrize('script', SCRIPTS.values(), ids=SCRIPTS.keys())
 def test_operations_keep_content_of_model(db, script, py2str):
-    f = zwriter.ZBigFile(B, py2str=py2str)
+    f = zbig.ZBigFile(B, py2str=py2str)
     model = Model(B)
     store(db, f)
     for op, *args in script:
@@ -399,7 +399,7 @@ def test_operations_keep_content_of_model(db, script, py2str):
 
 
 def test_set_blksize_rewrites_the_zbigfile_with_a_new_blktab(db):
-    f = zwriter.ZBigFile(B)
+    f = zbig.ZBigFile(B)
     f.write(0, b'x' * (3 * B))
     store(db, f)
     old = oid(f.blktab)
@@ -410,7 +410,7 @@ def test_set_blksize_rewrites_the_zbigfile_with_a_new_blktab(db):
 
 
 def test_replace_blktab_makes_new_objects_of_the_same_kinds(db):
-    f = zwriter.ZBigFile(B)
+    f = zbig.ZBigFile(B)
     f.write_block(0, b'zero', kind='ZBlk0')
     f.write_block(1, b'one', kind='ZBlk1')
     store(db, f)
@@ -429,15 +429,15 @@ def test_replace_blktab_makes_new_objects_of_the_same_kinds(db):
 
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.one_of(
-    st.tuples(st.just('write'), st.integers(0, 300), st.binary(max_size=80), st.sampled_from(zwriter.KINDS)),
+    st.tuples(st.just('write'), st.integers(0, 300), st.binary(max_size=80), st.sampled_from(zbig.KINDS)),
     st.tuples(st.just('write_block'), st.integers(0, 9), st.binary(max_size=32),
-              st.sampled_from(zwriter.KINDS), st.sampled_from([4, 8, 32])),
+              st.sampled_from(zbig.KINDS), st.sampled_from([4, 8, 32])),
     st.tuples(st.just('delete_block'), st.integers(0, 9)),
     st.tuples(st.just('truncate'), st.integers(0, 10).map(lambda n: n * 32)),
     st.tuples(st.just('replace_blktab')),
 ), max_size=20))
 def test_random_operations_match_model(ops):
-    f = zwriter.ZBigFile(32)
+    f = zbig.ZBigFile(32)
     model = Model(32)
     for op, *args in ops:
         getattr(f, op)(*args)

@@ -1,0 +1,2 @@
+"""Following the database: the watcher, each file's δ index, the oid index,
+δR over history."""
