@@ -32,7 +32,6 @@ before the file is published; readers call `note_parts` and take
 that δR is never computed from blktab of one revision and `at` of another.
 """
 
-import bisect
 
 import numpy as np
 
@@ -40,7 +39,6 @@ from .. import locks
 from ..ranges import blocks_to_ranges, merge_ranges, resized_range, whole
 from ..zodb import zformat
 
-MAX_DEPTH = 64      # deeper BTrees are refused as malformed
 PREFETCH = 256      # records asked for at once while loading a file
 
 
@@ -102,7 +100,7 @@ class FileIndex:
         a big file does not cost a round trip per node."""
         nodes = {}
         level = [root]
-        for depth in range(MAX_DEPTH + 1):
+        for depth in range(zformat.MAX_DEPTH + 1):
             if not level:
                 return nodes
             below = []
@@ -118,7 +116,7 @@ class FileIndex:
                 if isinstance(node, zformat.Tree):
                     below.extend(node.children)
             level = below
-        raise zformat.FormatError(root, at, 'BTree deeper than %d levels' % MAX_DEPTH)
+        raise zformat.FormatError(root, at, 'BTree deeper than %d levels' % zformat.MAX_DEPTH)
 
     # ---- following transactions ----
 
@@ -185,8 +183,8 @@ class FileIndex:
         stack = [(self.head.blktab, 0)]
         while stack:
             oid, depth = stack.pop()
-            if depth > MAX_DEPTH:
-                raise zformat.FormatError(oid, tid, 'BTree deeper than %d levels' % MAX_DEPTH)
+            if depth > zformat.MAX_DEPTH:
+                raise zformat.FormatError(oid, tid, 'BTree deeper than %d levels' % zformat.MAX_DEPTH)
             if oid in nodes:
                 raise zformat.FormatError(oid, tid, 'BTree node reached twice')
             node = old_nodes.get(oid) if oid not in changed else None
@@ -248,8 +246,8 @@ class FileIndex:
         last = None
         while stack:
             oid, depth, rightmost = stack.pop()
-            if depth > MAX_DEPTH:
-                raise zformat.FormatError(oid, a, 'BTree deeper than %d levels' % MAX_DEPTH)
+            if depth > zformat.MAX_DEPTH:
+                raise zformat.FormatError(oid, a, 'BTree deeper than %d levels' % zformat.MAX_DEPTH)
             same = oid not in changed and oid in nodes
             if same and oid not in hot and not rightmost:
                 continue
@@ -295,15 +293,8 @@ class FileIndex:
         or from `nodes` and `head` of one revision of it."""
         nodes = self.nodes if nodes is None else nodes
         head = self.head if head is None else head
-        node = nodes.get(head.blktab)
-        while isinstance(node, zformat.Tree):
-            node = nodes.get(node.children[zformat._child_for(node, blk)])
-        if node is None:
-            return None
-        i = bisect.bisect_left(node.keys, blk)
-        if i < len(node.keys) and node.keys[i] == blk:
-            return node.oids[i]
-        return None
+        node = zformat.descend(head.blktab, blk, nodes.get, head.at)
+        return None if node is None else node.get(blk)
 
     def _add_parts(self, blk, oids):
         self.blk_parts[blk] = tuple(oids)

@@ -57,6 +57,7 @@ IOBTREE = ('BTrees.IOBTree.IOBTree', 'BTrees.IOBTree.IOBucket')
 PAGE_SIZE = 4096
 MAX_BLKSIZE = 64 << 20      # ZBIGFILE.md: a block is decoded whole in memory
 MAX_FILE_SIZE = 1 << 63     # st_size is a signed 64-bit integer
+MAX_DEPTH = 64              # deeper BTrees are refused as malformed
 
 # The largest record of each kind. BTrees' LOBTree and IOBTree hold at most
 # 60 entries a bucket and 500 children a tree node: under 20 KiB pickled.
@@ -401,6 +402,13 @@ class Bucket:
     def items(self):
         return zip(self.keys, self.oids)
 
+    def get(self, key):
+        """The oid `key` maps to, or None."""
+        i = bisect.bisect_left(self.keys, key)
+        if i < len(self.keys) and self.keys[i] == key:
+            return self.oids[i]
+        return None
+
 
 class Tree:
     """An inner node: children[i] holds the keys k with
@@ -469,9 +477,17 @@ def _check_keys(keys):
         raise ValueError('bucket key out of the 64-bit range')
 
 
-def _child_for(tree, key):
-    """Index of the child of `tree` that holds `key`."""
-    return bisect.bisect_right(tree.keys, key)
+def descend(root, key, node_of, at):
+    """The node where the descent from the BTree node `root` towards `key`
+    ends: the Bucket that holds `key` if it is anywhere, or None where
+    node_of(oid) (-> Bucket, Tree or None) knows no node. The one descent of
+    wcfs: loading (ZLoader.lookup) and the index (FileIndex.zblk_of)."""
+    node = node_of(root)
+    for _depth in range(MAX_DEPTH):
+        if not isinstance(node, Tree):
+            return node
+        node = node_of(node.children[bisect.bisect_right(node.keys, key)])
+    raise FormatError(root, at, 'BTree deeper than %d levels' % MAX_DEPTH)
 
 
 # ---- the loader ----
@@ -602,21 +618,9 @@ class ZLoader:
                 self._nodes.popitem(last=False)
         return node, serial
 
-    def _bucket_for(self, root, at, key, kinds=LOBTREE):
-        node, _ = self.node(root, at, kinds)
-        for _depth in range(64):
-            if isinstance(node, Bucket):
-                return node
-            node = self.node(node.children[_child_for(node, key)], at, kinds)[0]
-        raise FormatError(root, at, 'BTree deeper than 64 levels')
-
     def lookup(self, head, blk):
         """-> oid of the block object of `blk`, or None for a hole."""
-        bucket = self._bucket_for(head.blktab, head.at, blk)
-        i = bisect.bisect_left(bucket.keys, blk)
-        if i < len(bucket.keys) and bucket.keys[i] == blk:
-            return bucket.oids[i]
-        return None
+        return descend(head.blktab, blk, lambda oid: self.node(oid, head.at)[0], head.at).get(blk)
 
     def size(self, head):
         """File size as ZBIGFILE.md defines it."""
@@ -631,8 +635,8 @@ class ZLoader:
         yield from self._walk(root, at, kinds, reverse, visit, 0, set(), span)
 
     def _walk(self, oid, at, kinds, reverse, visit, depth, seen, span=None):
-        if depth > 64:
-            raise FormatError(oid, at, 'BTree deeper than 64 levels')
+        if depth > MAX_DEPTH:
+            raise FormatError(oid, at, 'BTree deeper than %d levels' % MAX_DEPTH)
         if oid in seen:
             raise FormatError(oid, at, 'BTree node reached twice')
         seen.add(oid)
