@@ -23,7 +23,6 @@ import stat
 import time
 
 from .. import locks
-from ..files.bigfile import snapshot_of
 from ..files.prefetch import ReadStream
 from ..files.reply import Reply
 from ..zodb import zformat
@@ -149,15 +148,15 @@ def outcome(result):
 class WCFS(fuse.Operations):
     use_ns = True
 
-    def __init__(self, srv):
-        self.srv = srv              # Server: table, loader, watcher, ctx, zurl
+    def __init__(self, model, debug=False):
+        self.model = model          # service.model.Model: all fs asks of the rest of wcfs
         self._handles = {}
         self._handles_lock = locks.lock('WCFS._handles_lock')   # guards _handles, _next_fh
         self._next_fh = 1
         self.opens = 0              # open files and dirs; guarded by _handles_lock
         self.last_close = time.monotonic()
         self._uid, self._gid = os.getuid(), os.getgid()
-        if srv.opts.debug:
+        if debug:
             for name in handlers(type(self)):   # mfusepy calls them by name on the instance
                 setattr(self, name, logged(name, getattr(self, name)))
 
@@ -183,7 +182,7 @@ class WCFS(fuse.Operations):
             raise err(errno.ENOENT)
         if n == 1:
             return Node(BIGFILES)
-        bf = self.srv.table.get(int(parts[1], 16)) if is_hex16(parts[1]) else None
+        bf = self.model.file(int(parts[1], 16)) if is_hex16(parts[1]) else None
         if bf is None:
             raise err(errno.ENOENT)
         if n == 2:
@@ -242,9 +241,9 @@ class WCFS(fuse.Operations):
 
     def _content(self, node):
         if node.kind == ZURL:
-            return (self.srv.zurl_shown + '\n').encode()
+            return (self.model.zurl_shown + '\n').encode()
         if node.kind == STATS:
-            return self.srv.stats.render()
+            return self.model.stats_text()
         if node.kind == AT:
             return b'%016x\n' % node.bf.shown_at()
         raise err(errno.EISDIR)
@@ -254,7 +253,7 @@ class WCFS(fuse.Operations):
         names = {
             ROOT: lambda: ['.wcfs', 'bigfile'],
             WCFSDIR: lambda: ['zurl', 'stats'],
-            BIGFILES: lambda: sorted(bf.name for bf in self.srv.table.files()),
+            BIGFILES: lambda: sorted(bf.name for bf in self.model.files()),
             FILEDIR: lambda: ['head'] + node.bf.revdirs.names(),
             HEADDIR: lambda: ['data', 'at', 'invalidations'],
             REVDIR: lambda: ['data'],
@@ -318,7 +317,7 @@ class WCFS(fuse.Operations):
                 # fusermount3 opens before it mounts on a file (SPEC §3).
                 raise err(errno.EACCES)
             uid, _, tid = fuse.fuse_get_context()
-            channel = self.srv.open_channel(node.bf, tid, uid)
+            channel = self.model.open_channel(node.bf, tid, uid)
             if channel is None:
                 raise err(errno.EMFILE)
             fi.direct_io = 1
@@ -369,7 +368,7 @@ class WCFS(fuse.Operations):
         h = self._drop_handle(fi.fh)
         if h is not None and h.channel is not None:
             h.channel.close()
-            self.srv.channel_released(h.uid)
+            self.model.channel_released(h.uid)
         return 0
 
     def flush(self, path, fi):
@@ -392,14 +391,10 @@ class WCFS(fuse.Operations):
         if not is_hex16(name):
             raise err(errno.EINVAL)
         oid = int(name, 16)
-        srv = self.srv
         with errors.mapped(errors.MKDIR_BIGFILE, 'mkdir bigfile/%s', name):
-            # the client may have seen a commit the watcher has not applied yet
-            srv.watcher.wait_zhead(srv.last_tid(), srv.opts.db_timeout)
-            bf = srv.watcher.add_file(oid, srv.ctx)
+            bf = self.model.make_visible(oid)
         if bf is None:
             raise err(errno.EEXIST)
-        srv.malloc.trim()           # what loading a big index left over
         log.info('bigfile/%s: visible, head @%016x, size %d', name, bf.head.at, bf.head.size)
         return 0
 
@@ -410,7 +405,7 @@ class WCFS(fuse.Operations):
         if bf.revdirs.get(tid) is not None:
             raise err(errno.EEXIST)
         uid = fuse.fuse_get_context()[0]
-        quota = self.srv.revdir_quota
+        quota = self.model.revdir_quota
         refused = quota.acquire(uid)
         if refused is not None:
             log.warning('mkdir bigfile/%s/@%s: ENOSPC: %s', bf.name, name, refused)
@@ -425,16 +420,11 @@ class WCFS(fuse.Operations):
     def _add_revdir(self, bf, tid, uid):
         """Make `@<tid>/` of `bf`, credited to `uid` (the quota slot is taken)."""
         with errors.mapped(errors.MKDIR_REVDIR, 'mkdir bigfile/%s/@%016x', bf.name, tid):
-            if tid > self.srv.last_tid():
+            head = self.model.snapshot_at(bf.oid, tid)     # packed away: ENOENT
+            if head is None:
                 raise err(errno.ENOENT)
-            head = self._snapshot_at(bf.oid, tid)
         if bf.revdirs.add(tid, head, uid) is None:
             raise err(errno.EEXIST)
-
-    def _snapshot_at(self, oid, tid):
-        loader = self.srv.loader
-        zh = loader.zbigfile(oid, tid, fresh=True)     # packed away: ENOENT
-        return snapshot_of(zh, loader.size(zh))
 
     # ---- everything else is refused ----
 
@@ -458,4 +448,4 @@ class WCFS(fuse.Operations):
             config.attr_timeout = 0.0       # sizes and mtimes move with head
             config.entry_timeout = 1.0
             config.negative_timeout = 0.0   # bigfile/<oid> appears on mkdir
-        self.srv.on_mounted()
+        self.model.mounted()

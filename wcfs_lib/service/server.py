@@ -40,6 +40,7 @@ from ..kernel import fs, mount
 from ..kernel.fs_binding import FUSE, PollHandles, libfuse
 from ..kernel.kcache import KernelCache
 from ..zodb import zformat, zstorage
+from .model import Model
 from .quota import Quota
 from .stats import Stats
 
@@ -164,7 +165,7 @@ class Server:
             raise StartError('%s: %s' % (self.zurl_shown, e)) from None
         self.stats.set('zhead', '%016x' % self.watcher.zhead)
         self.watcher.start()
-        self.ops = fs.WCFS(self)
+        self.ops = fs.WCFS(Model(self), debug=self.opts.debug)
         self._fuse_thread = threading.Thread(target=self._run_fuse, name='fuse', daemon=True)
         self._fuse_thread.start()
         while not self._mounted.wait(0.1):
