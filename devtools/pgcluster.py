@@ -57,6 +57,7 @@ from psycopg2 import sql
 from wcfs_lib.zurl import masked
 
 from .procs import free_port
+from .served import ServedDatabase
 
 __all__ = ['PostgresCluster', 'PostgresError', 'PGServer', 'find_bindir', 'last_transaction']
 
@@ -364,7 +365,7 @@ class PostgresCluster:
         return RelStorage(PostgreSQLAdapter(dsn=self.dsn(dbname, user), options=opts), options=opts)
 
 
-class PGServer:
+class PGServer(ServedDatabase):
     """One RelStorage database in a PostgresCluster, with ZEOServer's
     interface. zurl is postgres://wcfs:PASSWORD@127.0.0.1:PORT/DB (with
     ?keep_history=false for a history-free database), so shown_zurl has ***
@@ -386,7 +387,6 @@ class PGServer:
         self.dir = self.cluster.dir
         self.logpath = self.cluster.logpath
         self._log_start = len(self.cluster.log)
-        self._db = None
         if template:
             cluster.create_database(dbname, template=cluster.template(history_free))
         else:
@@ -432,12 +432,6 @@ class PGServer:
         """Fast shutdown; the clients reconnect at their next use after start()."""
         self.cluster.stop()
 
-    def db(self):
-        """A ZODB.DB on a RelStorage of this database, made once, closed by close()."""
-        if self._db is None:
-            self._db = self.new_db()
-        return self._db
-
     def new_db(self):
         """Another ZODB.DB on the database, with a client of its own; the caller closes it."""
         return ZODB.DB(self.cluster.storage(self.dbname))
@@ -445,14 +439,8 @@ class PGServer:
     def wait_reconnected(self, timeout=None):
         """Nothing to wait for: RelStorage connects again at its next use."""
 
-    def last_transaction(self):
-        """The last tid of the database, 8 bytes."""
-        return last_transaction(self.db())
-
     def close(self):
-        if self._db is not None:
-            self._db.close()
-            self._db = None
+        self.close_db()
         if self.owns_cluster:
             self.cluster.destroy()
             return

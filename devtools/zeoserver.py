@@ -17,15 +17,15 @@ from pathlib import Path
 import ZEO.ClientStorage
 import ZODB
 
-from .pgcluster import last_transaction
 from .procs import START_TIMEOUT, accepts, free_port, read_text, spawn, terminate, wait_for
+from .served import ServedDatabase
 
 __all__ = ['ZEOServer', 'RUNZEO']
 
 RUNZEO = Path(sys.executable).parent / 'runzeo'  # installed beside this python
 
 
-class ZEOServer:
+class ZEOServer(ServedDatabase):
     """runzeo serving one Data.fs on 127.0.0.1:port.
 
     The interface every database server of devtools has: zurl (what wcfs is
@@ -50,7 +50,6 @@ class ZEOServer:
         self.addr = ('127.0.0.1', free_port())
         self.zurl = self.shown_zurl = 'zeo://%s:%d' % self.addr
         self.proc = None
-        self._db = None
 
     @property
     def log(self):
@@ -88,12 +87,6 @@ class ZEOServer:
         if self.proc is not None:
             terminate(self.proc)
 
-    def db(self):
-        """A ZODB.DB on a ClientStorage of this server, made once, closed by close()."""
-        if self._db is None:
-            self._db = self.new_db()
-        return self._db
-
     def new_db(self):
         """Another ZODB.DB on the database, with a client of its own; the caller closes it."""
         return ZODB.DB(ZEO.ClientStorage.ClientStorage(self.addr))
@@ -104,13 +97,7 @@ class ZEOServer:
             wait_for(self._db.storage.is_connected, timeout,
                      f'the client of {self.zurl} to reconnect', self.error)
 
-    def last_transaction(self):
-        """The last tid of the database, 8 bytes (pgcluster.last_transaction)."""
-        return last_transaction(self.db())
-
     def close(self):
         """Close db() and stop runzeo."""
-        if self._db is not None:
-            self._db.close()
-            self._db = None
+        self.close_db()
         self.stop()
