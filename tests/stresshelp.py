@@ -73,6 +73,28 @@ class Writer:
         return tid
 
 
+def move_views(wc, oid, views, recs, rng, close_chance):
+    """A reader's round of moves over the log's records `recs`: view
+    `latest` to the last tid, `lagging` now and then to a random one; a
+    view is now and then closed and opened anew. -> ['open' or 'resync']."""
+    pick = {'latest': recs[-1]}
+    if 'lagging' not in views or rng.random() < 0.15:
+        pick['lagging'] = rng.choice(recs)
+    moves = []
+    for name, rec in pick.items():
+        view = views.get(name)
+        if view is not None and rng.random() < close_chance:
+            view.close()
+            view = None
+        if view is None:
+            views[name] = wc.open(oid, at=rec['tid'])
+            moves.append('open')
+        else:
+            view.resync(rec['tid'])
+            moves.append('resync')
+    return moves
+
+
 def read_log(path):
     """-> the complete records of the log, oldest first."""
     with open(path) as f:

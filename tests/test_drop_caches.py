@@ -52,7 +52,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)        # run as a script too: `launch` and `reader`
 sys.path.insert(0, os.path.join(ROOT, 'tests'))
 
-from stresshelp import BS, Writer, block_hashes, read_log  # noqa: E402
+from stresshelp import BS, Writer, block_hashes, move_views, read_log  # noqa: E402
 
 DROP_CACHES = '/proc/sys/vm/drop_caches'
 DROP_EVERY = 0.05       # seconds between two writes of drop_caches
@@ -160,18 +160,7 @@ def reader(mountpoint, oid, logpath, stoppath, seed):
         views = {}
         while not os.path.exists(stoppath):
             recs = read_log(logpath)
-            pick = {'latest': recs[-1]}
-            if 'lagging' not in views or rng.random() < 0.15:
-                pick['lagging'] = rng.choice(recs)
-            for name, rec in pick.items():
-                view = views.get(name)
-                if view is not None and rng.random() < 0.1:
-                    view.close()
-                    view = None
-                if view is None:
-                    views[name] = wc.open(oid, at=rec['tid'])
-                else:
-                    view.resync(rec['tid'])
+            move_views(wc, oid, views, recs, rng, close_chance=0.1)
             for _ in range(2):
                 for name, view in views.items():
                     rec = next(r for r in reversed(recs) if r['tid'] == view.at)

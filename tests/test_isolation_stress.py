@@ -31,7 +31,7 @@ import pytest
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from stresshelp import Writer, block_hashes, read_log  # noqa: E402
+from stresshelp import Writer, block_hashes, move_views, read_log  # noqa: E402
 from wcfs_lib import client  # noqa: E402
 
 NREADERS = 4
@@ -88,20 +88,8 @@ def reader(mountpoint, oid, logpath, stoppath, seed):
         views = {}
         while not os.path.exists(stoppath):
             recs = read_log(logpath)
-            pick = {'latest': recs[-1]}
-            if 'lagging' not in views or rng.random() < 0.15:
-                pick['lagging'] = rng.choice(recs)
-            for name, rec in pick.items():
-                view = views.get(name)
-                if view is not None and rng.random() < 0.05:
-                    view.close()
-                    view = None
-                if view is None:
-                    views[name] = wc.open(oid, at=rec['tid'])
-                    counts['opens'] += 1
-                else:
-                    view.resync(rec['tid'])
-                    counts['resyncs'] += 1
+            for move in move_views(wc, oid, views, recs, rng, close_chance=0.05):
+                counts[move + 's'] += 1
             at = {name: next(r for r in reversed(recs) if r['tid'] == view.at)
                   for name, view in views.items()}
             for when in ('at once', 'later'):
