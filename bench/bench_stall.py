@@ -167,12 +167,14 @@ def p50(xs):
     return statistics.median(xs)
 
 
-def attack(mnt, name, dirs, nthreads, victim, files, phase):
-    """-> True if both targets are met; prints the lines."""
+def attack(mnt, name, target, nthreads, victim, files, phase):
+    """-> True if both targets are met; prints the lines. `target`: (oid,
+    tids) of the file the attacker reads, and the revisions it reads."""
     tids = files.victim_phase(victim, phase)
     quiet(mnt)              # what an attack before queued is served
     ref = victim_reads(mnt.bigfile(u64(victim._p_oid)), tids, phase)
     tids = files.victim_phase(victim, phase + 1)
+    dirs = revdirs(mnt, *target)
     pid = mnt.proc.pid
     reset_peak_rss(pid)
     before = read_stats(mnt.path)['blocks_loaded']
@@ -194,6 +196,16 @@ def attack(mnt, name, dirs, nthreads, victim, files, phase):
           % (name, passes, loaded, peak >> 20, blockcache.RSS_BOUND >> 20,
              verdict(peak <= blockcache.RSS_BOUND)))
     return ratio <= TARGET_RATIO and peak <= blockcache.RSS_BOUND
+
+
+def revdirs(mnt, oid, tids):
+    """Make the attacker's @<tid>/ directories, as its attack starts (made
+    sooner, --revdir-timeout could expire them meanwhile); -> their paths."""
+    fdir = mnt.bigfile(oid)
+    dirs = [os.path.join(fdir, '@%016x' % t) for t in tids]
+    for d in dirs:
+        os.mkdir(d)
+    return dirs
 
 
 def quiet(mnt, pause=2.0, timeout=120):
@@ -250,16 +262,10 @@ def main():
         mnt = b.mount('-o', 'allow_other')     # the attacker is another user
         print('kernel: %s, database: %s, %d victim reads per phase'
               % (kernel(), args.db, args.reads))
-        dirs = []
-        for oid, tids in ((big_oid, big_tids), (mid_oid, mid_tids)):
-            fdir = mnt.bigfile(oid)
-            dirs.append([os.path.join(fdir, '@%016x' % t) for t in tids])
-            for d in dirs[-1]:
-                os.mkdir(d)
         if '64' in attacks:
-            attack(mnt, '64MiBx16', dirs[0], 16, victim, files, 0)
+            attack(mnt, '64MiBx16', (big_oid, big_tids), 16, victim, files, 0)
         if '2' in attacks:
-            attack(mnt, '2MiBx%d' % threads2, dirs[1], threads2, victim, files, 2)
+            attack(mnt, '2MiBx%d' % threads2, (mid_oid, mid_tids), threads2, victim, files, 2)
         interleaved(mnt, two_oid)
         files.conn.close()
 
