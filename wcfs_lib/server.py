@@ -31,8 +31,10 @@ take only those below it in this list ("A > B": take A before B):
     FileIndex.state_lock      a file index's head, blktab and size as one revision (taken alone)
     BlockCache.lock           decoded blocks, revision keys resolved to them,
                               loads in flight and waiting for their turn (a
-                              wait on its condition: no lock held but it),
-                              prefetched blocks not read yet
+                              wait on its condition: no lock held but it;
+                              timed while the uid rests), prefetched blocks
+                              not read yet, each uid's share of a ZEO
+                              server's time (shares.Shares)
     ReadStream._lock          where the last reads of an open data file ended (taken alone)
     Prefetcher._lock          the prefetch threads started (taken alone)
     ObjectRevisions.lock      verdicts on a ZBigFile object's revisions
@@ -72,6 +74,7 @@ from .kcache import KernelCache
 from .oidindex import OidIndex
 from .prefetch import Prefetcher
 from .quota import Quota
+from .shares import Shares
 from .stats import Stats
 from .subscription import KillPolicy
 from .watcher import Watcher
@@ -122,9 +125,10 @@ class Context:
     def __init__(self, srv, kcache):
         self.kcache = kcache
         self.stats = srv.stats
-        self.blocks = BlockCache()
+        self.blocks = BlockCache(shares=Shares() if srv.database.serial else None)
         self.prefetch = Prefetcher(self.blocks)
         srv.stats.gauge('prefetched_unused', lambda: self.blocks.unused)
+        srv.stats.gauge('loads_rested', lambda: self.blocks.rested)
         self.shutdown = srv.shutdown
         self.kill = KillPolicy(srv.mountpoint, srv.opts.kill_timeout, srv.stats)
         self.last_tid = srv.last_tid
