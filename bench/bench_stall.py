@@ -14,7 +14,10 @@ Meanwhile the victim (this process, root) makes a cold 4 KiB read every
 block no read asked for before. Its p50 over --reads reads (at least 30)
 is compared with the same measured right before, without the attack
 (target: within 5x), and wcfs's peak RSS (VmHWM, reset before each attack)
-with the bound the man page names (blockcache.RSS_BOUND).
+with the bound the man page names (blockcache.RSS_BOUND). The attacker's
+directories are made as its attack starts (--revdir-timeout would expire
+them meanwhile); `loads_rested` tells how many of wcfs's loads waited for
+their user's share of a ZEO server's time (shares.py).
 
 Then reads interleaved between two 64 MiB blocks in 1 MiB pieces:
 blocks_loaded must grow by 2.
@@ -168,33 +171,46 @@ def p50(xs):
     return statistics.median(xs)
 
 
-def attack(mnt, name, dirs, nthreads, victim, files, phase):
-    """-> True if both targets are met; prints the lines."""
+def attack(mnt, name, target, nthreads, victim, files, phase):
+    """-> True if both targets are met; prints the lines. `target`: (oid,
+    tids) of the file the attacker reads, and the revisions it reads."""
     tids = files.victim_phase(victim, phase)
     quiet(mnt)              # what an attack before queued is served
     ref = victim_reads(mnt.bigfile(u64(victim._p_oid)), tids, phase)
     tids = files.victim_phase(victim, phase + 1)
+    dirs = revdirs(mnt, *target)
     pid = mnt.proc.pid
     reset_peak_rss(pid)
-    before = read_stats(mnt.path)['blocks_loaded']
+    before = read_stats(mnt.path)
     attacker = Attacker(dirs, nthreads)
     try:
         time.sleep(2)       # the attack under way
         took = victim_reads(mnt.bigfile(u64(victim._p_oid)), tids, phase + 1)
     finally:
         passes = attacker.stop()
-    loaded = read_stats(mnt.path)['blocks_loaded'] - before
+    after = read_stats(mnt.path)
+    loaded, rested = (after[k] - before[k] for k in ('blocks_loaded', 'loads_rested'))
     peak = common.proc_status(pid)[1]
     ratio = p50(took) / p50(ref)
     print('attack %s: victim cold read p50 %.4f s, max %.3f s; without: p50 %.4f s; '
           'ratio %.1f (target <= %d) %s'
           % (name, p50(took), max(took), p50(ref), ratio, TARGET_RATIO,
              verdict(ratio <= TARGET_RATIO)))
-    print('attack %s: attacker %s, wcfs loaded %d blocks; wcfs peak RSS %d MiB '
-          '(bound %d MiB) %s'
-          % (name, passes, loaded, peak >> 20, blockcache.RSS_BOUND >> 20,
+    print('attack %s: attacker %s, wcfs loaded %d blocks (%d waited for their user\'s share); '
+          'wcfs peak RSS %d MiB (bound %d MiB) %s'
+          % (name, passes, loaded, rested, peak >> 20, blockcache.RSS_BOUND >> 20,
              verdict(peak <= blockcache.RSS_BOUND)))
     return ratio <= TARGET_RATIO and peak <= blockcache.RSS_BOUND
+
+
+def revdirs(mnt, oid, tids):
+    """Make the attacker's @<tid>/ directories, as its attack starts (made
+    sooner, --revdir-timeout could expire them meanwhile); -> their paths."""
+    fdir = mnt.bigfile(oid)
+    dirs = [os.path.join(fdir, '@%016x' % t) for t in tids]
+    for d in dirs:
+        os.mkdir(d)
+    return dirs
 
 
 def quiet(mnt, pause=2.0, timeout=120):
@@ -251,16 +267,10 @@ def main():
         mnt = b.mount('-o', 'allow_other')     # the attacker is another user
         print('kernel: %s, database: %s, %d victim reads per phase'
               % (kernel(), args.db, args.reads))
-        dirs = []
-        for oid, tids in ((big_oid, big_tids), (mid_oid, mid_tids)):
-            fdir = mnt.bigfile(oid)
-            dirs.append([os.path.join(fdir, '@%016x' % t) for t in tids])
-            for d in dirs[-1]:
-                os.mkdir(d)
         if '64' in attacks:
-            attack(mnt, '64MiBx16', dirs[0], 16, victim, files, 0)
+            attack(mnt, '64MiBx16', (big_oid, big_tids), 16, victim, files, 0)
         if '2' in attacks:
-            attack(mnt, '2MiBx%d' % threads2, dirs[1], threads2, victim, files, 2)
+            attack(mnt, '2MiBx%d' % threads2, (mid_oid, mid_tids), threads2, victim, files, 2)
         interleaved(mnt, two_oid)
         files.conn.close()
 

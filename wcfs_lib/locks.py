@@ -51,7 +51,8 @@ ORDER = [
     ('FileIndex.state_lock', 'a file index\'s head, blktab and size as one revision (alone)',
      'fuse, watcher, answerer'),
     ('BlockCache.lock', 'decoded blocks, revision keys resolved to them, loads in flight and '
-     'waiting for their turn or for room (wait), prefetched blocks not read yet',
+     'waiting for their turn, for room or, on ZEO, for the uid\'s share of the server\'s time '
+     '(shares.py) (wait), prefetched blocks not read yet',
      'fuse, prefetch, timer'),
     ('ReadStream._lock', 'where the last reads of an open data file ended (alone)', 'fuse'),
     ('Prefetcher._lock', 'the prefetch threads started (alone)', 'fuse, timer'),

@@ -35,7 +35,9 @@ waiting load of the uid with the fewest bytes in flight, among the uids
 under their own bound. A user with many threads gets no more turns than a
 user with one read, and the bytes one user has in flight at the database
 (which serves one connection's requests in order) stay few, so that another
-user's load is not queued behind them.
+user's load is not queued behind them. On a database that serves one
+request at a time (ZEO), a uid also waits while it has taken more than its
+share of the database's time and another uid reads (shares.py).
 
 Prefetch (prefetch.py) takes part in the same bounds without ever waiting:
 `reserve` claims a revision key only when it is neither kept nor claimed,
@@ -52,6 +54,7 @@ import time
 
 from .. import locks
 from ..zodb.blockdata import HOLE
+from .shares import NOBODY
 
 CACHE_BYTES = 32 << 20      # kept, at least
 KEEP_LARGEST = 2            # kept, at least this many blocks of the largest blksize read
@@ -92,8 +95,8 @@ class Waiter:
 
 class BlockCache:
     def __init__(self, max_bytes=CACHE_BYTES, max_inflight=INFLIGHT_BYTES,
-                 max_ahead=AHEAD_BYTES, max_user=USER_BYTES):
-        # guards everything below: entries, aliases, claims, loads, turns
+                 max_ahead=AHEAD_BYTES, max_user=USER_BYTES, shares=None):
+        # guards everything below: entries, aliases, claims, loads, turns, shares
         self.lock = locks.condition('BlockCache.lock')
         self._entries = collections.OrderedDict()   # id(entry) -> Entry, least used first
         self._by_cid = {}                   # content key -> [Entry]
@@ -104,6 +107,8 @@ class BlockCache:
         self._inflight = 0                  # bytes admitted, all uids
         self._user = {}                     # uid -> bytes admitted
         self._queues = {}                   # uid -> deque of Waiters, oldest first
+        self._shares = shares               # a shares.Shares, or None (a parallel database)
+        self._flight = []                   # the uid of each load in flight, oldest first
         self._seq = itertools.count()
         self._unread = {}                   # revision key -> size: prefetched, not read yet
         self._ahead = 0                     # bytes of _unread
@@ -114,6 +119,7 @@ class BlockCache:
         self._largest = 0                   # the largest blksize read lately
         self._largest_used = 0.0            # when
         self.unused = 0                     # prefetched blocks dropped before any read
+        self.rested = 0                     # loads that waited for their uid's share
 
     # ---- readers ----
 
@@ -124,6 +130,8 @@ class BlockCache:
         block (loaded or shared), not when it is a hit."""
         while True:
             with self.lock:
+                if self._shares is not None:
+                    self._shares.seen(uid, time.monotonic())
                 self._note_size(size)
                 data = self._hit(key)
                 if data is not None:
@@ -183,6 +191,9 @@ class BlockCache:
         Memory goes back when reads stop."""
         now = time.monotonic() if now is None else now
         with self.lock:
+            if self._shares is not None:
+                self._charge()          # before it forgets who read
+                self._shares.trim(now, self._user)
             if self._claims:
                 return
             if now - self._largest_used >= IDLE:
@@ -354,7 +365,15 @@ class BlockCache:
 
     def _user_fits(self, uid, size):
         used = self._user.get(uid, 0)
-        return used == 0 or used + size <= self._max_user
+        return (used == 0 or used + size <= self._max_user) and self._rest(uid) is None
+
+    def _rest(self, uid):
+        """Seconds before `uid` may start a load (shares.py), or None: now."""
+        if self._shares is None:
+            return None
+        now = time.monotonic()
+        self._charge(now)
+        return self._shares.rest(uid, now)
 
     def _admit(self, uid, size):
         """Wait for the turn of a load of `size` bytes of `uid`; counted in
@@ -362,14 +381,21 @@ class BlockCache:
         waiter = Waiter(uid, size, next(self._seq))
         self._queues.setdefault(uid, collections.deque()).append(waiter)
         self._schedule()
+        rested = False
         try:
-            self.lock.wait_for(lambda: waiter.go)
+            while not waiter.go:
+                rest = self._rest(uid)      # no load ends to wake it: its credit fills
+                rested = rested or rest is not None
+                self.lock.wait(rest)
+                self._schedule()
         except BaseException:
             if waiter.go:
                 self._end(uid, size)
             else:
                 self._dequeue(waiter)
             raise
+        finally:
+            self.rested += rested
 
     def _schedule(self):
         """Start the waiting loads whose turn it is, fairest first."""
@@ -389,6 +415,13 @@ class BlockCache:
         if woke:
             self.lock.notify_all()
 
+    def _charge(self, now=None):
+        """The database's time so far to the uid of the oldest load in
+        flight, the one the database serves."""
+        if self._shares is not None:
+            self._shares.charge(self._flight[0] if self._flight else NOBODY,
+                                time.monotonic() if now is None else now)
+
     def _dequeue(self, waiter):
         queue = self._queues[waiter.uid]
         queue.remove(waiter)
@@ -396,10 +429,14 @@ class BlockCache:
             del self._queues[waiter.uid]
 
     def _begin(self, uid, size):
+        self._charge()
+        self._flight.append(uid)
         self._inflight += size
         self._user[uid] = self._user.get(uid, 0) + size
 
     def _end(self, uid, size):
+        self._charge()
+        self._flight.remove(uid)        # its oldest: one uid's loads are alike here
         self._inflight -= size
         left = self._user[uid] - size
         if left:

@@ -33,6 +33,7 @@ from ..files.table import BigFileTable
 from ..files.blockcache import BlockCache
 from ..files.channel import Channel
 from ..files.prefetch import Prefetcher
+from ..files.shares import Shares
 from ..files.subscription import KillPolicy
 from ..follow.oidindex import OidIndex
 from ..follow.watcher import Watcher
@@ -108,9 +109,10 @@ class Context:
     def __init__(self, srv, kcache):
         self.kcache = kcache
         self.stats = srv.stats
-        self.blocks = BlockCache()
+        self.blocks = BlockCache(shares=Shares() if srv.database.serial else None)
         self.prefetch = Prefetcher(self.blocks)
         srv.stats.gauge('prefetched_unused', lambda: self.blocks.unused)
+        srv.stats.gauge('loads_rested', lambda: self.blocks.rested)
         self.shutdown = srv.shutdown
         self.kill = KillPolicy(srv.mountpoint, srv.opts.kill_timeout, srv.stats)
         self.last_tid = srv.last_tid

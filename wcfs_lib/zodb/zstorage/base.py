@@ -55,6 +55,8 @@ class Database:
     """One opened database. Subclasses give load, last_tid and follow; the
     rest has a default that suits a storage which can do no better."""
 
+    serial = False      # the server answers one request at a time, for all its clients
+
     def __init__(self, storage):
         self.storage = storage
 

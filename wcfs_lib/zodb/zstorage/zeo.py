@@ -86,6 +86,8 @@ def _version():
 
 
 class ZEODatabase(Database):
+    serial = True       # the server runs every client's requests on one thread
+
     def __init__(self, storage, timeout=30):
         super().__init__(storage)
         self._call, self._prefetch, self._client = _privates(storage)
