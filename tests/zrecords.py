@@ -96,7 +96,7 @@ def _serve_file(loader):
 
 def _load_block(loader):
     head = loader.zbigfile(1, AT)
-    loader.load_block(loader.lookup(head, 0), AT, head.blksize)
+    loader.load_block_data(loader.lookup(head, 0), AT, head.blksize)
 
 
 def _skeleton_with(changes):
