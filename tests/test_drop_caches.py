@@ -52,7 +52,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)        # run as a script too: `launch` and `reader`
 sys.path.insert(0, os.path.join(ROOT, 'tests'))
 
-from stresshelp import BS, Writer, block_hashes, move_views, read_log  # noqa: E402
+from stresshelp import Writer, move_views, probe, read_log  # noqa: E402
 
 DROP_CACHES = '/proc/sys/vm/drop_caches'
 DROP_EVERY = 0.05       # seconds between two writes of drop_caches
@@ -94,58 +94,6 @@ def launch(argv):
 
 
 # ---- a reader (another process) ----
-
-def cached_size(path):
-    """The size the kernel holds for path, without asking wcfs; or why not."""
-    import ctypes
-    libc = ctypes.CDLL(None, use_errno=True)
-    buf = ctypes.create_string_buffer(256)     # struct statx; stx_size at offset 40
-    AT_FDCWD, AT_STATX_DONT_SYNC, STATX_SIZE = -100, 0x4000, 0x200
-    if libc.statx(AT_FDCWD, os.fsencode(path), AT_STATX_DONT_SYNC, STATX_SIZE, buf) != 0:
-        return os.strerror(ctypes.get_errno())
-    return int.from_bytes(buf.raw[40:48], sys.byteorder)
-
-
-def mappings(lo, hi):
-    """The lines of /proc/self/maps over [lo, hi), offsets made relative to lo."""
-    out = []
-    with open('/proc/self/maps') as f:
-        for line in f:
-            fields = line.split()
-            a, b = (int(x, 16) for x in fields[0].split('-'))
-            if b > lo and a < hi:
-                out.append('%d-%d +%s %s' % (a - lo, b - lo, int(fields[2], 16),
-                                             ' '.join(fields[5:])))
-    return out
-
-
-def probe(view, mem, mountpoint):
-    """-> the sha1 of each block of the view, read through /proc/self/mem;
-    or, where a page would be SIGBUS, a dict that says where and why."""
-    with view._lock:
-        base, size, at, overlaid = view._base, view.size, view.at, list(view._overlaid)
-    data = bytearray()
-    for off in range(0, size, BS):
-        want = min(BS, size - off)
-        try:
-            chunk = os.pread(mem, want, base + off)
-        except OSError as e:
-            chunk, error = b'', e.strerror
-        else:
-            error = 'read %d bytes of %d' % (len(chunk), want)
-        if len(chunk) != want:
-            fdir = os.path.join(mountpoint, view.name)
-            with open(os.path.join(fdir, 'head', 'at')) as f:
-                head_at = f.read().strip()
-            return {'offset': off + len(chunk), 'error': error, 'at': '%016x' % at,
-                    'size': size, 'overlaid': overlaid, 'mappings': mappings(base, base + size),
-                    'kernel head/data size': cached_size(os.path.join(fdir, 'head', 'data')),
-                    'kernel @at/data size': cached_size(os.path.join(fdir, '@%016x' % at,
-                                                                     'data')),
-                    'head/at': head_at}
-        data += chunk
-    return block_hashes(bytes(data))
-
 
 def reader(mountpoint, oid, logpath, stoppath, seed):
     """Views `latest` (moved to the last tid) and `lagging` (to random
