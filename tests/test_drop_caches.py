@@ -32,10 +32,12 @@ their views: they read them through /proc/self/mem, where a page that
 would be SIGBUS is EIO, so a fault is reported with the mapping and the
 sizes the kernel holds instead of killing the reader.
 
-It passes on the code that lost those two readers, and so does
-bench/stress_isolation.py --drop-caches: what killed them is not known yet,
-and a fault here says which mapping, at which offset, and which sizes the
-kernel held.
+It passed on the code that lost those two readers, and so did
+bench/stress_isolation.py --drop-caches: what killed them was a δ history
+made of PostgreSQL polls, each the net δ of several commits
+(test_folded_commits.py). It stays as a check that the kernel's caches
+cannot hurt a view; a fault here says which mapping, at which offset, and
+which sizes the kernel held.
 """
 
 import json

@@ -16,8 +16,10 @@ checks both views against the log, sleeps a little while the writer goes on,
 and checks them again: a check hashes every byte of the view, read through
 /proc/self/mem, so that a page that would be SIGBUS fails the test with the
 view's mappings and the sizes the kernel holds rather than killing the
-reader unexplained (it died so once in 60 runs, two readers at once). It
-reports its counts and every mismatch as one JSON line at the end.
+reader unexplained (it died so about once in 40 runs on PostgreSQL, two
+readers at once, with views at a tid folded in one poll with the next:
+test_folded_commits.py). It reports its counts and every mismatch as one
+JSON line at the end.
 """
 
 import json

@@ -239,3 +239,30 @@ def test_delta_history_forgets_oldest_and_moves_since():
     h.append(103, [(20, 30)])
     assert not h.covers(100) and h.covers(101)
     assert h.ranges(101, 103) == [(10, 30)]
+
+
+def test_delta_history_covers_no_tid_inside_a_folded_step():
+    """A step that folds (110, 120] is their net δ: a file grown in 115 and
+    shrunk back in 120 has none, yet δR(115, 120) is not empty. A tid
+    strictly inside is not covered (δR from there comes from the
+    database); its ends are, and so is everything around it."""
+    h = DeltaHistory(100)
+    h.append(110, [(0, 10)])
+    h.append(120, [], since=110)            # no net δ: still a fold
+    h.append(130, [(10, 20)], since=125)
+    assert [t for t in (100, 105, 110, 111, 115, 119, 120, 121, 125, 126, 129, 130, 140)
+            if h.covers(t)] == [100, 105, 110, 120, 121, 125, 130, 140]
+    assert h.ranges(110, 130) == [(10, 20)]
+
+
+def test_delta_history_forgets_folds_with_their_steps():
+    h = DeltaHistory(100, max_steps=2)
+    h.append(110, [(0, 10)], since=105)
+    assert not h.covers(107)
+    h.append(120, [(0, 10)])
+    h.append(130, [(0, 10)])                # 110 forgotten: since is 110
+    assert not h.covers(107) and h.covers(110)
+    for tid in range(140, 200, 10):         # empty folds count against the bound too
+        h.append(tid, [], since=tid - 5)
+    assert h.since >= 170 and not h.covers(h.since - 1) and not h.covers(187)
+    assert h.covers(190) and h.covers(200)

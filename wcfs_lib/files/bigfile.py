@@ -111,9 +111,10 @@ class BigFile:
 
     # ---- following the database (watcher thread) ----
 
-    def on_transaction(self, tid, oids, hits=()):
+    def on_transaction(self, tid, oids, hits=(), since=None):
         """Transaction `tid` modified `oids` (None: unknown, compare all);
-        `hits`: the blocks whose ZBlk is in `oids`.
+        `hits`: the blocks whose ZBlk is in `oids`; `since`: the tid before
+        it when it may stand for several transactions (folded).
 
         DatabaseUnavailable propagates (the watcher retries the step); any
         other failure marks the file broken."""
@@ -126,7 +127,7 @@ class BigFile:
             reason = '%s: %s' % (type(e).__name__, e) if str(e) else type(e).__name__
             new, ranges = self._broken(old, tid, reason), whole(old.size)
         self.latest = new
-        self._push_step(new, ranges, tid)
+        self._push_step(new, ranges, tid, since)
 
     def _step(self, old, tid, oids, hits):
         if old.broken:
@@ -159,10 +160,10 @@ class BigFile:
             self.latest = self._broken(old, old.at, 'packed away: %s' % e)
             self._push_step(self.latest, whole(old.size), None)
 
-    def _push_step(self, new, ranges, tid):
+    def _push_step(self, new, ranges, tid, since=None):
         with self.cond:
             if tid is not None:
-                self.deltas.append(tid, ranges)
+                self.deltas.append(tid, ranges, since)
             if self.pending is not None:
                 ranges = merge_ranges(self.pending[1] + ranges)
             self.pending = (new, ranges)

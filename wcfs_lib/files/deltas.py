@@ -40,8 +40,8 @@ class FileDeltas:
     def ranges(self, a, b):
         return self.history.ranges(a, b)
 
-    def append(self, tid, ranges):
-        self.history.append(tid, ranges)
+    def append(self, tid, ranges, since=None):
+        self.history.append(tid, ranges, since)
 
     # no lock held
 

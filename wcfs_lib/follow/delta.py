@@ -5,7 +5,12 @@ no transaction in (A, B] touched (SPEC 4.2). Two ways to get it:
 
 - `DeltaHistory`: the δ of every transaction since the file became visible,
   as the watcher computed it; δR is the union over (A, B]. Bounded: the
-  oldest steps are forgotten, and `since` moves forward with them.
+  oldest steps are forgotten, and `since` moves forward with them. A step
+  that folds several transactions (the database told them as one) is their
+  net δ: a block changed and changed back, a file grown and shrunk again,
+  is not in it, though it differs between a state inside the fold and the
+  end of it. So no tid strictly inside a folded step is covered: δR from
+  there is computed from the database.
 - `compare_revisions`: for A older than the history, compare the file's
   trees as of A and as of B: the block → ZBlk mapping, then for blocks that
   kept their ZBlk the serials of the ZBlk and of its chunks.
@@ -13,6 +18,7 @@ no transaction in (A, B] touched (SPEC 4.2). Two ways to get it:
 Ranges are half-open, block aligned, sorted and merged.
 """
 
+import bisect
 import collections
 
 from ..ranges import blocks_to_ranges, merge_ranges, resized_range, whole
@@ -27,19 +33,31 @@ class DeltaHistory:
     def __init__(self, since, max_steps=MAX_STEPS):
         self.since = since
         self._steps = collections.deque()   # (tid, [(start, stop)...]), non-empty only
+        self._folds = collections.deque()   # (hi, lo): the step of hi folded (lo, hi]; by hi
         self._max = max_steps
 
-    def append(self, tid, ranges):
+    def append(self, tid, ranges, since=None):
+        """The step of `tid`; `since`: the tid before it, when the step may
+        fold several transactions (even with no ranges: their net δ)."""
+        if since is not None and since < tid:
+            self._folds.append((tid, since))
         if ranges:
             self._steps.append((tid, ranges))
-            while len(self._steps) > self._max:
-                self.since = self._steps.popleft()[0]
+        while len(self._steps) > self._max:
+            self.since = self._steps.popleft()[0]
+        while len(self._folds) > self._max:
+            self.since = max(self.since, self._folds.popleft()[0])
+        while self._folds and self._folds[0][0] <= self.since:
+            self._folds.popleft()
 
     def covers(self, a):
-        return a >= self.since
+        if a < self.since:
+            return False
+        i = bisect.bisect_right(self._folds, a, key=lambda fold: fold[0])
+        return i == len(self._folds) or self._folds[i][1] >= a
 
     def ranges(self, a, b):
-        """δR(a, b) for since <= a <= b."""
+        """δR(a, b) for a and b covered, a <= b."""
         return merge_ranges(r for tid, ranges in self._steps if a < tid <= b for r in ranges)
 
 

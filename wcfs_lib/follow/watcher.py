@@ -60,8 +60,8 @@ class Watcher:
 
     # the database → us, on its I/O or polling thread: record and wake only.
 
-    def on_commit(self, tid, oids):
-        self._push((tid, oids))
+    def on_commit(self, tid, oids, folded=False):
+        self._push((tid, oids, folded))
 
     def on_resync(self):
         self._push(self.RESYNC)
@@ -106,11 +106,14 @@ class Watcher:
             except Exception:
                 log.exception('watcher: applying %s failed', _describe(item))
 
-    def _apply(self, tid, oids):
-        """Transaction `tid` modified `oids` (None: unknown, compare all)."""
+    def _apply(self, tid, oids, folded):
+        """Transaction `tid` modified `oids` (None: unknown, compare all);
+        `folded`: it may stand for several since zhead, whose states in
+        between the files' δ histories must not claim to know."""
         with self.zhead_lock:
             if tid <= self.zhead:
                 return
+            since = self.zhead if folded or oids is None else None
             self.zhead = tid
             files = self.table.note_transaction(tid, oids)
         self.stats.set('zhead', '%016x' % tid)
@@ -121,7 +124,7 @@ class Watcher:
         else:
             touched = self.oidindex.touched(oids)
             targets = [(files[fid], hits) for fid, hits in touched.items() if fid in files]
-        self._each_file(targets, lambda bf, hits: bf.on_transaction(tid, oids, hits))
+        self._each_file(targets, lambda bf, hits: bf.on_transaction(tid, oids, hits, since))
         self.applied = tid
         self._each_file([(bf, None) for bf in self.table.waiting.files()],
                         lambda bf, _: bf.answer_waiting())
@@ -163,7 +166,7 @@ class Watcher:
             return
         log.info('resync after reconnection: %016x -> %016x (%s)', self.zhead, tid,
                  'everything compared' if oids is None else '%d objects changed' % len(oids))
-        self._apply(tid, None if oids is None else frozenset(oids))
+        self._apply(tid, None if oids is None else frozenset(oids), True)
 
     def wait_zhead(self, tid, timeout):
         """Wait until zhead >= tid; TimeoutError after `timeout` seconds."""

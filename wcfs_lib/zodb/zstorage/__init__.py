@@ -7,8 +7,9 @@ One kind of database per module, each a `Database` (base.py) with the same
 few methods: load a record as of a revision, the last transaction asked of
 the server, the oids changed in a range of transactions (where it lists them
 in one round trip, or else walked: walks.py shares and keeps the walks), and
-a follower that hands the watcher `(tid, oids)` of every commit (several
-commits folded into one item where the storage only tells so):
+a follower that hands the watcher `(tid, oids)` of every commit, one at a
+time; several folded into one item only where the storage cannot list them
+(a poll past a bound, a reconnection), and then said to be folded:
 
 - zeo.py: a ZEO ClientStorage; the server pushes every commit. Pinged: a
   connection to a server that hangs is aborted after the database timeout.

@@ -78,11 +78,12 @@ class Database:
         raise NotImplementedError
 
     def follow(self, on_commit, on_resync, on_pack):
-        """Start telling on_commit(tid, oids) of each commit (oids: a frozenset
-        of ints; several commits may come as one, under the last tid),
-        on_resync() when commits may have been missed, on_pack() when objects
-        may have been packed away. They may be called on any thread and must
-        only record and wake."""
+        """Start telling on_commit(tid, oids, folded) of each commit (oids: a
+        frozenset of ints; `folded`: this item may stand for several commits
+        since the last one told, under the last tid, with the union of their
+        oids), on_resync() when commits may have been missed, on_pack() when
+        objects may have been packed away. They may be called on any thread
+        and must only record and wake."""
 
     def listed_oids(self, a, b, upto):
         """-> the oids the transactions in (a, b] modified, where the

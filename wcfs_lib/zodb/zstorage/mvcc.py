@@ -73,8 +73,11 @@ _RECORD_AS_OF_BOUNDED = '''
     FROM (SELECT zoid, tid, state FROM object_state
           WHERE zoid = %s AND tid <= %s ORDER BY tid DESC LIMIT 1) s'''
 _LAST_TID = 'SELECT tid FROM transaction ORDER BY tid DESC LIMIT 1'
+# the oids of each transaction in a range, at most %s records
+_COMMITS = 'SELECT tid, zoid FROM object_state WHERE tid > %s AND tid <= %s ORDER BY tid LIMIT %s'
 PREFETCH_BYTES = 16 << 20   # records fetched ahead and not loaded yet, at most
 PREFETCH_RECORD = 1 << 20   # longer records are left to the load (bounded) that asks
+SPLIT_RECORDS = 100000      # a poll listed commit by commit up to this many records; past it, folded
 
 
 def is_mvcc(storage):
@@ -543,9 +546,9 @@ class MVCCDatabase(Database):
 
     def _poll(self, on_commit, on_resync, on_pack):
         """Poll a private instance when the database's last tid moved (asked
-        every poll_interval): each poll's oids are one folded step under the
-        last tid. The first poll may be past what the watcher started from,
-        and one after an outage may not cover it: both are a resync."""
+        every poll_interval), and tell each commit it found (`_commits`).
+        The first poll may be past what the watcher started from, and one
+        after an outage may not cover it: both are a resync."""
         inst = Instance(self.storage.new_instance())
         probe = LastTid(self.storage)
         resync, away = True, False
@@ -567,13 +570,41 @@ class MVCCDatabase(Database):
                     resync = False
                     on_resync()
                 elif inst.tid > prev:
-                    on_commit(inst.tid, frozenset(oids))
+                    for tid, changed, folded in self._commits(inst, prev, oids):
+                        on_commit(tid, changed, folded)
                 if time.monotonic() >= next_pack_check:
                     next_pack_check = time.monotonic() + knobs.PACK_CHECK_INTERVAL
                     on_pack()
         finally:
             probe.close()
             inst.close()
+
+    def _commits(self, inst, prev, oids):
+        """The commits a poll of `inst` from `prev` found, one by one:
+        [(tid, oids, folded)]. A poll folds every commit since the last one
+        into the union of their oids, and a state in between is then lost
+        to the watcher (a block changed and changed back: no δ, though a
+        client may ask for that state), so they are listed in one query;
+        past SPLIT_RECORDS records, or where that fails, the poll stays one
+        step, said to be folded."""
+        try:
+            with self.watchdog.watching('listing commits', inst):
+                cursor = inst.storage._load_connection.cursor
+                cursor.execute(_COMMITS, (prev, inst.tid, SPLIT_RECORDS + 1))
+                rows = cursor.fetchall()
+        except Exception as e:
+            log.warning('listing the commits in (%016x, %016x]: %s; taking them as one',
+                        prev, inst.tid, oneline(e))
+            rows = None
+        if rows is None or not rows or len(rows) > SPLIT_RECORDS:
+            return [(inst.tid, frozenset(oids), True)]
+        commits = {}
+        for tid, zoid in rows:
+            commits.setdefault(tid, set()).add(zoid)
+        listed = [(tid, frozenset(changed), False) for tid, changed in sorted(commits.items())]
+        if listed[-1][0] != inst.tid:       # the last one changed no object: it still moves zhead
+            listed.append((inst.tid, frozenset(), False))
+        return listed
 
     def _poll_once(self, inst, probe, always, quiet):
         """-> what inst.poll() gives; UNCHANGED when the database's last tid

@@ -29,7 +29,7 @@ class Invalidations:
         self.invalidateCache = on_resync
 
     def invalidate(self, tid, oids):
-        self._on_commit(u64(tid), frozenset(u64(oid) for oid in oids))
+        self._on_commit(u64(tid), frozenset(u64(oid) for oid in oids), False)
 
     def transform_record_data(self, data):
         return data
