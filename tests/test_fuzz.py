@@ -142,7 +142,7 @@ def test_written_bytes_give_requests_or_one_line_errors(writes):
 
 
 class ChannelMachine(RuleBasedStateMachine):
-    """A ChannelState driven as wcfs drives it (bigfile.BigFile), with the
+    """A ChannelState driven as wcfs drives it (subscribers.Subscribers), with the
     client's requests in any order, and head moving now and then."""
 
     def __init__(self):
@@ -166,7 +166,7 @@ class ChannelMachine(RuleBasedStateMachine):
             return
         assert not before[3] and before[2] is None
         assert self.ch.checking
-        self.ch.checked()                                   # BigFile.want: its check done
+        self.ch.checked()                                   # Subscribers.want: its check done
         if self.head < cat:
             self.ch.sent_wait(cat)
         else:
@@ -185,7 +185,7 @@ class ChannelMachine(RuleBasedStateMachine):
 
     @rule(n=st.integers(1, 20))
     def head_moves(self, n):
-        """An update: BigFile._update_clients, then answer_waiting."""
+        """An update: Subscribers.update, then answer_waiting."""
         self.head += n
         c = self.ch
         if c.subscribed and not c.unacked and c.reported < self.head:

@@ -39,11 +39,11 @@ def launch(armed, done, argv):
     """Run wcfs with argv; while the file `armed` exists, a Cat's check takes
     DELAY seconds more (`armed`.checking is made when it starts), and each
     want's handling appends its Cat to `done`."""
-    from wcfs_lib.files import bigfile
+    from wcfs_lib.files import subscribers
     import wcfs
 
-    check_now = bigfile.BigFile._check_cat
-    want_now = bigfile.BigFile.want
+    check_now = subscribers.Subscribers._check_cat
+    want_now = subscribers.Subscribers.want
 
     def check_late(self, cat, request):
         r = check_now(self, cat, request)
@@ -60,8 +60,8 @@ def launch(armed, done, argv):
                 with open(done, 'a') as f:
                     f.write('%016x\n' % cat)
 
-    bigfile.BigFile._check_cat = check_late
-    bigfile.BigFile.want = want_noted
+    subscribers.Subscribers._check_cat = check_late
+    subscribers.Subscribers.want = want_noted
     return wcfs.main(argv)
 
 

@@ -78,9 +78,9 @@ class Channel:
             try:
                 verb, tid = protocol.parse_request(item)
                 if verb == 'want':
-                    self.bf.want(self, tid, request)
+                    self.bf.subscribers.want(self, tid, request)
                 else:
-                    self.bf.ack(self)
+                    self.bf.subscribers.ack(self)
             except protocol.ProtocolError as e:
                 self.reply_error(e)
         if self.dropped:
@@ -180,7 +180,7 @@ class Channel:
                 self._polls.release(self._ph)
                 self._ph = None
             self._readable.notify_all()
-        self.bf.channel_closed(self)
+        self.bf.subscribers.channel_closed(self)
 
     def wake_shutdown(self):
         with self.lock:

@@ -127,7 +127,7 @@ class Watcher:
         self._each_file(targets, lambda bf, hits: bf.on_transaction(tid, oids, hits, since))
         self.applied = tid
         self._each_file([(bf, None) for bf in self.table.waiting.files()],
-                        lambda bf, _: bf.answer_waiting())
+                        lambda bf, _: bf.subscribers.answer_waiting())
 
     def _each_file(self, targets, step):
         """step(bf, arg) for each (bf, arg); a step that needs the database

@@ -335,7 +335,7 @@ class Server:
             return None
         ch = Channel(bf, self.shutdown, PollHandles, debug=self.opts.debug)
         ch.opener = procfs.thread_process(caller_tid)
-        bf.add_channel(ch)
+        bf.subscribers.add_channel(ch)
         return ch
 
     def channel_released(self, uid):
@@ -344,7 +344,7 @@ class Server:
     def _wake_channels(self):
         for bf in self.table.files():
             with bf.cond:
-                chans = list(bf.channels)
+                chans = list(bf.subscribers.channels)
                 bf.cond.notify_all()
             for ch in chans:
                 ch.wake_shutdown()
