@@ -12,6 +12,12 @@ from wcfs_lib.service.stats import Stats
 from wcfs_lib.follow.watcher import Watcher
 
 
+def bare_file(oid, index):
+    """A BigFile sharing nothing with others: enough for the table and the watcher."""
+    return BigFile(oid, index, reads=None, kcache=None, kill=None, stats=None, shutdown=None,
+                   waiting=None, applied=None)
+
+
 def test_a_file_whose_load_fails_leaves_nothing_in_the_oid_index():
     """A mkdir whose catch-up fails leaves no entry of the file behind: a user
     repeating it would otherwise grow wcfs by 20 bytes a block each time."""
@@ -25,14 +31,14 @@ def test_a_file_whose_load_fails_leaves_nothing_in_the_oid_index():
         oid = oid_of(f)
         zblks = {oid_of(f.blktab[blk]) for blk in range(4)}
         table, oidindex = BigFileTable(), OidIndex()
-        watcher = Watcher(db.loader, table, Stats(), oidindex, BigFile)
+        watcher = Watcher(db.loader, table, Stats(), oidindex, bare_file)
         kind, loading = table.start_loading(oid, at)
         assert kind == 'new'
         # a transaction to catch up on that the file cannot follow: as of
         # tid 1 the ZBigFile did not exist
         loading.backlog.append((1, frozenset([oid])))
         with pytest.raises(zformat.ObjectMissing):
-            watcher._load(loading, ctx=None)
+            watcher._load(loading)
         assert oidindex.touched(zblks | {oid}) == {}
         assert table.start_loading(oid, at)[0] == 'new'     # the oid is free again
     finally:
@@ -58,10 +64,10 @@ def test_a_file_published_after_the_watcher_noted_a_transaction_gets_it_once():
         index = FileIndex(db.loader, oid, at, oidindex)
 
         visible = table.note_transaction(tid, oids)     # the watcher, under zhead_lock
-        bf, backlog = table.publish(loading, lambda: BigFile(oid, index, None))
+        bf, backlog = table.publish(loading, lambda: bare_file(oid, index))
         assert (bf, backlog) == (None, [(tid, oids)])   # mkdir catches up on T ...
         index.update(tid, oids, oidindex.touched(oids).get(index.fid, ()))
-        bf, _ = table.publish(loading, lambda: BigFile(oid, index, None))
+        bf, _ = table.publish(loading, lambda: bare_file(oid, index))
         assert bf is not None and index.at == tid
         # ... and the watcher, reading the table only now, does not give T again
         assert index.fid not in visible and bf not in visible.values()

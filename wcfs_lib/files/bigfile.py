@@ -42,7 +42,6 @@ from ..zodb import zformat
 from ..zodb.revisions import ObjectRevisions
 from ..zodb.zstorage import DatabaseUnavailable
 from .deltas import FileDeltas
-from .reads import FileReads
 from .revdir import RevDirs
 from .subscribers import Subscribers
 
@@ -68,10 +67,15 @@ class BigFile:
     sees the new head/at never reads stale cached pages.
     """
 
-    def __init__(self, oid, index, ctx):
+    def __init__(self, oid, index, reads, kcache, kill, stats, shutdown, waiting, applied):
+        """`reads`: its FileReads; what every file shares: `kcache`
+        (kcache.KernelCache), `kill` (subscription.KillPolicy), `stats`, the
+        server's `shutdown` Event, `waiting` (table.WaitingFiles), and
+        `applied` (-> the last tid the watcher applied)."""
         self.oid = oid
         self.loader = index.loader
-        self.ctx = ctx                  # Context: kcache, stats, blocks, kill policy, options
+        self.kcache = kcache
+        self.applied = applied
         self.index = index              # owned by the watcher thread
         self.head = snapshot_of(index.head, index.size)
         self.at = self.head.at          # what head/at shows
@@ -83,9 +87,9 @@ class BigFile:
         self.moving = False             # a step is being applied (a thread owns it)
         self.mover = None               # the last mover thread started (watcher thread; joined at shutdown)
         self.revdirs = RevDirs()
-        self.reads = FileReads(oid, index, ctx)
-        self.deltas = FileDeltas(self, self.head.at)
-        self.subscribers = Subscribers(self)
+        self.reads = reads
+        self.deltas = FileDeltas(self, self.head.at, applied, shutdown)
+        self.subscribers = Subscribers(self, kill, stats, shutdown, waiting, applied)
 
     @property
     def name(self):
@@ -152,7 +156,7 @@ class BigFile:
             if self.moving:
                 return                  # its thread picks the step up
             # head/at showed the last transaction applied: never back from there
-            self.at = max(self.at, self.ctx.applied())
+            self.at = max(self.at, self.applied())
             self.moving = True
             inline = not any(self.subscribers.subscribed())
         if inline:
@@ -164,7 +168,7 @@ class BigFile:
     def shown_at(self):
         """What head/at shows: an idle file is as of every transaction the
         watcher applied (those it was not handed did not touch it)."""
-        applied = self.ctx.applied()        # first: see DESIGN "Moving a head"
+        applied = self.applied()        # first: see DESIGN "Moving a head"
         at = self.at
         if self.pending is None and not self.moving:
             return max(at, applied)
@@ -197,7 +201,7 @@ class BigFile:
             with self.cond:
                 self.head = target
             if ranges:
-                self.ctx.kcache.invalidate_data('bigfile/%s/head/data' % self.name, ranges)
+                self.kcache.invalidate_data('bigfile/%s/head/data' % self.name, ranges)
             with self.cond:
                 self.at = target.at
             # between steps no update waits: wants that waited are answered

@@ -39,9 +39,11 @@ def _error(code):
 
 
 class Channel:
-    def __init__(self, bf, shutdown, polls, debug=False):
+    def __init__(self, bf, shutdown, polls, last_tid, stats, debug=False):
         self.bf = bf
         self._polls = polls         # fs_binding.PollHandles: the kernel's poll handles
+        self._last_tid = last_tid   # -> the database's last tid, asked of its server
+        self._stats = stats
         self.state = protocol.ChannelState()
         self.lines = protocol.LineBuffer()
         self.owner = None           # procfs.Process that made the subscription, if known
@@ -66,7 +68,7 @@ class Channel:
         """Take every line of `data`; the database is asked at most a bounded
         number of times for the whole write (SPEC 4.6), and lines after the
         channel is dropped are not processed."""
-        request = WriteContext(caller_tid, self.bf.ctx.last_tid)
+        request = WriteContext(caller_tid, self._last_tid)
         for item in self.lines.feed(data):
             if self.dropped:
                 raise _error(errno.EIO)
@@ -126,12 +128,12 @@ class Channel:
         with self.lock:
             if not self._counted and not self.dropped and not self.closed:
                 self._counted = True
-                self.bf.ctx.stats.add('subscribed')
+                self._stats.add('subscribed')
 
     def _uncount(self):
         if self._counted:
             self._counted = False
-            self.bf.ctx.stats.add('subscribed', -1)
+            self._stats.add('subscribed', -1)
 
     def _drop(self):
         self._uncount()

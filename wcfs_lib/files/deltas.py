@@ -21,12 +21,13 @@ MAX_SINCE = 1024        # δR(Cat, z) kept per file for Cats older than its hist
 
 
 class FileDeltas:
-    def __init__(self, bf, at):
+    def __init__(self, bf, at, applied, shutdown):
         self.oid = bf.oid
         self.name = bf.name
         self.loader = bf.loader
         self.index = bf.index
-        self.ctx = bf.ctx
+        self.applied = applied          # -> the last tid the watcher applied
+        self.shutdown = shutdown        # the server's Event
         self.cond = bf.cond
         self._largest = lambda: max(bf.head.size, bf.latest.size)  # the whole file, at most
         self.history = DeltaHistory(at)
@@ -71,7 +72,7 @@ class FileDeltas:
         if known is not None and (before is None or known[0] <= before):
             return known
         for _ in range(INDEX_TRIES):
-            applied = self.ctx.applied()    # first: the index has every transaction up to it
+            applied = self.applied()        # first: the index has every transaction up to it
             at = self.index.at
             if a > at or (before is not None and at > before):
                 return None
@@ -118,7 +119,7 @@ class FileDeltas:
             except Cancelled:
                 return []
             except DatabaseUnavailable as e:
-                if self.ctx.shutdown.is_set():
+                if self.shutdown.is_set():
                     return whole(self._largest())
                 log.warning('bigfile/%s: update waits for the database: %s', self.name, e)
                 time.sleep(RETRY_PAUSE)

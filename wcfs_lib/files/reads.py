@@ -10,11 +10,14 @@ from .reply import Reply
 class FileReads:
     """The read path of one visible file (FUSE and prefetch threads)."""
 
-    def __init__(self, oid, index, ctx):
+    def __init__(self, oid, index, blocks, prefetch, stats, applied):
         self.oid = oid
         self.loader = index.loader
         self.index = index              # which records a block of head is made of
-        self.ctx = ctx                  # Context: blocks, prefetch, stats, applied()
+        self.blocks = blocks            # blockcache.BlockCache, shared by every file
+        self.prefetch = prefetch        # prefetch.Prefetcher, shared
+        self.stats = stats
+        self.applied = applied          # -> the last tid the watcher applied
 
     @property
     def name(self):
@@ -34,11 +37,11 @@ class FileReads:
         bs = head.blksize
         ahead = None if stream is None else stream.note(offset, end, bs)
         if ahead is not None:
-            self.ctx.prefetch.ahead(self, head, ahead, uid)
+            self.prefetch.ahead(self, head, ahead, uid)
         for blk in range(offset // bs, (end - 1) // bs + 1):
             reply.add(self._block(head, blk, uid), max(offset - blk * bs, 0),
                       min(end - blk * bs, bs))
-        stats = self.ctx.stats
+        stats = self.stats
         stats.add('reads')
         stats.add('bytes_read', end - offset)
         return reply
@@ -48,14 +51,14 @@ class FileReads:
         return (self.oid, head.at, blk)
 
     def _block(self, head, blk, uid=None):
-        return self.ctx.blocks.get(self.block_key(head, blk), head.at, head.blksize,
+        return self.blocks.get(self.block_key(head, blk), head.at, head.blksize,
                                    lambda: self._content_key(head, blk),
                                    lambda cid: self._load_block(head, blk, cid[0]), uid,
                                    lambda parts: self._note_parts(head, blk, parts))
 
     def fill_ahead(self, head, blk, uid=None):
         """Load block `blk` as of `head` for prefetch (a prefetch thread)."""
-        self.ctx.blocks.fill(self.block_key(head, blk), head.at, head.blksize,
+        self.blocks.fill(self.block_key(head, blk), head.at, head.blksize,
                              lambda: self._content_key(head, blk),
                              lambda cid: self._load_block(head, blk, cid[0], 'blocks_prefetched'),
                              uid, lambda parts: self._note_parts(head, blk, parts))
@@ -73,11 +76,11 @@ class FileReads:
         same for every revision in [lo, hi]."""
         # a record without a next revision is current as of the server's
         # answer, so at least as of what the watcher applied before asking
-        span = zformat.Span(self.ctx.applied())
+        span = zformat.Span(self.applied())
         data, oids = self.loader.load_block_data(zblk, head.at, head.blksize, span)
-        self.ctx.stats.add('blocks_loaded')
+        self.stats.add('blocks_loaded')
         if counter is not None:
-            self.ctx.stats.add(counter)
+            self.stats.add(counter)
         return data, (span.lo, span.hi), oids
 
     def _note_parts(self, head, blk, oids):

@@ -46,11 +46,15 @@ def _gone(ch):
 class Subscribers:
     """The channels of the BigFile `bf`, and what they were told."""
 
-    def __init__(self, bf):
+    def __init__(self, bf, kill, stats, shutdown, waiting, applied):
         self.bf = bf
         self.cond = bf.cond
-        self.ctx = bf.ctx
         self.deltas = bf.deltas
+        self.kill = kill                # subscription.KillPolicy
+        self.stats = stats
+        self.shutdown = shutdown        # the server's Event
+        self.waiting = waiting          # table.WaitingFiles: files with a want that waits
+        self.applied = applied          # -> the last tid the watcher applied
         self.channels = set()
         self.answering = False          # the answerer thread runs
 
@@ -67,7 +71,7 @@ class Subscribers:
         """Move the clients in `waitset` (subscribed, cond held when it was
         taken) to the Snapshot `target`: send the update's haves and wait
         for the acks (SPEC 4.3 steps 1-2). No lock held."""
-        update = Update(target, waitset, self.ctx.kill.kill_timeout)
+        update = Update(target, waitset, self.kill.kill_timeout)
         target = update.target.at
         with self.cond:
             since = {ch: ch.state.reported for ch in update.waitset}
@@ -75,7 +79,7 @@ class Subscribers:
                          for ch, reported in since.items()}
         laggards = []
         with self.cond:
-            while not self.ctx.shutdown.is_set():
+            while not self.shutdown.is_set():
                 needed = update.answers_needed()
                 if needed:
                     self.cond.release()     # δR may need the database
@@ -116,7 +120,7 @@ class Subscribers:
         with self.cond:
             channels = list(self.channels)
         for ch in laggards:
-            self.ctx.kill.deal_with(ch, channels)
+            self.kill.deal_with(ch, channels)
             ch.drop()
 
     def _send_have(self, ch, tid, ranges, update=False):
@@ -126,7 +130,7 @@ class Subscribers:
         else:
             ch.state.sent_have(tid)
             ch.count_subscribed()
-        self.ctx.stats.add('invalidations_sent')
+        self.stats.add('invalidations_sent')
 
     def answer_waiting(self, mover=False):
         """Channels whose `want` waited for a head at or after their Cat get
@@ -142,7 +146,7 @@ class Subscribers:
             waiting = [(ch, ch.state.waiting) for ch in self.channels
                        if ch.state.waiting is not None and not ch.dropped and not ch.closed]
             if not waiting:
-                self.ctx.waiting.discard(self.bf)
+                self.waiting.discard(self.bf)
                 return
             for ch, cat in waiting:
                 if cat > sat or ch.state.unacked:
@@ -168,7 +172,7 @@ class Subscribers:
         found = {}                      # (channel, Cat) -> (S, δR(Cat, S) or None)
         try:
             with self.cond:
-                while not self.ctx.shutdown.is_set():
+                while not self.shutdown.is_set():
                     if self.bf.moving:
                         self.cond.wait(ANSWERER_POLL)
                         continue
@@ -286,13 +290,13 @@ class Subscribers:
             if self.bf.moving or ch.state.unacked or sat < cat:
                 ch.send(protocol.format_have(sat, wait=True))
                 ch.state.sent_wait(cat)
-                self.ctx.waiting.add(self.bf)
+                self.waiting.add(self.bf)
             elif self.deltas.covers(cat):
                 self._send_have(ch, sat, self.deltas.ranges(cat, sat))
                 return
             else:
                 ch.state.asked(cat)
-                self.ctx.waiting.add(self.bf)
+                self.waiting.add(self.bf)
                 self._start_answerer()
                 return
         # the watcher may have moved on before it saw this file waiting
@@ -301,7 +305,7 @@ class Subscribers:
     def _check_cat(self, cat, request):
         try:
             # a tid the watcher applied is no later than the database's last
-            last = cat if cat <= self.ctx.applied() else request.last_tid()
+            last = cat if cat <= self.applied() else request.last_tid()
             if cat > last:
                 raise protocol.ProtocolError('want %016x: after the last transaction %016x'
                                              % (cat, last))

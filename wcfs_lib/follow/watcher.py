@@ -44,7 +44,7 @@ class Watcher:
 
     def __init__(self, loader, table, stats, oidindex, make_file):
         self.loader = loader
-        self._make_file = make_file     # (oid, FileIndex, ctx) -> the visible file (bigfile.BigFile)
+        self._make_file = make_file     # (oid, FileIndex) -> the visible file (bigfile.BigFile)
         self.records = loader.records
         self.table = table
         self.stats = stats
@@ -176,7 +176,7 @@ class Watcher:
 
     # making a file visible (a FUSE thread)
 
-    def add_file(self, oid, ctx):
+    def add_file(self, oid):
         """Make the ZBigFile `oid` visible as of zhead; -> the BigFile, or
         None if it is visible already. Raises what loading its index raises."""
         while True:
@@ -185,10 +185,10 @@ class Watcher:
             if kind == 'visible':
                 return None
             if kind == 'new':
-                return self._load(there, ctx)
+                return self._load(there)
             there.done.wait()           # another mkdir loads it: its outcome decides
 
-    def _load(self, loading, ctx):
+    def _load(self, loading):
         """Load the index of `loading`, catch up on the transactions that
         arrived meanwhile, publish the file. No notification to the kernel
         here: this runs in mkdir's handler, and the file was never visible."""
@@ -197,7 +197,7 @@ class Watcher:
         try:
             index = FileIndex(self.loader, oid, loading.at, self.oidindex)
             while True:
-                bf, backlog = self.table.publish(loading, lambda: self._make_file(oid, index, ctx))
+                bf, backlog = self.table.publish(loading, lambda: self._make_file(oid, index))
                 if bf is not None:
                     return bf
                 for tid, oids in backlog:

@@ -24,7 +24,7 @@ class Model:
         srv = self._srv
         # the client may have seen a commit the watcher has not applied yet
         srv.watcher.wait_zhead(srv.last_tid(), srv.opts.db_timeout)
-        bf = srv.watcher.add_file(oid, srv.ctx)
+        bf = srv.watcher.add_file(oid)
         if bf is not None:
             srv.malloc.trim()           # what loading a big index left over
         return bf
@@ -33,7 +33,7 @@ class Model:
         """The file `oid` as of `tid`; None when the database has no `tid`
         yet. Raises ObjectMissing where the file did not exist then or was
         packed away."""
-        if tid > self._srv.last_tid():
+        if not self._srv.committed(tid):
             return None
         loader = self._srv.loader
         zh = loader.zbigfile(oid, tid, fresh=True)

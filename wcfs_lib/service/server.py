@@ -33,6 +33,7 @@ from ..files.table import BigFileTable
 from ..files.blockcache import BlockCache
 from ..files.channel import Channel
 from ..files.prefetch import Prefetcher
+from ..files.reads import FileReads
 from ..files.shares import Shares
 from ..files.subscription import KillPolicy
 from ..follow.oidindex import OidIndex
@@ -103,23 +104,6 @@ def check_zurl(zurl):
     zstorage.resolve(zurl)
 
 
-class Context:
-    """What every bigfile shares."""
-
-    def __init__(self, srv, kcache):
-        self.kcache = kcache
-        self.stats = srv.stats
-        self.blocks = BlockCache(shares=Shares() if srv.database.serial else None)
-        self.prefetch = Prefetcher(self.blocks)
-        srv.stats.gauge('prefetched_unused', lambda: self.blocks.unused)
-        srv.stats.gauge('loads_rested', lambda: self.blocks.rested)
-        self.shutdown = srv.shutdown
-        self.kill = KillPolicy(srv.mountpoint, srv.opts.kill_timeout, srv.stats)
-        self.last_tid = srv.last_tid
-        self.waiting = srv.table.waiting
-        self.applied = lambda: srv.watcher.applied
-
-
 class Server:
     def __init__(self, opts, reopen_log=lambda: None):
         self.opts = opts
@@ -158,10 +142,14 @@ class Server:
         self.stats.gauge('db_requests', lambda: self.records.requests)
         self.stats.gauge('history_walks', lambda: self.records.walks.walks)
         self.stats.gauge('history_walked', lambda: self.records.walks.walked)
-        kcache = KernelCache(libfuse, self.mountpoint)
-        self.ctx = Context(self, kcache)
+        self.kcache = KernelCache(libfuse, self.mountpoint)
+        self.blocks = BlockCache(shares=Shares() if self.database.serial else None)
+        self.prefetch = Prefetcher(self.blocks)
+        self.stats.gauge('prefetched_unused', lambda: self.blocks.unused)
+        self.stats.gauge('loads_rested', lambda: self.blocks.rested)
+        self.kill = KillPolicy(self.mountpoint, self.opts.kill_timeout, self.stats)
         try:
-            self.watcher = Watcher(self.loader, self.table, self.stats, OidIndex(), BigFile)
+            self.watcher = Watcher(self.loader, self.table, self.stats, OidIndex(), self._make_file)
         except zstorage.DatabaseUnavailable as e:
             self._close_storage()
             raise StartError('%s: %s' % (self.zurl_shown, e)) from None
@@ -178,6 +166,17 @@ class Server:
         self._fuse_dev = os.stat(self.mountpoint).st_dev
         mount.set_read_ahead(self.mountpoint, READ_AHEAD_KB)
         log.info('serving %s on %s, zhead %016x', self.zurl_shown, self.mountpoint, self.watcher.zhead)
+
+    def _make_file(self, oid, index):
+        """The BigFile of a file made visible, and what it shares with the others."""
+        applied = self._applied
+        reads = FileReads(oid, index, self.blocks, self.prefetch, self.stats, applied)
+        return BigFile(oid, index, reads, kcache=self.kcache, kill=self.kill, stats=self.stats,
+                       shutdown=self.shutdown, waiting=self.table.waiting, applied=applied)
+
+    def _applied(self):
+        """The last transaction the watcher applied to every file."""
+        return self.watcher.applied
 
     def _run_fuse(self):
         # max_idle_threads: libfuse 3.14 warns about its unset default otherwise.
@@ -196,7 +195,7 @@ class Server:
 
     def on_mounted(self):
         """From the FUSE init handler: the kernel talks to us."""
-        self.ctx.kcache.bind()
+        self.kcache.bind()
         self._mounted.set()
 
     # ---- serving ----
@@ -222,7 +221,7 @@ class Server:
         self.act_on_signals()
         self._expire_revdirs()
         self._check_database()
-        self.ctx.blocks.trim()
+        self.blocks.trim()
         self.malloc.trim()
 
     def _check_database(self):
@@ -260,7 +259,7 @@ class Server:
                 self.revdir_quota.release(rd.uid)
                 log.debug('bigfile/%s/%s: removed after %ss unused', bf.name, rd.name,
                           self.opts.revdir_timeout)
-                self.ctx.kcache.forget_entry('bigfile/' + bf.name, rd.name)
+                self.kcache.forget_entry('bigfile/' + bf.name, rd.name)
 
     def stop(self):
         """The one way out (SIGTERM, SIGINT, autoexit, an external unmount, a
@@ -274,7 +273,7 @@ class Server:
         for bf in self.table.files():
             if bf.mover is not None:
                 bf.mover.join()
-        self.ctx.prefetch.stop()
+        self.prefetch.stop()
         self._close_storage()
         log.info('unmounted %s', self.mountpoint)
         self._log_threads_left()
@@ -325,6 +324,11 @@ class Server:
         """The database's last transaction, asking the server (never stale)."""
         return max(self.watcher.zhead, self.records.last_tid())
 
+    def committed(self, tid):
+        """Has the database committed `tid`? The server is asked only for a
+        tid past what the watcher knows."""
+        return tid <= self.watcher.zhead or tid <= self.last_tid()
+
     def open_channel(self, bf, caller_tid, uid):
         """A new channel of `bf` for user `uid`; None when MAX_CHANNELS are
         open, or `uid` holds its share (quota.py): EMFILE. channel_released(uid)
@@ -333,7 +337,8 @@ class Server:
         if refused is not None:
             log.warning('open bigfile/%s/head/invalidations: EMFILE: %s', bf.name, refused)
             return None
-        ch = Channel(bf, self.shutdown, PollHandles, debug=self.opts.debug)
+        ch = Channel(bf, self.shutdown, PollHandles, self.last_tid, self.stats,
+                     debug=self.opts.debug)
         ch.opener = procfs.thread_process(caller_tid)
         bf.subscribers.add_channel(ch)
         return ch

@@ -42,6 +42,7 @@ import threading
 import time
 
 import ZEO.ClientStorage
+import ZEO.Exceptions
 import ZEO.asyncio.base
 import ZEO.asyncio.smp
 from ZODB.utils import p64, u64
@@ -53,6 +54,7 @@ from .plain import Invalidations
 log = logging.getLogger('wcfs.zstorage')
 
 PING_INTERVAL = 1.0     # seconds between pings, at most (a third of the timeout, if less)
+LAST_TID_PAUSE = 0.002  # seconds between pings while a commit's invalidation is on its way
 
 
 class MissingPrivate(Exception):
@@ -101,9 +103,27 @@ class ZEODatabase(Database):
         return self.storage.loadBefore(oid, before)
 
     def last_tid(self):
-        # a round trip after which the invalidations sent before are in
-        self.storage.ping()
-        return u64(self.storage.lastTransaction())
+        """The server's last transaction, once this client has its
+        invalidations (loads from the client cache as of it are then exact).
+
+        A ping alone is not enough: the server tells other clients of a
+        commit on their connections' own threads, after the committer got
+        its answer, so a ping can overtake an invalidation of a commit that
+        another process has already seen (a reader then got ENOENT for
+        `mkdir @<tid>` of a tid in the writer's log, 3 runs in 60 of the
+        isolation stress on a loaded machine). So the server's own last
+        tid is asked, and pinged for until its invalidation is in."""
+        server = u64(self._call('lastTransaction'))
+        deadline = time.monotonic() + self._timeout
+        while True:
+            self.storage.ping()     # a round trip: the invalidations sent before are in
+            mine = u64(self.storage.lastTransaction())
+            if mine >= server:
+                return mine
+            if time.monotonic() > deadline:
+                raise ZEO.Exceptions.ClientDisconnected(
+                    'the invalidation of %016x did not arrive within %gs' % (server, self._timeout))
+            time.sleep(LAST_TID_PAUSE)
 
     def follow(self, on_commit, on_resync, on_pack):
         self.storage.registerDB(Invalidations(on_commit, on_resync))
