@@ -18,29 +18,16 @@ import time
 
 import common
 from common import MiB
-from ZODB.Connection import TransactionMetaData
-from ZODB.utils import p64, u64
+from ZODB.utils import u64
 
 from wcfs_lib import zbig
 from devtools.pgcluster import last_transaction
+from devtools.records import raw_store
 
 BLKSIZE = 64 << 10
 TARGET = 1.0            # seconds from B's commit to B's head/at
 ORDINARY = 5            # ordinary commits to B measured first
 CLASS = b'\x80\x03cBTrees.LOBTree\nLOBTree\nq\x00.'
-
-
-def commit_raw(storage, records):
-    """Commit raw records {oid: data} in one transaction, as any database
-    writer may; -> its tid."""
-    t = TransactionMetaData()
-    storage.tpc_begin(t)
-    for oid, data in records.items():
-        serial = storage.loadBefore(p64(oid), p64(u64(storage.lastTransaction()) + 1))[1]
-        storage.store(p64(oid), serial, data, '', t)
-    storage.tpc_vote(t)
-    storage.tpc_finish(t)
-    return u64(storage.lastTransaction())
 
 
 def commit_block(db, conn, f):
@@ -90,7 +77,7 @@ def main():
             common.reset_peak_rss(mnt.proc.pid)
             record = CLASS + b'N' * (args.size * MiB)
             t0 = time.time()
-            bad_tid = commit_raw(db.storage, {u64(a.blktab._p_oid): record})
+            bad_tid = raw_store(db.storage, {u64(a.blktab._p_oid): record})
             t_bad = time.time()
             del record
             conn.transaction_manager.abort()

@@ -25,7 +25,7 @@ from ZODB.utils import u64
 from devtools.procs import free_port, is_mounted, wait_for
 from devtools.wcfsproc import ROOT
 from wcfs_lib import zbig
-from zhelp import read_head
+from zhelp import assert_one_line_error, read_head
 
 import wcfs
 
@@ -42,16 +42,6 @@ def run_wcfs(*args, timeout=RUN_TIMEOUT):
     return subprocess.run([sys.executable, str(ROOT / 'wcfs.py'), *map(str, args)],
                           stdin=subprocess.DEVNULL, capture_output=True, text=True,
                           timeout=timeout)
-
-
-def assert_one_line_error(r, status, *names):
-    """r exited with status, with one line on stderr that contains each of names."""
-    lines = r.stderr.splitlines()
-    assert r.returncode == status, r.stderr
-    assert 'Traceback' not in r.stderr, r.stderr
-    assert len(lines) == 1, r.stderr
-    for name in names:
-        assert name in lines[0], r.stderr
 
 
 def mount_options(path):

@@ -19,7 +19,7 @@ import pytest
 
 from devtools.procs import wait_for
 from wcfs_lib import client, zbig
-from zhelp import KiB, Writer, close_child, hex16, read_bytes, stat_int, wait_head
+from zhelp import Child, KiB, Writer, hex16, read_bytes, stat_int, wait_head
 
 BS = 64 * KiB
 CLIENT_LOG = 'wcfs.client'
@@ -186,7 +186,7 @@ CHILD = textwrap.dedent('''
 ''')
 
 
-class ChildClient:
+class ChildClient(Child):
     """Another process with one view, driven line by line (open, resync,
     array, sha1). A view that faults (SIGBUS: a page of head/data past its
     end, not overlaid) fails the test instead of killing pytest."""
@@ -218,15 +218,6 @@ class ChildClient:
 
     def sha1(self, array):
         return self.call('sha1', array)
-
-    def close(self):
-        close_child(self.proc)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 def sha1(data):

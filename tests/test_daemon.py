@@ -47,7 +47,7 @@ from devtools.procs import START_TIMEOUT, STOP_TIMEOUT, free_port, is_mounted, r
 from devtools.wcfsproc import ROOT
 from wcfs_lib import zbig
 from wcfs_lib.service import daemon
-from zhelp import NOBODY, SETPRIV_NOBODY, read_head
+from zhelp import NOBODY, SETPRIV_NOBODY, assert_one_line_error, read_head
 
 AUTOEXIT = 2            # seconds of --autoexit in these tests
 BLKSIZE = 64 << 10
@@ -60,16 +60,6 @@ def serving(mountpoint):
             return f.read().rstrip('\n')
     except OSError:
         return ''
-
-
-def assert_one_line_error(start, status, *names):
-    """The start exited with status and one line on stderr naming each of names."""
-    lines = start.stderr.splitlines()
-    assert start.returncode == status, start.stderr
-    assert 'Traceback' not in start.stderr, start.stderr
-    assert len(lines) == 1, start.stderr
-    for name in names:
-        assert name in lines[0], start.stderr
 
 
 # ---- data ----

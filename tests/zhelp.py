@@ -14,6 +14,7 @@ AS_NOBODY    how to run a process as the user nobody (subprocess arguments).
 """
 
 import ctypes
+import errno
 import ctypes.util
 import mmap
 import os
@@ -24,7 +25,6 @@ import textwrap
 import time
 
 import transaction
-from ZODB.Connection import TransactionMetaData
 from ZODB.TimeStamp import TimeStamp
 from ZODB.utils import p64, u64
 
@@ -102,16 +102,42 @@ def close_child(proc, timeout=10):
         proc.wait()
 
 
-def raw_store(storage, records):
-    """Commit raw records {oid: data} in one transaction; -> its tid."""
-    t = TransactionMetaData()
-    storage.tpc_begin(t)
-    for oid, data in records.items():
-        serial = storage.loadBefore(p64(oid), p64(u64(storage.lastTransaction()) + 1))[1]
-        storage.store(p64(oid), serial, data, '', t)
-    storage.tpc_vote(t)
-    storage.tpc_finish(t)
-    return u64(storage.lastTransaction())
+def assert_one_line_error(run, status, *names):
+    """A process (CompletedProcess, or what has returncode and stderr text)
+    exited with status, with one line on stderr that names each of names."""
+    lines = run.stderr.splitlines()
+    assert run.returncode == status, run.stderr
+    assert 'Traceback' not in run.stderr, run.stderr
+    assert len(lines) == 1, run.stderr
+    for name in names:
+        assert name in lines[0], run.stderr
+
+
+def assert_read_eio(path):
+    """Reading the file at path fails with EIO."""
+    try:
+        read_bytes(path)
+    except OSError as e:
+        assert e.errno == errno.EIO, '%s: %s' % (path, e)
+    else:
+        raise AssertionError('%s: read, EIO expected' % path)
+
+
+class Child:
+    """A child process driven through its stdin (`proc`); closing its stdin
+    ends it (close_child). A context manager."""
+
+    proc = None
+
+    def close(self):
+        if self.proc is not None:
+            close_child(self.proc)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
 
 
 def debug_knobs(*knobs):
@@ -302,7 +328,7 @@ _HOLDER = textwrap.dedent('''
 ''')
 
 
-class Holder:
+class Holder(Child):
     """Another process that mmaps a file (MAP_SHARED, PROT_READ), touches every
     page, and keeps it mapped until close(); .sha1() hashes what it maps now."""
 
@@ -318,15 +344,6 @@ class Holder:
         self.proc.stdin.write('sha1\n')
         self.proc.stdin.flush()
         return self.proc.stdout.readline().strip()
-
-    def close(self):
-        close_child(self.proc)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
 
 
 # ---- another user: nobody ----
