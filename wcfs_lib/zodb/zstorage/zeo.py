@@ -112,18 +112,18 @@ class ZEODatabase(Database):
         another process has already seen (a reader then got ENOENT for
         `mkdir @<tid>` of a tid in the writer's log, 3 runs in 60 of the
         isolation stress on a loaded machine). So the server's own last
-        tid is asked, and pinged for until its invalidation is in."""
+        tid is asked (a round trip, like a ping: the invalidations sent
+        before its answer are in), and pinged for until its invalidation
+        is in too."""
         server = u64(self._call('lastTransaction'))
         deadline = time.monotonic() + self._timeout
-        while True:
-            self.storage.ping()     # a round trip: the invalidations sent before are in
-            mine = u64(self.storage.lastTransaction())
-            if mine >= server:
-                return mine
+        while u64(self.storage.lastTransaction()) < server:
             if time.monotonic() > deadline:
                 raise ZEO.Exceptions.ClientDisconnected(
                     'the invalidation of %016x did not arrive within %gs' % (server, self._timeout))
             time.sleep(LAST_TID_PAUSE)
+            self.storage.ping()
+        return u64(self.storage.lastTransaction())
 
     def follow(self, on_commit, on_resync, on_pack):
         self.storage.registerDB(Invalidations(on_commit, on_resync))
