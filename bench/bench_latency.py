@@ -31,7 +31,6 @@ its stdin closes.
 
 import argparse
 import os
-import select
 import statistics
 import sys
 import time
@@ -50,43 +49,19 @@ REPLY_TIMEOUT = 10      # seconds a `have` may take before the run fails
 # ---- the client process ----
 
 def client_main(path, cat):
-    fd = os.open(path, os.O_RDWR | os.O_NONBLOCK)
-    out = sys.stdout
-    os.write(fd, b'want %s\n' % cat.encode())
-    p = select.poll()
-    p.register(fd, select.POLLIN)
-    p.register(0, select.POLLIN)
-    buf = b''
+    """One channel: 'ready' once subscribed, then 'have TID MONO WALL' per update."""
     subscribed = False
-    while True:
-        events = p.poll(1000)
-        now, wall = time.monotonic(), time.time()
-        for efd, _ in events:
-            if efd == 0:
-                if not os.read(0, 100):
-                    return
-                continue
-            try:
-                data = os.read(fd, 1 << 20)
-            except BlockingIOError:
-                continue
-            if not data:
-                raise RuntimeError('client: EOF on %s' % path)
-            buf += data
-            while b'\n' in buf:
-                line, _, buf = buf.partition(b'\n')
-                words = line.decode('ascii').split(' ')
-                if words[0] != 'have':
-                    raise RuntimeError('client: unexpected reply %r' % line)
-                if words[2:] == ['wait']:
-                    continue
-                os.write(fd, b'ack\n')
-                if not subscribed:
-                    subscribed = True
-                    out.write('ready\n')
-                else:
-                    out.write('have %s %.6f %.6f\n' % (words[1], now, wall))
-                out.flush()
+
+    def on_have(fd, tid, mono, wall, t_ack):
+        nonlocal subscribed
+        if subscribed:
+            sys.stdout.write('have %s %.6f %.6f\n' % (tid, mono, wall))
+        else:
+            subscribed = True
+            sys.stdout.write('ready\n')
+        sys.stdout.flush()
+
+    common.ack_haves(path, cat, 1, on_have)
 
 
 class Client(common.ClientProcess):

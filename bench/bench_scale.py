@@ -24,7 +24,6 @@ for every update, and ends when its stdin closes.
 
 import argparse
 import os
-import select
 import statistics
 import sys
 import time
@@ -45,14 +44,9 @@ PAUSE = 0.2             # seconds between updates
 # ---- the client process ----
 
 def client_main(bigfile, cat, n):
-    path = os.path.join(bigfile, 'head', 'invalidations')
-    fds = [os.open(path, os.O_RDWR | os.O_NONBLOCK) for _ in range(int(n))]
-    p = select.poll()
-    p.register(0, select.POLLIN)
-    for fd in fds:
-        p.register(fd, select.POLLIN)
-        os.write(fd, b'want %s\n' % cat.encode())
-    bufs = {fd: b'' for fd in fds}
+    """n channels: 'ready' once all are subscribed, then per update, once
+    all n read it, 'tid TID FIRST-READ LAST-READ LAST-ACK'."""
+    n = int(n)
     subscribed = set()
     got = {}        # tid -> [fds that read it, first read, last read, last ack]
 
@@ -60,42 +54,22 @@ def client_main(bigfile, cat, n):
         sys.stdout.write(line + '\n')
         sys.stdout.flush()
 
-    while True:
-        for fd, _ in p.poll(1000):
-            if fd == 0:
-                if not os.read(0, 100):
-                    return
-                continue
-            try:
-                data = os.read(fd, 1 << 20)
-            except BlockingIOError:
-                continue
-            t_read = time.time()
-            if not data:
-                raise RuntimeError('client: EOF on a channel')
-            bufs[fd] += data
-            while b'\n' in bufs[fd]:
-                line, _, bufs[fd] = bufs[fd].partition(b'\n')
-                words = line.decode('ascii').split(' ')
-                if words[0] != 'have':
-                    raise RuntimeError('client: unexpected reply %r' % line)
-                if words[2:] == ['wait']:
-                    continue
-                os.write(fd, b'ack\n')
-                t_ack = time.time()
-                if fd not in subscribed:
-                    subscribed.add(fd)
-                    if len(subscribed) == len(fds):
-                        say('ready')
-                    continue
-                g = got.setdefault(words[1], [0, t_read, t_read, t_ack])
-                g[0] += 1
-                g[1] = min(g[1], t_read)
-                g[2] = max(g[2], t_read)
-                g[3] = max(g[3], t_ack)
-                if g[0] == len(fds):
-                    say('tid %s %.6f %.6f %.6f' % (words[1], g[1], g[2], g[3]))
-                    del got[words[1]]
+    def on_have(fd, tid, mono, t_read, t_ack):
+        if fd not in subscribed:
+            subscribed.add(fd)
+            if len(subscribed) == n:
+                say('ready')
+            return
+        g = got.setdefault(tid, [0, t_read, t_read, t_ack])
+        g[0] += 1
+        g[1] = min(g[1], t_read)
+        g[2] = max(g[2], t_read)
+        g[3] = max(g[3], t_ack)
+        if g[0] == n:
+            say('tid %s %.6f %.6f %.6f' % (tid, g[1], g[2], g[3]))
+            del got[tid]
+
+    common.ack_haves(os.path.join(bigfile, 'head', 'invalidations'), cat, n, on_have)
 
 
 class Client(common.ClientProcess):

@@ -353,6 +353,46 @@ class Bench:
                 print('%s: left %s: still mounted' % (self.name, self.dir), file=sys.stderr)
 
 
+def ack_haves(path, cat, n, on_have):
+    """The client side of a channel benchmark: open n channels of path,
+    want cat on each, then until stdin closes ack every `have` at once
+    (`wait` lines aside) and call on_have(fd, tid, mono, wall, t_ack).
+
+    mono and wall are time.monotonic() and time.time() as poll(2) returned
+    with the line, t_ack time.time() after the ack was written: the
+    benchmarks time from there, so nothing else runs in between."""
+    fds = [os.open(path, os.O_RDWR | os.O_NONBLOCK) for _ in range(n)]
+    p = select.poll()
+    p.register(0, select.POLLIN)
+    for fd in fds:
+        p.register(fd, select.POLLIN)
+        os.write(fd, b'want %s\n' % cat.encode())
+    bufs = dict.fromkeys(fds, b'')
+    while True:
+        events = p.poll(1000)
+        mono, wall = time.monotonic(), time.time()
+        for fd, _ in events:
+            if fd == 0:
+                if not os.read(0, 100):
+                    return
+                continue
+            try:
+                data = os.read(fd, 1 << 20)
+            except BlockingIOError:
+                continue
+            if not data:
+                raise RuntimeError('client: EOF on %s' % path)
+            *lines, bufs[fd] = (bufs[fd] + data).split(b'\n')
+            for line in lines:
+                words = line.decode('ascii').split(' ')
+                if words[0] != 'have':
+                    raise RuntimeError('client: unexpected reply %r' % line)
+                if words[2:] == ['wait']:
+                    continue
+                os.write(fd, b'ack\n')
+                on_have(fd, words[1], mono, wall, time.time())
+
+
 class ClientProcess:
     """A client process (argv), with a line reader of its stdout that never
     blocks for good; stop() closes its stdin and waits for it."""

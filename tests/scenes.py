@@ -109,6 +109,12 @@ class Served:
         self.channels.append(ch)
         return ch
 
+    def subscribed(self, i=0):
+        """A channel of file i subscribed at the last commit; -> (it, that tid)."""
+        ch = self.chan(i)
+        ch.subscribe(self.tid)
+        return ch, self.tid
+
     def data(self, i=0):
         return read_bytes(os.path.join(self.dirs[i], 'head', 'data'))
 

@@ -203,9 +203,7 @@ def test_want_again_after_ack(serve):
 @pytest.mark.parametrize('change', ['blksize', 'blktab'])
 def test_change_of_the_zbigfile_object_is_one_range_to_the_larger_size(serve, change):
     s = serve(nblk=5)                       # 320 KiB
-    ch = s.chan()
-    old = s.tid
-    ch.subscribe(old)
+    ch, old = s.subscribed()
     if change == 'blksize':
         s.files[0].set_blksize(2 * BS)      # 3 blocks of 128 KiB: 384 KiB
         size = 6 * BS
@@ -305,9 +303,7 @@ def test_update_reports_changes_since_the_last_reported_tid(serve):
 
 def test_commit_not_touching_the_file_moves_head_at_and_sends_nothing(serve):
     s = serve()
-    ch = s.chan()
-    old = s.tid
-    ch.subscribe(old)
+    ch, old = s.subscribed()
     other = s.touch_other()
     wait_head(s.dir, other)
     ch.expect_nothing(within=1.0)
@@ -338,9 +334,7 @@ def test_updates_of_one_file_do_not_wait_for_clients_of_another(serve):
 
 def test_close_ends_the_subscription(serve):
     s = serve()
-    ch = s.chan()
-    old = s.tid
-    ch.subscribe(old)
+    ch, old = s.subscribed()
     assert stat_int(s.mnt, 'subscribed') == 1
     ch.close()
     wait_for(lambda: stat_int(s.mnt, 'channels') == 0, what='the channel to go')
@@ -536,15 +530,21 @@ def test_want_while_waiting_is_error(serve):
     b.ack()
 
 
+def _one_error_then_served(ch, tid):
+    """ch's next reply is one `error`, then nothing more: the channel goes on
+    serving, a want of tid gets its have."""
+    ch.error()
+    ch.expect_nothing(within=0.1)
+    assert ch.want(tid).tid == tid
+
+
 @pytest.mark.parametrize('size', [257, 300, 4096, 100000])
 def test_line_over_256_bytes_is_error(serve, size):
     s = serve()
     ch = s.chan()
     line = ('want ' + hex16(s.tid)).encode().ljust(size, b' ')
     ch.send(line)
-    ch.error()
-    ch.expect_nothing(within=0.1)
-    assert ch.want(s.tid).tid == s.tid
+    _one_error_then_served(ch, s.tid)
 
 
 def test_line_split_over_several_writes(serve):
@@ -585,9 +585,7 @@ def test_megabytes_without_newline_are_bounded(serve):
     grown = vmrss(s.mnt.pid) - rss
     assert grown < 16 * MiB, 'wcfs grew by %d MiB for a 64 MiB line' % (grown // MiB)
     ch.write(b'\n')
-    ch.error()
-    ch.expect_nothing(within=0.1)
-    assert ch.want(s.tid).tid == s.tid
+    _one_error_then_served(ch, s.tid)
 
 
 def test_client_that_never_reads_gets_EIO_past_64KiB_of_replies(serve):

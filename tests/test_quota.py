@@ -136,13 +136,19 @@ def test_one_uid_alone_holds_four_fifths_of_the_channels_and_another_half_the_re
     assert (len(fds), error) == (10, None)
 
 
+def _commit_after_gap(s, n):
+    """Commit to file a more than n tids after the last commit; -> the
+    last commit's tid: every tid in between names the file as of it."""
+    s.f['a'].write_block(0, b'later')
+    first = s.tid
+    assert s.commit() - first > n
+    return first
+
+
 @pytest.mark.timeout(600)
 def test_one_uid_alone_creates_four_fifths_of_the_revdirs(hogged):
     s, start = hogged
-    s.f['a'].write_block(0, b'later')
-    first = s.tid
-    last = s.commit()
-    assert last - first > MAX_REVDIRS   # tids in between name the file as of `first`
+    first = _commit_after_gap(s, MAX_REVDIRS)
     hog = start('mkdir', s.dir, hex16(first))
     mine = MAX_REVDIRS - MAX_REVDIRS // 5
     assert hog.result() == (mine, 'ENOSPC')
@@ -160,10 +166,7 @@ FOUR_UIDS = [NOBODY_UID, 1, 2, 3]      # nobody, daemon, bin, sys
 @pytest.mark.timeout(900)
 def test_four_uids_taking_every_slot_they_can_leave_a_fifth_a_channel_and_a_revdir(hogged):
     s, start = hogged
-    s.f['a'].write_block(0, b'later')
-    first = s.tid
-    last = s.commit()
-    assert last - first > 5 * MAX_REVDIRS   # tids in between name the file as of `first`
+    first = _commit_after_gap(s, 5 * MAX_REVDIRS)
     inval = os.path.join(s.dir, 'head', 'invalidations')
     got = {}
     for i, uid in enumerate(FOUR_UIDS):     # one after another: each takes all it can

@@ -83,9 +83,7 @@ def test_update_is_not_held_up_by_channels_that_subscribe_during_it(serve):
 
 def test_want_during_an_update_waits_until_it_is_done(serve):
     s = serve()
-    slow = s.chan()
-    old = s.tid
-    slow.subscribe(old)
+    slow, old = s.subscribed()
     new = s.touch(2)
     assert slow.have().tid == new                  # the update; not acked yet
     late = s.chan()

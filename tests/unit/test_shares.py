@@ -19,20 +19,25 @@ from wcfs_lib.files.shares import NOBODY, Shares
 BS = 1 << 20
 
 
+def _started(*readers, share=0.5, credit=1, active=5, at=0):
+    """Shares with these users seen reading at `at`, where the database's
+    clock starts."""
+    s = Shares(share=share, credit=credit, active=active)
+    for uid in readers:
+        s.seen(uid, at)
+    s.charge(NOBODY, at)
+    return s
+
+
 def test_a_user_alone_has_the_database_to_itself():
-    s = Shares(share=0.5, credit=1, active=5)
-    s.seen('a', 0)
-    s.charge(NOBODY, 0)
+    s = _started('a')
     s.charge('a', 100)              # 100 s of loads, nobody else reading
     assert s.rest('a', 100) is None
     assert s.credit('a', 100) == 1
 
 
 def test_a_user_past_its_share_rests_while_another_reads():
-    s = Shares(share=0.5, credit=1, active=5)
-    s.seen('a', 0)
-    s.seen('b', 0)
-    s.charge(NOBODY, 0)
+    s = _started('a', 'b')
     s.charge('a', 1)                # 1 s of a's loads: its credit spent, to the last bit
     assert s.rest('a', 1) is None
     s.charge('a', 3)                # 2 s more: 1 s in debt after 1 s of refill (0.5 s/s)
@@ -43,9 +48,7 @@ def test_a_user_past_its_share_rests_while_another_reads():
 
 
 def test_a_rest_ends_when_the_other_user_stops_reading():
-    s = Shares(share=0.1, credit=0, active=5)
-    s.seen('b', 10)
-    s.charge(NOBODY, 10)
+    s = _started('b', share=0.1, credit=0, at=10)
     s.charge('a', 12)               # 2 s in debt: 20 s of rest at 0.1 s/s
     assert s.rest('a', 12) == pytest.approx(3)      # b read last at 10: reading until 15
     assert s.rest('a', 15) is None
@@ -55,9 +58,7 @@ def test_a_rest_ends_when_the_other_user_stops_reading():
 
 def test_a_load_is_charged_for_the_time_another_user_read():
     # b's last read at 0 counts until 5: a's load from 0 to 20 costs 5 s
-    s = Shares(share=0.5, credit=1, active=5)
-    s.seen('b', 0)
-    s.charge(NOBODY, 0)
+    s = _started('b')
     s.charge('a', 20)
     assert s.credit('a', 20) == pytest.approx(-4)
     assert s.rest('a', 20) is None                  # nobody else reads now
@@ -68,10 +69,7 @@ def test_a_load_is_charged_for_the_time_another_user_read():
 def test_only_the_load_the_database_serves_is_charged():
     # the database serves the loads in the order asked: time a user's load
     # waits behind another user's costs the one served, not the one waiting
-    s = Shares(share=0.5, credit=1, active=5)
-    s.seen('a', 0)
-    s.seen('b', 0)
-    s.charge(NOBODY, 0)
+    s = _started('a', 'b')
     s.charge('a', 3)                # a's 64 MiB load, with b's load waiting behind it
     s.charge('b', 3.01)             # then b's own
     assert s.credit('b', 3.01) == pytest.approx(0.99)     # its own 0.01 s only
@@ -79,9 +77,7 @@ def test_only_the_load_the_database_serves_is_charged():
 
 
 def test_credit_fills_at_the_share_up_to_its_bound():
-    s = Shares(share=0.25, credit=1, active=100)
-    s.seen('b', 0)
-    s.charge(NOBODY, 0)
+    s = _started('b', share=0.25, active=100)
     s.charge('a', 3)
     assert s.credit('a', 3) == pytest.approx(-2)
     assert s.credit('a', 7) == pytest.approx(-1)
@@ -89,10 +85,7 @@ def test_credit_fills_at_the_share_up_to_its_bound():
 
 
 def test_trim_forgets_users_that_stopped_reading():
-    s = Shares(share=0.5, credit=1, active=5)
-    s.seen('a', 0)
-    s.seen('b', 0)
-    s.charge(NOBODY, 0)
+    s = _started('a', 'b')
     s.charge('a', 2)
     s.trim(3, busy=())
     assert s.credit('a', 3) < 0                     # in debt: kept
