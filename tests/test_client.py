@@ -1,4 +1,4 @@
-"""The client library (wcfs_lib/client.py) against a real wcfs and ZEO server:
+"""The client library (wcfs_lib/client/views.py) against a real wcfs and ZEO server:
 a view shows its file as of its tid whatever is committed after, resync
 moves it, and the library answers wcfs's updates in time by itself.
 
