@@ -416,6 +416,47 @@ def test_close_unmaps_everything_and_closes_the_channel(zeo, wcfs_mount):
     s.commit()                              # head moves: nobody is subscribed any more
 
 
+def test_ndarray_past_the_end_reads_zeros_and_follows_growth(zeo, wcfs_mount):
+    # a ZBigArray may be longer than its file: its tail reads zeros
+    s = Recorded(zeo, wcfs_mount, nblk=2)
+    tid2 = s.tid
+    with client.connect(s.mnt.path) as wc, wc.open(s.oid, at=tid2, reserve=8 * BS) as view:
+        with pytest.raises(ValueError, match='does not fit'):
+            view.ndarray(shape=5 * BS)
+        a = view.ndarray(shape=5 * BS, zeros_past_end=True)
+        assert a.tobytes() == s.content[tid2] + bytes(3 * BS)
+        s.f.write_block(3, randbytes(3, BS))
+        tid4 = s.commit()
+        view.resync(tid4)
+        assert a.tobytes() == s.content[tid4] + bytes(BS)
+        s.f.truncate(BS)
+        view.resync(s.commit())
+        assert a.tobytes() == s.content[s.tid] + bytes(4 * BS)
+        with pytest.raises(ValueError, match='reserved'):
+            view.ndarray(shape=9 * BS, zeros_past_end=True)
+
+
+def test_release_closes_the_channel_and_keeps_the_arrays_as_of_at(zeo, wcfs_mount):
+    s = Recorded(zeo, wcfs_mount, nblk=4)
+    old = s.tid
+    wc = client.connect(s.mnt.path)
+    try:
+        view = wc.open(s.oid, at=old)
+        a = view.ndarray()
+        view.release()
+        wait_for(lambda: stat_int(s.mnt, 'channels') == 0, what='wcfs to see the channel closed')
+        with pytest.raises(client.WCFSError, match='closed'):
+            view.resync(old)
+        s.f.truncate(BS)                    # head shrinks under the array: no SIGBUS
+        s.commit()
+        assert a.tobytes() == s.content[old]
+        assert mapped(s.mnt.path)
+        del view, a
+        wait_for(lambda: not mapped(s.mnt.path), what='the memory unmapped with its last array')
+    finally:
+        wc.close()
+
+
 def test_open_at_head_by_default(zeo, wcfs_mount):
     s = Recorded(zeo, wcfs_mount)
     s.change(1)

@@ -94,6 +94,7 @@ import mmap
 import os
 import select
 import threading
+import weakref
 
 from .. import protocol
 from ..ranges import clip, merge_ranges, subtract
@@ -327,8 +328,8 @@ class View:
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self.at = None              # the tid the view shows
-        self.size = 0               # of the file as of at; zeros from there to the
-                                    # largest size mapped before, PROT_NONE past it
+        self.size = 0               # of the file as of at; zeros from there to
+        self._mapped = 0            # the largest size mapped before; PROT_NONE past it
         self._overlaid = []         # ranges where @<at>/data is mapped
         self._rev_fd = None         # @<at>/data
         self._req = None            # the _Want in flight
@@ -376,11 +377,13 @@ class View:
 
     # ---- the API ----
 
-    def ndarray(self, dtype='uint8', shape=None, offset=0, order='C'):
+    def ndarray(self, dtype='uint8', shape=None, offset=0, order='C', zeros_past_end=False):
         """-> a read-only numpy array over bytes [offset, offset + nbytes) of the view.
 
         shape None: as many items as fit from offset to the end of the file as of `at`.
-        The array must fit inside the file's size as of `at` (ValueError otherwise).
+        The array must fit inside the file's size as of `at` (ValueError otherwise),
+        unless zeros_past_end: then it may reach past it, up to the view's
+        reserve, and reads zeros there (a ZBigArray longer than its file).
         """
         import numpy
 
@@ -388,6 +391,8 @@ class View:
         with self._lock:
             self._check_usable()
             size, base, at = self.size, self._base, self.at
+            if zeros_past_end:
+                size = self._zeros_to(offset, shape, dtype)
         if offset < 0 or offset > size:
             raise ValueError('%s@%016x: offset %d is outside the file (size %d)'
                              % (self.name, at, offset, size))
@@ -407,6 +412,26 @@ class View:
         a = numpy.frombuffer(memoryview(buf).toreadonly(), dtype=dtype, count=count)
         return a.reshape(shape, order=order)
 
+    def _zeros_to(self, offset, shape, dtype):
+        """Map zeros past the end of the file up to where an array of shape
+        and dtype from offset ends; -> that end (_lock held)."""
+        if shape is None or offset < 0:
+            return self.size
+        shape = (shape,) if isinstance(shape, int) else shape
+        end = offset + math.prod(int(n) for n in shape) * dtype.itemsize
+        if end > self._reserve:
+            raise ValueError('%s@%016x: %s of %s at offset %d ends past the %d bytes this view '
+                             'reserved' % (self.name, self.at, tuple(shape), dtype, offset,
+                                           self._reserve))
+        start = max(self._mapped, _round_up(self.size, PAGE))
+        stop = _round_up(end, PAGE)
+        if stop > start:
+            _mmap(self._base + start, stop - start, mmap.PROT_READ,
+                  mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0,
+                  'zeros past the end of %s' % self.name)
+            self._mapped = stop
+        return max(end, self.size)
+
     def resync(self, tid):
         """Move the view to tid: from now on it shows the file as of tid."""
         with self._api_lock:
@@ -425,24 +450,38 @@ class View:
     def close(self):
         """Unmap the view and close its channel; arrays over it must not be used after."""
         with self._api_lock:
-            with self._lock:
-                if self._closed:
-                    return
-                self._closed = True
-                fd, self._fd = self._fd, None
-                req, self._req = self._req, None
-                if req is not None and req.rev_fd is not None:    # left by an interrupted resync
-                    os.close(req.rev_fd)
-            if fd is not None:
-                self.conn._remove_channel(fd, wait=True)
-                os.close(fd)            # wcfs stops waiting for this channel's acks
-            if self._base is not None:
+            if self._end(freeze=False) and self._base is not None:
                 _munmap(self._base, self._reserve)
-            for f in (self._rev_fd, self._head_fd):
-                if f is not None:
-                    os.close(f)
-            self._rev_fd = self._head_fd = None
-            self.conn._forget(self)
+
+    def release(self):
+        """Close the channel, keep the arrays: from now on they show the file as
+        of `at` whatever wcfs's head does (@<at>/data is mapped over the whole
+        view), and the memory is unmapped once the last of them is gone."""
+        with self._api_lock:
+            if self._end(freeze=True) and self._base is not None:
+                weakref.finalize(self, _munmap, self._base, self._reserve)
+
+    def _end(self, freeze):
+        """Close the channel and the files (_api_lock held); -> False if ended before."""
+        with self._lock:
+            if self._closed:
+                return False
+            self._closed = True
+            if freeze and self._error is None:
+                self._freeze()
+            fd, self._fd = self._fd, None
+            req, self._req = self._req, None
+            if req is not None and req.rev_fd is not None:    # left by an interrupted resync
+                os.close(req.rev_fd)
+        if fd is not None:
+            self.conn._remove_channel(fd, wait=True)
+            os.close(fd)            # wcfs stops waiting for this channel's acks
+        for f in (self._rev_fd, self._head_fd):
+            if f is not None:
+                os.close(f)         # the mappings keep what they map open
+        self._rev_fd = self._head_fd = None
+        self.conn._forget(self)
+        return True
 
     # ---- requests (caller threads, _api_lock held) ----
 
@@ -641,6 +680,7 @@ class View:
                   'zeros past the end of %s' % self.name)
         old_rev = self._rev_fd
         self._rev_fd, self.at, self.size = req.rev_fd, req.cat, size
+        self._mapped = max(self._mapped, _round_up(size, PAGE))
         req.rev_fd = None           # the view's now
         self._overlaid = []
         if delta:
