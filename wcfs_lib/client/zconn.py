@@ -68,11 +68,12 @@ def asarray(zarray, wc=None, autostart=False):
     if zconn is None or zarray._p_oid is None:
         raise WCFSError('%r: not loaded through a ZODB connection (a new ZBigArray is '
                         'readable through wcfs once committed)' % (zarray,))
+    state = _array_state(zarray)
     with _lock:
         follower = _followers.get(zconn)
         if follower is None:
             follower = _followers[zconn] = _Follower(zconn, wc or _wcfs_of(zconn.db(), autostart))
-    return follower.array(zarray)
+    return follower.array(*state)
 
 
 def _wcfs_of(db, autostart):
@@ -124,8 +125,7 @@ class _Follower:
                 me._move()
         zconn.newTransaction = new_transaction
 
-    def array(self, zarray):
-        dtype, shape, order, zfile = _array_state(zarray)
+    def array(self, dtype, shape, order, zfile):
         nbytes = int(numpy.prod(shape, dtype=numpy.int64)) * dtype.itemsize
         view = self._view(u64(zfile._p_oid), nbytes)
         return view.ndarray(dtype, shape, order=order, zeros_past_end=True)
