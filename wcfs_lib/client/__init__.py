@@ -6,6 +6,7 @@
 It imports the leaves and `zbig` only, never the server's packages.
 """
 
+from .join import join
 from .views import DEFAULT_RESERVE, Connection, View, WCFSError, connect
 
-__all__ = ['DEFAULT_RESERVE', 'Connection', 'View', 'WCFSError', 'connect']
+__all__ = ['DEFAULT_RESERVE', 'Connection', 'View', 'WCFSError', 'connect', 'join']
