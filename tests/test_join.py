@@ -1,0 +1,318 @@
+"""client.join: the wcfs of a database on this machine, found by ZURL (or a
+ZODB.DB) among the fuse.wcfs mounts of root and of the caller, or started
+(issue 17, item 2).
+
+Every wcfs, fake filesystem and child process started here is ended by its
+pid, and every mount undone, at teardown: autostarted wcfs are found by the
+pid files under the test's own XDG_RUNTIME_DIR, and by their command lines,
+which name that directory.
+"""
+
+import importlib
+import os
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import ZODB
+import ZODB.MappingStorage
+
+from daemonhelp import end_daemon, read_pid
+from devtools.procs import (START_TIMEOUT, is_mounted, read_text, spawn, terminate, unmount_left,
+                            wait_for)
+from devtools.wcfsproc import ROOT
+from devtools.zeoserver import ZEOServer
+from wcfs_lib import client, procfs, zurl
+from wcfs_lib.client.dbzurl import zurl_of
+from zhelp import NOBODY, Child
+
+# the module; wcfs_lib.client.join is the function
+joining = importlib.import_module('wcfs_lib.client.join')
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture
+def runtime(tmp_path, monkeypatch):
+    """XDG_RUNTIME_DIR of this test (0700, root's), for join here and in
+    children; every wcfs autostarted under it is ended at teardown."""
+    path = tmp_path / 'run'
+    path.mkdir(mode=0o700)
+    monkeypatch.setenv('XDG_RUNTIME_DIR', str(path))
+    try:
+        yield path
+    finally:
+        end_autostarted(path)
+
+
+def end_autostarted(runtime):
+    for home in sorted((runtime / 'wcfs').glob('*')):
+        pid = read_pid(home / 'wcfs.pid')
+        if pid is not None:
+            end_daemon(pid)
+    for pid in processes_naming(str(runtime)):
+        end_daemon(pid)
+    for home in sorted((runtime / 'wcfs').glob('*')):
+        unmount_left(str(home / 'mnt'))
+        print('--- autostarted wcfs log (%s):\n%s' % (home, read_text(home / 'wcfs.log')))
+
+
+def processes_naming(text):
+    """Pids of the live processes one of whose arguments holds `text`."""
+    out = []
+    for name in os.listdir('/proc'):
+        if not name.isdigit():
+            continue
+        argv = procfs.cmdline(int(name))
+        if argv and procfs.process_state(int(name)) not in (None, 'Z') \
+                and any(text.encode() in a for a in argv):
+            out.append(int(name))
+    return out
+
+
+@pytest.fixture
+def zeo2(tmp_path_factory):
+    """A second ZEO server: another database."""
+    server = ZEOServer(tmp_path_factory.mktemp('zeo2'))
+    try:
+        server.start()
+        yield server
+    finally:
+        server.close()
+
+
+# ---- finding a mount ----
+
+def test_join_finds_the_wcfs_of_its_database_among_two(zeo, zeo2, wcfs_mount):
+    mnt1, mnt2 = wcfs_mount(zeo.zurl), wcfs_mount(zeo2.zurl)
+    with client.join(zeo.zurl) as wc:
+        assert wc.mountpoint == mnt1.path
+    with client.join(zeo2.zurl) as wc:
+        assert wc.mountpoint == mnt2.path
+    host, port = zeo2.addr
+    with client.join('ZEO://%s:%d/?storage=1&wait_timeout=3' % (host.upper(), port)) as wc:
+        assert wc.mountpoint == mnt2.path
+
+
+def test_join_finds_a_mount_whose_zurl_has_a_password(zeo, wcfs_mount):
+    host, port = zeo.addr
+    mnt = wcfs_mount('zeo://wcfs:hunter2@%s:%d' % (host, port))
+    with client.join('zeo://wcfs:other@%s:%d' % (host, port)) as wc:
+        assert wc.mountpoint == mnt.path
+
+
+def test_join_without_a_wcfs_is_an_error_naming_the_zurl_masked(zeo, wcfs_mount):
+    wcfs_mount(zeo.zurl)
+    host, port = zeo.addr
+    asked = 'zeo://wcfs:hunter2@%s:%d?storage=2' % (host, port)
+    with pytest.raises(client.WCFSError) as e:
+        client.join(asked)
+    message = str(e.value)
+    assert message.startswith(zurl.masked(asked) + ': no wcfs serves this database'), message
+    assert 'hunter2' not in message and '\n' not in message
+
+
+def test_join_of_a_zeo_db_finds_its_wcfs(zeo, zeo2, wcfs_mount):
+    wcfs_mount(zeo.zurl)
+    mnt2 = wcfs_mount(zeo2.zurl)
+    db = zeo2.new_db()
+    try:
+        assert zurl_of(db) == zeo2.zurl
+        with client.join(db) as wc:
+            assert wc.mountpoint == mnt2.path
+    finally:
+        db.close()
+
+
+def test_join_of_a_postgres_db_finds_its_wcfs(postgres, zeo, wcfs_mount):
+    wcfs_mount(zeo.zurl)
+    mnt = wcfs_mount(postgres.zurl)
+    db = ZODB.DB(postgres.cluster.storage(postgres.dbname))
+    try:
+        assert zurl.same(zurl_of(db), postgres.zurl), (zurl_of(db), postgres.shown_zurl)
+        with client.join(db) as wc:
+            assert wc.mountpoint == mnt.path
+    finally:
+        db.close()
+
+
+def test_join_of_a_db_of_another_kind_names_its_storage():
+    db = ZODB.DB(ZODB.MappingStorage.MappingStorage())
+    try:
+        with pytest.raises(client.WCFSError, match='MappingStorage'):
+            client.join(db, autostart=True)
+    finally:
+        db.close()
+
+
+# ---- a mount of another user ----
+
+# A FUSE filesystem that calls itself wcfs (fstype fuse.wcfs) and shows the
+# ZURL it is given in .wcfs/zurl. Run with the real uid of nobody: libfuse
+# gives the kernel getuid() as the mount's user_id, so the kernel holds it as
+# nobody's mount; the effective uid stays root's, so that it may mount with
+# allow_other (/etc/fuse.conf lets no other user) and the test, root, can
+# read it: only join's check of user_id stands between join and this mount.
+_FAKE_WCFS = textwrap.dedent('''
+    import errno, os, stat, sys
+    os.environ.setdefault('FUSE_LIBRARY_NAME', 'fuse3')
+    import mfusepy
+
+    ZURL = (sys.argv[2] + '\\n').encode()
+    DIRS = {'/', '/.wcfs', '/bigfile'}
+
+    class FakeWCFS(mfusepy.Operations):
+        def getattr(self, path, fh=None):
+            if path in DIRS:
+                return dict(st_mode=stat.S_IFDIR | 0o555, st_nlink=2)
+            if path == '/.wcfs/zurl':
+                return dict(st_mode=stat.S_IFREG | 0o444, st_nlink=1, st_size=len(ZURL))
+            raise mfusepy.FuseOSError(errno.ENOENT)
+
+        def readdir(self, path, fh):
+            return ['.', '..'] + {'/': ['.wcfs', 'bigfile'], '/.wcfs': ['zurl']}.get(path, [])
+
+        def read(self, path, size, offset, fh):
+            return ZURL[offset:offset + size]
+
+    mfusepy.FUSE(FakeWCFS(), sys.argv[1], foreground=True, fsname='wcfs', subtype='wcfs',
+                 allow_other=True, direct_io=True)
+''')
+
+
+class FakeWCFS(Child):
+    """The fake wcfs of nobody at path, showing zurl; serving once constructed."""
+
+    def __init__(self, path, zurl, logpath):
+        self.path = str(path)
+        os.mkdir(self.path)
+        argv = ['setpriv', '--ruid=nobody', sys.executable, '-c', _FAKE_WCFS, self.path, zurl]
+        self.proc = spawn(argv, logpath)
+        self.logpath = logpath
+        try:
+            wait_for(self.serving, START_TIMEOUT, 'the fake wcfs of nobody at %s' % self.path)
+        except BaseException:
+            self.close()
+            raise
+
+    def serving(self):
+        if self.proc.poll() is not None:
+            raise AssertionError('the fake wcfs exited:\n%s' % read_text(self.logpath))
+        return os.path.exists(os.path.join(self.path, '.wcfs', 'zurl'))
+
+    def close(self):
+        terminate(self.proc)
+        unmount_left(self.path)
+
+
+@pytest.fixture
+def fake_wcfs(tmp_path):
+    made = []
+
+    def make(zurl):
+        made.append(FakeWCFS(tmp_path / ('fake%d' % len(made)), zurl, tmp_path / 'fake.log'))
+        return made[-1]
+
+    try:
+        yield make
+    finally:
+        for fake in made:
+            fake.close()
+
+
+def mount_of(path):
+    return [m for m in procfs.mounts() if m.mountpoint == path][-1]
+
+
+def test_join_skips_the_fuse_wcfs_mount_of_another_user(zeo, fake_wcfs, runtime):
+    fake = fake_wcfs(zeo.zurl)
+    entry = mount_of(fake.path)
+    assert (entry.fstype, entry.super_options['user_id']) == ('fuse.wcfs', str(NOBODY.pw_uid))
+    assert zurl.same(read_text(os.path.join(fake.path, '.wcfs', 'zurl')), zeo.zurl)
+    with pytest.raises(client.WCFSError) as e:
+        client.join(zeo.zurl)
+    message = str(e.value)
+    assert 'no wcfs serves' in message, message
+    assert 'skipped fuse.wcfs mounts of other users' in message, message
+    assert '%s (uid %d)' % (fake.path, NOBODY.pw_uid) in message, message
+
+
+def test_autostart_beside_a_fake_wcfs_of_another_user_starts_a_real_one(zeo, fake_wcfs, runtime):
+    fake = fake_wcfs(zeo.zurl)
+    with client.join(zeo.zurl, autostart=True) as wc:
+        assert wc.mountpoint != fake.path
+        assert wc.mountpoint == os.path.join(joining.state_dir(zeo.zurl), 'mnt')
+        assert mount_of(wc.mountpoint).super_options['user_id'] == '0'
+        assert os.path.isdir(os.path.join(wc.mountpoint, 'bigfile'))
+
+
+# ---- autostart ----
+
+_JOIN = textwrap.dedent('''
+    import sys
+    sys.path.insert(0, sys.argv[1])
+    from wcfs_lib import client
+    print('ready', flush=True)
+    sys.stdin.readline()            # the test's go: every child joins at once
+    try:
+        wc = client.join(sys.argv[2], autostart=True)
+    except client.WCFSError as e:
+        print('error', e, flush=True)
+    else:
+        print('joined', wc.mountpoint, flush=True)
+        sys.stdin.readline()        # hold the connection until the test is done
+        wc.close()
+''')
+
+
+class Joiner(Child):
+    """A process that joins zurl with autostart once told to (go)."""
+
+    def __init__(self, zurl):
+        import subprocess
+        self.proc = subprocess.Popen([sys.executable, '-c', _JOIN, str(ROOT), zurl],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout.readline() == 'ready\n'
+
+    def go(self):
+        self.proc.stdin.write('go\n')
+        self.proc.stdin.flush()
+
+    def answer(self):
+        return self.proc.stdout.readline().strip()
+
+
+def test_autostart_from_two_processes_at_once_gives_one_wcfs(zeo, runtime):
+    home = joining.state_dir(zeo.zurl)
+    mnt = os.path.join(home, 'mnt')
+    with Joiner(zeo.zurl) as a, Joiner(zeo.zurl) as b:
+        a.go()
+        b.go()
+        answers = {a.answer(), b.answer()}
+        assert answers == {'joined ' + mnt}, answers
+        wcfs = [pid for pid in processes_naming(mnt)]
+        assert wcfs == [read_pid(Path(home) / 'wcfs.pid')], wcfs
+        assert is_mounted(mnt)
+        with open(os.path.join(mnt, '.wcfs', 'zurl')) as f:
+            assert f.read() == zeo.shown_zurl + '\n'
+        with client.join(zeo.zurl, autostart=True) as wc:
+            assert wc.mountpoint == mnt
+        assert processes_naming(mnt) == wcfs
+
+
+@pytest.mark.parametrize('bad, why', [
+    ('file:///no/such/dir/Data.fs', 'exit 1'),
+    ('postgres://wcfs:hunter2@127.0.0.1/zodb?create_schema=true', 'exit 2'),
+])
+def test_autostart_with_a_bad_zurl_fails_and_leaves_nothing(runtime, bad, why):
+    with pytest.raises(client.WCFSError) as e:
+        client.join(bad, autostart=True)
+    message = str(e.value)
+    assert message.startswith(zurl.masked(bad) + ': wcfs failed to start (%s): ' % why), message
+    assert 'hunter2' not in message and '\n' not in message
+    home = joining.state_dir(bad)
+    assert not is_mounted(os.path.join(home, 'mnt'))
+    assert processes_naming(str(runtime)) == []
+    pid = read_pid(Path(home) / 'wcfs.pid')
+    assert pid is None or procfs.process_state(pid) in (None, 'Z'), pid
