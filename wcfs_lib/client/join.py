@@ -83,7 +83,9 @@ def find(zurl):
         owner = _owner(mount)
         if owner not in (0, uid):
             skipped.append((mount.mountpoint, owner))
-        elif _shown_zurl(mount) is not None and zurls.key(_shown_zurl(mount)) == want:
+            continue
+        shown = _shown_zurl(mount)
+        if shown is not None and zurls.key(shown) == want:
             return mount.mountpoint, skipped
     return None, skipped
 
