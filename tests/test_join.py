@@ -10,6 +10,9 @@ which name that directory.
 
 import importlib
 import os
+import signal
+import stat
+import subprocess
 import sys
 import textwrap
 from pathlib import Path
@@ -19,13 +22,13 @@ import ZODB
 import ZODB.MappingStorage
 
 from daemonhelp import end_daemon, read_pid
-from devtools.procs import (START_TIMEOUT, is_mounted, read_text, spawn, terminate, unmount_left,
+from devtools.procs import (START_TIMEOUT, is_mounted, read_text, terminate, unmount_left,
                             wait_for)
 from devtools.wcfsproc import ROOT
 from devtools.zeoserver import ZEOServer
 from wcfs_lib import client, procfs, zurl
 from wcfs_lib.client.dbzurl import zurl_of
-from zhelp import NOBODY, Child
+from zhelp import NOBODY, SETPRIV_NOBODY, Child
 
 # the module; wcfs_lib.client.join is the function
 joining = importlib.import_module('wcfs_lib.client.join')
@@ -149,11 +152,7 @@ def test_join_of_a_db_of_another_kind_names_its_storage():
 # ---- a mount of another user ----
 
 # A FUSE filesystem that calls itself wcfs (fstype fuse.wcfs) and shows the
-# ZURL it is given in .wcfs/zurl. Run with the real uid of nobody: libfuse
-# gives the kernel getuid() as the mount's user_id, so the kernel holds it as
-# nobody's mount; the effective uid stays root's, so that it may mount with
-# allow_other (/etc/fuse.conf lets no other user) and the test, root, can
-# read it: only join's check of user_id stands between join and this mount.
+# ZURL it is given in .wcfs/zurl; `python -c _FAKE_WCFS PATH ZURL ALLOW_OTHER`.
 _FAKE_WCFS = textwrap.dedent('''
     import errno, os, stat, sys
     os.environ.setdefault('FUSE_LIBRARY_NAME', 'fuse3')
@@ -177,29 +176,45 @@ _FAKE_WCFS = textwrap.dedent('''
             return ZURL[offset:offset + size]
 
     mfusepy.FUSE(FakeWCFS(), sys.argv[1], foreground=True, fsname='wcfs', subtype='wcfs',
-                 allow_other=True, direct_io=True)
+                 allow_other=sys.argv[3] == '1', direct_io=True)
 ''')
 
 
 class FakeWCFS(Child):
-    """The fake wcfs of nobody at path, showing zurl; serving once constructed."""
+    """The fake wcfs of nobody at path, showing zurl; mounted once constructed.
 
-    def __init__(self, path, zurl, logpath):
+    readable=True: run with the real uid of nobody only. libfuse gives the
+    kernel getuid() as the mount's user_id, so the kernel holds it for
+    nobody's mount; the effective uid stays root's, so that it may mount
+    with allow_other (/etc/fuse.conf lets no other user) and the test, root,
+    can read it: only join's check of user_id stands between join and it.
+    readable=False: all nobody's, through fusermount3 like any user's FUSE
+    filesystem; no other user, root neither, may look inside.
+    """
+
+    def __init__(self, path, zurl, logpath, readable):
         self.path = str(path)
-        os.mkdir(self.path)
-        argv = ['setpriv', '--ruid=nobody', sys.executable, '-c', _FAKE_WCFS, self.path, zurl]
-        self.proc = spawn(argv, logpath)
         self.logpath = logpath
+        os.mkdir(self.path)
+        if readable:
+            argv = ['setpriv', '--ruid=nobody']
+        else:
+            os.chown(self.path, NOBODY.pw_uid, NOBODY.pw_gid)
+            argv = SETPRIV_NOBODY
+        argv = argv + [sys.executable, '-c', _FAKE_WCFS, self.path, zurl, '1' if readable else '0']
+        with open(logpath, 'ab') as log:
+            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
+                                         stderr=subprocess.STDOUT, cwd='/')
         try:
-            wait_for(self.serving, START_TIMEOUT, 'the fake wcfs of nobody at %s' % self.path)
+            wait_for(self.mounted, START_TIMEOUT, 'the fake wcfs of nobody at %s' % self.path)
         except BaseException:
             self.close()
             raise
 
-    def serving(self):
+    def mounted(self):
         if self.proc.poll() is not None:
             raise AssertionError('the fake wcfs exited:\n%s' % read_text(self.logpath))
-        return os.path.exists(os.path.join(self.path, '.wcfs', 'zurl'))
+        return any(m.mountpoint == self.path and m.fstype == 'fuse.wcfs' for m in procfs.mounts())
 
     def close(self):
         terminate(self.proc)
@@ -207,18 +222,34 @@ class FakeWCFS(Child):
 
 
 @pytest.fixture
-def fake_wcfs(tmp_path):
+def fuse_for_all():
+    """/dev/fuse mode 0666 for the test (Debian's default), so that nobody
+    may mount; its mode restored after."""
+    before = stat.S_IMODE(os.stat('/dev/fuse').st_mode)
+    os.chmod('/dev/fuse', 0o666)
+    try:
+        yield
+    finally:
+        os.chmod('/dev/fuse', before)
+
+
+@pytest.fixture
+def fake_wcfs(tmp_path, public_dir):
+    """make(zurl, readable=True) -> a FakeWCFS, ended at teardown."""
     made = []
 
-    def make(zurl):
-        made.append(FakeWCFS(tmp_path / ('fake%d' % len(made)), zurl, tmp_path / 'fake.log'))
-        return made[-1]
+    def make(zurl, readable=True):
+        parent = tmp_path if readable else public_dir   # nobody must reach its mount point
+        fake = FakeWCFS(parent / ('fake%d' % len(made)), zurl, tmp_path / 'fake.log', readable)
+        made.append(fake)
+        return fake
 
     try:
         yield make
     finally:
         for fake in made:
             fake.close()
+        print('--- fake wcfs log:\n%s' % read_text(tmp_path / 'fake.log'))
 
 
 def mount_of(path):
@@ -230,8 +261,21 @@ def test_join_skips_the_fuse_wcfs_mount_of_another_user(zeo, fake_wcfs, runtime)
     entry = mount_of(fake.path)
     assert (entry.fstype, entry.super_options['user_id']) == ('fuse.wcfs', str(NOBODY.pw_uid))
     assert zurl.same(read_text(os.path.join(fake.path, '.wcfs', 'zurl')), zeo.zurl)
+    assert_skipped(zeo.zurl, fake)
+
+
+def test_join_skips_the_fuse_wcfs_mount_of_another_user_that_only_it_may_enter(
+        zeo, fuse_for_all, fake_wcfs, runtime):
+    fake = fake_wcfs(zeo.zurl, readable=False)
+    assert mount_of(fake.path).super_options['user_id'] == str(NOBODY.pw_uid)
+    with pytest.raises(PermissionError):
+        os.stat(os.path.join(fake.path, '.wcfs'))
+    assert_skipped(zeo.zurl, fake)
+
+
+def assert_skipped(zurl_, fake):
     with pytest.raises(client.WCFSError) as e:
-        client.join(zeo.zurl)
+        client.join(zurl_)
     message = str(e.value)
     assert 'no wcfs serves' in message, message
     assert 'skipped fuse.wcfs mounts of other users' in message, message
@@ -270,7 +314,6 @@ class Joiner(Child):
     """A process that joins zurl with autostart once told to (go)."""
 
     def __init__(self, zurl):
-        import subprocess
         self.proc = subprocess.Popen([sys.executable, '-c', _JOIN, str(ROOT), zurl],
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
         assert self.proc.stdout.readline() == 'ready\n'
@@ -316,3 +359,19 @@ def test_autostart_with_a_bad_zurl_fails_and_leaves_nothing(runtime, bad, why):
     assert processes_naming(str(runtime)) == []
     pid = read_pid(Path(home) / 'wcfs.pid')
     assert pid is None or procfs.process_state(pid) in (None, 'Z'), pid
+
+
+def test_autostart_after_its_wcfs_was_killed_starts_another(zeo, runtime):
+    home = Path(joining.state_dir(zeo.zurl))
+    with client.join(zeo.zurl, autostart=True) as wc:
+        assert wc.mountpoint == str(home / 'mnt')
+    killed = read_pid(home / 'wcfs.pid')
+    os.kill(killed, signal.SIGKILL)
+    wait_for(lambda: procfs.process_state(killed) in (None, 'Z'), 10, 'wcfs %d to die' % killed)
+    with pytest.raises(client.WCFSError, match='no wcfs serves'):
+        client.join(zeo.zurl)       # the dead mount is still there: not a wcfs that serves
+    with client.join(zeo.zurl, autostart=True) as wc:
+        assert wc.mountpoint == str(home / 'mnt')
+        assert read_pid(home / 'wcfs.pid') not in (None, killed)
+        with open(home / 'mnt' / '.wcfs' / 'zurl') as f:
+            assert f.read() == zeo.shown_zurl + '\n'
