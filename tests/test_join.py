@@ -21,8 +21,8 @@ import pytest
 import ZODB
 import ZODB.MappingStorage
 
-from daemonhelp import end_daemon, read_pid
-from devtools.procs import (START_TIMEOUT, is_mounted, read_text, terminate, unmount_left,
+from daemonhelp import read_pid
+from devtools.procs import (START_TIMEOUT, STOP_TIMEOUT, is_mounted, read_text, terminate, unmount_left,
                             wait_for)
 from devtools.wcfsproc import ROOT
 from devtools.zeoserver import ZEOServer
@@ -50,15 +50,34 @@ def runtime(tmp_path, monkeypatch):
 
 
 def end_autostarted(runtime):
-    for home in sorted((runtime / 'wcfs').glob('*')):
-        pid = read_pid(home / 'wcfs.pid')
-        if pid is not None:
-            end_daemon(pid)
-    for pid in processes_naming(str(runtime)):
-        end_daemon(pid)
-    for home in sorted((runtime / 'wcfs').glob('*')):
+    homes = sorted((runtime / 'wcfs').glob('*'))
+    pids = {read_pid(home / 'wcfs.pid') for home in homes} | set(processes_naming(str(runtime)))
+    for pid in pids - {None}:
+        end_process(pid)
+    for home in homes:
         unmount_left(str(home / 'mnt'))
         print('--- autostarted wcfs log (%s):\n%s' % (home, read_text(home / 'wcfs.log')))
+
+
+def end_process(pid):
+    """SIGTERM, then SIGKILL, the process pid (not our child: a daemon), by
+    its start time too, so that a reused pid is left alone."""
+    start = procfs.process_start(pid)
+    if start is None:
+        return
+    process = procfs.Process(pid, start, '')
+
+    def gone():
+        return not process.alive() or procfs.process_state(pid) == 'Z'
+
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        if gone():
+            return
+        os.kill(pid, sig)
+        try:
+            wait_for(gone, STOP_TIMEOUT, 'process %d to end' % pid)
+        except AssertionError:
+            continue
 
 
 def processes_naming(text):
@@ -292,6 +311,14 @@ def test_autostart_beside_a_fake_wcfs_of_another_user_starts_a_real_one(zeo, fak
 
 
 # ---- autostart ----
+
+def test_autostart_joins_a_wcfs_that_serves_already_and_starts_none(zeo, wcfs_mount, runtime):
+    mnt = wcfs_mount(zeo.zurl)
+    with client.join(zeo.zurl, autostart=True) as wc:
+        assert wc.mountpoint == mnt.path
+    assert processes_naming(str(runtime)) == []
+    assert not (runtime / 'wcfs').exists()
+
 
 _JOIN = textwrap.dedent('''
     import sys
