@@ -8,8 +8,10 @@ pid files under the test's own XDG_RUNTIME_DIR, and by their command lines,
 which name that directory.
 """
 
+import functools
 import importlib
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -133,6 +135,22 @@ def test_join_without_a_wcfs_is_an_error_naming_the_zurl_masked(zeo, wcfs_mount)
     message = str(e.value)
     assert message.startswith(zurl.masked(asked) + ': no wcfs serves this database'), message
     assert 'hunter2' not in message and '\n' not in message
+
+
+def test_join_does_not_read_a_wcfs_mount_that_another_mount_hides(zeo, wcfs_mount, tmp_path):
+    """Its path leads into the mount on top: what is read there is not that wcfs's."""
+    mnt = wcfs_mount(zeo.zurl)
+    subprocess.run(['mount', '-t', 'tmpfs', 'tmpfs', mnt.path], check=True, timeout=30)
+    try:
+        os.mkdir(os.path.join(mnt.path, '.wcfs'))
+        with open(os.path.join(mnt.path, '.wcfs', 'zurl'), 'w') as f:
+            f.write(zeo.zurl + '\n')
+        with pytest.raises(client.WCFSError, match='no wcfs serves'):
+            client.join(zeo.zurl)
+    finally:
+        subprocess.run(['umount', '-l', mnt.path], check=True, timeout=30)
+    with client.join(zeo.zurl) as wc:
+        assert wc.mountpoint == mnt.path
 
 
 def test_join_of_a_zeo_db_finds_its_wcfs(zeo, zeo2, wcfs_mount):
@@ -338,11 +356,15 @@ _JOIN = textwrap.dedent('''
 
 
 class Joiner(Child):
-    """A process that joins zurl with autostart once told to (go)."""
+    """A process that joins zurl with autostart once told to (go); as
+    another user with setpriv, `as_user` (and then the XDG_RUNTIME_DIR of
+    that user, `runtime`)."""
 
-    def __init__(self, zurl):
-        self.proc = subprocess.Popen([sys.executable, '-c', _JOIN, str(ROOT), zurl],
-                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    def __init__(self, zurl, as_user=(), runtime=None):
+        env = dict(os.environ, XDG_RUNTIME_DIR=str(runtime)) if runtime else None
+        self.proc = subprocess.Popen([*as_user, sys.executable, '-c', _JOIN, str(ROOT), zurl],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                     env=env, cwd='/')
         assert self.proc.stdout.readline() == 'ready\n'
 
     def go(self):
@@ -402,3 +424,50 @@ def test_autostart_after_its_wcfs_was_killed_starts_another(zeo, runtime):
         assert read_pid(home / 'wcfs.pid') not in (None, killed)
         with open(home / 'mnt' / '.wcfs' / 'zurl') as f:
             assert f.read() == zeo.shown_zurl + '\n'
+
+
+@functools.lru_cache(maxsize=None)
+def why_nobody_cannot_run_wcfs():
+    """None when nobody can run this tree's wcfs with this Python, else why not
+    (a clone in a directory only root may enter, as on CI)."""
+    r = subprocess.run(SETPRIV_NOBODY + [sys.executable, '-c', 'import sys; sys.path.insert(0, '
+                                         'sys.argv[1]); import daemon, mfusepy, ZODB, wcfs_lib',
+                                         str(ROOT)],
+                       cwd='/', capture_output=True, text=True, timeout=60)
+    return None if r.returncode == 0 else (r.stderr.strip().splitlines() or ['?'])[-1]
+
+
+@pytest.fixture
+def nobody_runtime(public_dir, fuse_for_all):
+    """An XDG_RUNTIME_DIR of nobody's (0700), for a join run as nobody; what
+    autostart started under it is ended, unmounted and removed at teardown."""
+    why = why_nobody_cannot_run_wcfs()
+    if why:
+        pytest.skip('nobody cannot run %s with %s: %s' % (ROOT / 'wcfs.py', sys.executable, why))
+    path = public_dir / 'run'
+    path.mkdir(mode=0o700)
+    os.chown(path, NOBODY.pw_uid, NOBODY.pw_gid)
+    try:
+        yield path
+    finally:
+        end_autostarted(path)
+        if not any(is_mounted(home / 'mnt') for home in (path / 'wcfs').glob('*')):
+            shutil.rmtree(path)
+
+
+def test_autostart_as_another_user_gives_a_wcfs_of_that_user(zeo, nobody_runtime):
+    with Joiner(zeo.zurl, SETPRIV_NOBODY, nobody_runtime) as a:
+        a.go()
+        answer = a.answer()
+        assert answer.startswith('joined %s/wcfs/' % nobody_runtime), answer
+        mnt = answer.split(' ', 1)[1]
+        assert mount_of(mnt).super_options['user_id'] == str(NOBODY.pw_uid)
+        wcfs = processes_naming(mnt)
+        assert wcfs == [read_pid(Path(mnt).parent / 'wcfs.pid')], wcfs
+        assert os.stat('/proc/%d' % wcfs[0]).st_uid == NOBODY.pw_uid
+        with Joiner(zeo.zurl, SETPRIV_NOBODY, nobody_runtime) as b:
+            b.go()
+            assert b.answer() == answer
+        assert processes_naming(mnt) == wcfs
+        with pytest.raises(client.WCFSError, match='skipped fuse.wcfs mounts of other users'):
+            client.join(zeo.zurl)       # root's join: nobody's wcfs is not root's
