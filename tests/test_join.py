@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import ZODB
 import ZODB.MappingStorage
+from psycopg2.extensions import parse_dsn
 
 from daemonhelp import read_pid
 from devtools.procs import is_mounted, read_text, wait_for
@@ -29,6 +30,7 @@ from joinhelp import (FakeWCFS, Joiner, end_autostarted, mount_of, processes_nam
                       why_nobody_cannot_run_wcfs)
 from wcfs_lib import client, procfs, zurl
 from wcfs_lib.client.dbzurl import zurl_of
+from wcfs_lib.zodb.zstorage import postgres as zstorage_postgres
 from zhelp import NOBODY, SETPRIV_NOBODY
 
 # the module; wcfs_lib.client.join is the function
@@ -126,6 +128,8 @@ def test_join_of_a_postgres_db_finds_its_wcfs(postgres, zeo, wcfs_mount):
     db = ZODB.DB(postgres.cluster.storage(postgres.dbname))
     try:
         assert zurl.same(zurl_of(db), postgres.zurl), (zurl_of(db), postgres.shown_zurl)
+        dsn, _ = zstorage_postgres.parse(zurl_of(db))      # what an autostarted wcfs connects to
+        assert parse_dsn(dsn) == parse_dsn(postgres.cluster.dsn(postgres.dbname))
         with client.join(db) as wc:
             assert wc.mountpoint == mnt.path
     finally:
@@ -304,3 +308,14 @@ def test_autostart_as_another_user_gives_a_wcfs_of_that_user(zeo, nobody_runtime
         assert processes_naming(mnt) == wcfs
         with pytest.raises(client.WCFSError, match='skipped fuse.wcfs mounts of other users'):
             client.join(zeo.zurl)       # root's join: nobody's wcfs is not root's
+
+
+def test_autostart_of_a_postgres_db_serves_it(postgres, runtime):
+    db = ZODB.DB(postgres.cluster.storage(postgres.dbname))
+    try:
+        with client.join(db, autostart=True) as wc:
+            assert wc.mountpoint == os.path.join(joining.state_dir(postgres.zurl), 'mnt')
+            assert wc.zurl == zurl.masked(zurl_of(db))
+            assert '***' in wc.zurl and postgres.cluster.password not in wc.zurl
+    finally:
+        db.close()
