@@ -67,7 +67,10 @@ def join(zurl_or_db, autostart=False):
     if found is None:
         raise WCFSError('%s: no wcfs serves this database on this machine%s'
                         % (zurls.masked(zurl), _skipped(skipped)))
-    return connect(found)
+    try:
+        return connect(found)
+    except WCFSError as e:      # it went away since: say which database it was for
+        raise WCFSError('%s: %s' % (zurls.masked(zurl), e)) from None
 
 
 def find(zurl):
@@ -130,7 +133,7 @@ def _skipped(skipped):
 
 def _start_unless_served(zurl):
     home = state_dir(zurl)
-    with _locked(os.path.join(home, 'lock')):
+    with _locked(zurl, os.path.join(home, 'lock')):
         found, skipped = find(zurl)        # another program may have started it meanwhile
         if found is None:
             _start(zurl, home)
@@ -180,8 +183,12 @@ def _private_dir(zurl, path):
 
 
 @contextlib.contextmanager
-def _locked(path):
-    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+def _locked(zurl, path):
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    except OSError as e:
+        raise WCFSError('%s: autostart: %s: %s' % (zurls.masked(zurl), path, e.strerror)) \
+            from None
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         yield
