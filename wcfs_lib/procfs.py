@@ -98,8 +98,11 @@ def count_open(pid, path):
     return n
 
 
-class MountEntry(collections.namedtuple('MountEntry', 'mount_id dev mountpoint fstype source')):
-    """One line of /proc/self/mountinfo; `dev` is (major, minor)."""
+class MountEntry(collections.namedtuple('MountEntry',
+                                         'mount_id dev mountpoint fstype source super_options')):
+    """One line of /proc/self/mountinfo; `dev` is (major, minor); `super_options`
+    the filesystem's own options as {name: value or None} (a FUSE mount's
+    `user_id`, set by the kernel from whoever mounted it)."""
 
 
 def mounts():
@@ -111,7 +114,16 @@ def mounts():
             sep = fields.index('-')
             major, minor = fields[2].split(':')
             out.append(MountEntry(int(fields[0]), (int(major), int(minor)),
-                                  _unescape(fields[4]), fields[sep + 1], _unescape(fields[sep + 2])))
+                                  _unescape(fields[4]), fields[sep + 1], _unescape(fields[sep + 2]),
+                                  _options(fields[sep + 3] if len(fields) > sep + 3 else '')))
+    return out
+
+
+def _options(field):
+    out = {}
+    for opt in field.split(','):
+        name, eq, value = opt.partition('=')
+        out[name] = _unescape(value) if eq else None
     return out
 
 

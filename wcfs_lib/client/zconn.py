@@ -50,6 +50,7 @@ import weakref
 import numpy
 from ZODB.utils import u64, z64
 
+from .join import join
 from .views import DEFAULT_RESERVE, WCFSError
 
 _lock = threading.Lock()                        # guards _followers and _wcfs
@@ -80,7 +81,6 @@ def _wcfs_of(db, autostart):
     """The client Connection to the wcfs serving db (_lock held): one per DB."""
     wc = _wcfs.get(db)
     if wc is None:
-        from .join import join
         wc = _wcfs[db] = join(db, autostart=autostart)
     return wc
 
