@@ -103,8 +103,15 @@ class ZBigArray(Persistent):
 
     @property
     def _major_axis(self):
-        """The axis of the largest stride: growing it appends bytes at the end."""
-        return int(numpy.argmax(self._stridev))
+        """The axis whose growth appends bytes at the end: the first in C order, the last in F.
+
+        wendelin.core takes the axis of the largest stride: the same, except
+        where a dimension is 0 or 1 and strides tie, when its append() can
+        pick an axis whose growth moves the elements.
+        """
+        if not self._shape:
+            raise ValueError('a 0-d array has no axis to grow')
+        return 0 if self._order == 'C' else len(self._shape) - 1
 
     # the ZBlk kind of writes
 
@@ -181,8 +188,10 @@ class ZBigArray(Persistent):
 
 def _shape(shape):
     """-> shape as a tuple of non-negative Python ints, as numpy takes it."""
-    shape = (shape,) if not isinstance(shape, (tuple, list)) else shape
-    shape = tuple(operator.index(n) for n in shape)
+    try:
+        shape = (operator.index(shape),)
+    except TypeError:
+        shape = tuple(operator.index(n) for n in shape)
     if any(n < 0 for n in shape):
         raise ValueError('shape %s: negative dimensions are not allowed' % (shape,))
     return shape
