@@ -1,8 +1,8 @@
 """zbig's ZBigArray: wendelin.core's state exactly, and the array a numpy model says.
 
-The model of a ZBigArray is wendelin.core's: the bytes of a file that only
-grows, and over it the ndarray of the current shape, dtype and order at
-offset 0; resize() changes the shape only.
+The model of a ZBigArray (zarrays.Model) is wendelin.core's: the bytes of a
+file that only grows, and over it the ndarray of the current shape, dtype and
+order at offset 0; resize() changes the shape only.
 """
 
 import io
@@ -21,6 +21,7 @@ from ZODB.utils import u64
 from hypothesis import given, settings, strategies as st
 
 from wcfs_lib import zbig
+from zarrays import Model, assert_reads
 
 A = 'wendelin.bigarray.array_zodb.'
 Z = 'wendelin.bigfile.file_zodb.'
@@ -49,37 +50,6 @@ def loaded(db, name='a'):
     """The object as a new connection loads it: -> (object, connection to close)."""
     conn = db.open(transaction.TransactionManager())
     return conn.root()[name], conn
-
-
-class Model:
-    """The file's bytes, and the array over them."""
-
-    def __init__(self, shape, dtype, order):
-        self.file = bytearray()
-        self.shape, self.dtype, self.order = tuple(shape), numpy.dtype(dtype), order
-
-    def array(self):
-        """A copy of the array as it reads now."""
-        return self._over_file().copy()
-
-    def setitem(self, idx, values):
-        self._over_file()[idx] = values
-
-    def resize(self, shape):
-        self.shape = tuple(shape)
-
-    def _over_file(self):
-        nbytes = int(numpy.prod(self.shape)) * self.dtype.itemsize
-        if len(self.file) < nbytes:
-            self.file.extend(bytes(nbytes - len(self.file)))
-        return numpy.ndarray(self.shape, self.dtype, buffer=self.file, order=self.order)
-
-
-def assert_reads(a, model):
-    got = numpy.asarray(a)
-    want = model.array()
-    assert (got.shape, got.dtype) == (want.shape, want.dtype)
-    numpy.testing.assert_array_equal(got, want)
 
 
 # ---- the state, exactly wendelin.core's ----
@@ -183,7 +153,7 @@ def test_slices_ints_and_steps_write_what_numpy_writes(db, order):
         ((slice(4, 2),), 1),                       # empty
     ]:
         a[idx] = values
-        m.setitem(idx, values)
+        m[idx] = values
         db.tm.commit()
         assert_reads(a, m)
     assert a[2, 2] == 42 and type(a[2, 2]) is numpy.int32
@@ -201,7 +171,7 @@ def test_append_grows_the_major_axis(db, order):
     a = zbig.ZBigArray((3, 2), 'uint8', order=order, blksize=4)
     m = Model((3, 2), 'uint8', order)
     a[:] = m.array() + 1
-    m.setitem(Ellipsis, 1)
+    m[Ellipsis] = 1
     store(db, a)
     grown, more, tail = {
         'C': ((8, 2), numpy.arange(10, 20, dtype='uint8').reshape(5, 2), (slice(3, None),)),
@@ -209,7 +179,7 @@ def test_append_grows_the_major_axis(db, order):
     }[order]
     a.append(more)
     m.resize(grown)
-    m.setitem(tail, more)
+    m[tail] = more
     db.tm.commit()
     assert a.shape == grown and len(a) == (8 if order == 'C' else 4)
     assert_reads(a, m)
@@ -235,7 +205,7 @@ def test_resize_changes_the_shape_only(db, order):
     a = zbig.ZBigArray((4, 4), 'int16', order=order, blksize=8)
     m = Model((4, 4), 'int16', order)
     a[:] = m_values = numpy.arange(16).reshape(4, 4)
-    m.setitem(Ellipsis, m_values)
+    m[Ellipsis] = m_values
     store(db, a)
     blocks = dict(a.zfile.blktab.items())
     for shape in [(2, 4), (2, 2), (4, 4), (3, 6), (0, 1), (4, 4)]:
@@ -353,7 +323,7 @@ def test_random_walk_matches_model(walk):
         if op == 'set':
             idx, v = args
             a[idx] = v
-            m.setitem(idx, v)
+            m[idx] = v
         elif op == 'append':
             more, v = args
             values = numpy.full(more, v, 'int16')
@@ -361,7 +331,7 @@ def test_random_walk_matches_model(walk):
             a.append(values)
             m.resize((m.shape[0] + more[0], m.shape[1]) if order == 'C' else
                      (m.shape[0], m.shape[1] + more[1]))
-            m.setitem(tail, values)
+            m[tail] = values
         else:
             a.resize(args[0])
             m.resize(args[0])

@@ -91,6 +91,7 @@ def buckets(tree):
 # ---- class names and state shapes ----
 
 def test_classes_are_registered_under_wendelin_names():
+    zbig.install()
     mod = sys.modules['wendelin.bigfile.file_zodb']
     for name in ('ZBigFile', 'ZBlk0', 'ZBlk', 'ZBlk1', 'ZData'):
         cls = getattr(mod, name)
