@@ -22,9 +22,12 @@ wendelin.bigfile.file_zodb and wendelin.bigarray.array_zodb importable:
   classes.
 
 It returns an Installed: the classes in effect (ZBigFile, ZBigArray, ZBlk0,
-ZBlk1, ZData, ZBlk) and real, whether they are wendelin.core's; a program
-that writes with z.ZBigArray works either way for what both have: shape,
-dtype, basic indexing, append, resize. Later calls return the same. ZODB's
+ZBlk1, ZData, ZBlk) and real, whether they are wendelin.core's. A program
+that makes its objects with z.ZBigArray works either way for what both have:
+shape, dtype, basic indexing, append, resize (wendelin.core's arrays also
+want their first commit before the first access). Where real is true, store
+only those classes: one of zbig's would not pickle, as the module holds
+another class of its name. Later calls return the same Installed. ZODB's
 own classes are never patched.
 
 The classes, pickled under wendelin.core's module and class names, with its
