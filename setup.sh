@@ -6,9 +6,11 @@
 #     devtools/pgcluster.py, and libpq-dev, gcc, libc6-dev and python3-dev to
 #     build psycopg2 (see below);
 #   - .venv, a virtual environment made with Debian's /usr/bin/python3,
-#     holding requirements.txt and this project installed in editable mode.
+#     holding requirements.txt and this project installed in editable mode;
+#   - .venv37, wendelin.core 0.13 on pyenv's Python 3.7, where it can be had.
 # Idempotent: each step is skipped when already done; .venv is brought up to
-# date again when requirements.txt, setup.py or the system python change.
+# date again when requirements.txt, setup.py or the system python change,
+# .venv37 when its pins or its python change.
 # Quiet on success; on failure it names the step and shows its output.
 set -eu
 
@@ -78,17 +80,58 @@ if [ ! -e /dev/fuse ]; then
     fi
 fi
 
-stamp=.venv/.setup-stamp
-want=$( { cat requirements.txt setup.py; "$python" -VV; } | sha256sum | cut -d' ' -f1)
-if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && .venv/bin/python -c '' 2>/dev/null; then
-    exit 0
-fi
+# .venv: this project and requirements.txt, with Debian's python.
+setup_venv() {
+    local stamp=.venv/.setup-stamp want
+    want=$( { cat requirements.txt setup.py; "$python" -VV; } | sha256sum | cut -d' ' -f1)
+    if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && .venv/bin/python -c '' 2>/dev/null; then
+        return
+    fi
+    if ! .venv/bin/python -c 'import sys; sys.exit(sys.base_prefix != "/usr")' 2>/dev/null; then
+        rm -rf .venv
+        run "creating .venv with $python" "$python" -m venv .venv
+    fi
+    rm -f "$stamp"
+    run "installing requirements.txt into .venv" .venv/bin/pip install -q -r requirements.txt
+    run "installing wcfs into .venv" .venv/bin/pip install -q -e '.[postgresql]'
+    echo "$want" >"$stamp"
+}
 
-if ! .venv/bin/python -c 'import sys; sys.exit(sys.base_prefix != "/usr")' 2>/dev/null; then
-    rm -rf .venv
-    run "creating .venv with $python" "$python" -m venv .venv
-fi
-rm -f "$stamp"
-run "installing requirements.txt into .venv" .venv/bin/pip install -q -r requirements.txt
-run "installing wcfs into .venv" .venv/bin/pip install -q -e '.[postgresql]'
-echo "$want" >"$stamp"
+# .venv37: the real wendelin.core 0.13, for the tests that check zbig's format
+# against it (devtools/wendelin37.py). It installs from PyPI on Python <= 3.7
+# only, and builds its C parts against numpy < 1.22 with setuptools < 60;
+# ZODB and ZEO < 6 run there. Python 3.7 is pyenv's, installed if pyenv can;
+# where it cannot be had this says so and goes on (those tests then skip).
+venv37_pins="setuptools<60 wheel numpy<1.22 | wendelin.core==0.13 | ZODB<6 ZEO<6"
+python37() {
+    local pyenv_root=${PYENV_ROOT:-$HOME/.pyenv} p
+    for p in "$pyenv_root"/versions/3.7*/bin/python3.7; do
+        [ -x "$p" ] && { echo "$p"; return; }
+    done
+    if command -v pyenv >/dev/null && pyenv install -s 3.7.16 >"$log" 2>&1; then
+        echo "$pyenv_root/versions/3.7.16/bin/python3.7"
+    fi
+}
+setup_venv37() {
+    local stamp=.venv37/.setup-stamp want py
+    py=$(python37)
+    if [ -z "$py" ]; then
+        echo "setup.sh: no Python 3.7 (pyenv's) here: .venv37 with wendelin.core 0.13 is not made," \
+             "and the tests of tests/test_wendelin_format.py will skip" >&2
+        return
+    fi
+    want=$( { echo "$venv37_pins"; "$py" -VV; } | sha256sum | cut -d' ' -f1)
+    if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ] && .venv37/bin/python -c '' 2>/dev/null; then
+        return
+    fi
+    rm -rf .venv37
+    run "creating .venv37 with $py" "$py" -m venv .venv37
+    run "installing numpy into .venv37" .venv37/bin/pip install -q 'setuptools<60' wheel 'numpy<1.22'
+    run "building wendelin.core 0.13 in .venv37" \
+        .venv37/bin/pip install -q --no-build-isolation wendelin.core==0.13
+    run "installing ZODB and ZEO into .venv37" .venv37/bin/pip install -q 'ZODB<6' 'ZEO<6'
+    echo "$want" >"$stamp"
+}
+
+setup_venv
+setup_venv37

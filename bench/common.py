@@ -39,6 +39,7 @@ from ZODB.utils import u64                                  # noqa: E402
 from devtools import procs                                  # noqa: E402
 from devtools.pgcluster import PGServer, last_transaction   # noqa: E402
 from devtools.procs import is_mounted                       # noqa: E402
+from devtools.served import open_db                         # noqa: E402
 from devtools.wcfsproc import WCFS                          # noqa: E402
 from devtools.zeoserver import ZEOServer                    # noqa: E402
 from wcfs_lib import zbig  # noqa: E402
@@ -274,7 +275,7 @@ class Bench:
             raise RuntimeError('%s: no Data.fs to write with --db %s' % (self.name, self.kind))
         if self.server is not None:
             raise RuntimeError('%s: runzeo already serves %s' % (self.name, self.dir / 'Data.fs'))
-        return ZODB.DB(ZODB.FileStorage.FileStorage(str(self.dir / 'Data.fs')))
+        return open_db(ZODB.FileStorage.FileStorage(str(self.dir / 'Data.fs')))
 
     def close_db(self):
         if self._db is not None:

@@ -6,4 +6,7 @@ procs       free ports, spawning, ending by pid, waiting for a condition, left m
 zeoserver   a private ZEO server (runzeo)
 pgcluster   a private PostgreSQL cluster, and one RelStorage database in it
 wcfsproc    a wcfs process on one mount point
+served      what both database servers give: ZODB.DBs that write and load zbig's classes
+py2str      ZBigFiles whose state is Python 2 str, as Python 2 databases hold it
+wendelin37  wendelin.core 0.13 on Python 3.7 in a helper process (.venv37), run against a ZEO server
 """

@@ -57,7 +57,7 @@ from psycopg2 import sql
 from wcfs_lib.zurl import masked
 
 from .procs import free_port
-from .served import ServedDatabase
+from .served import ServedDatabase, open_db
 
 __all__ = ['PostgresCluster', 'PostgresError', 'PGServer', 'find_bindir', 'last_transaction']
 
@@ -434,7 +434,7 @@ class PGServer(ServedDatabase):
 
     def new_db(self):
         """Another ZODB.DB on the database, with a client of its own; the caller closes it."""
-        return ZODB.DB(self.cluster.storage(self.dbname))
+        return open_db(self.cluster.storage(self.dbname))
 
     def wait_reconnected(self, timeout=None):
         """Nothing to wait for: RelStorage connects again at its next use."""

@@ -1,6 +1,19 @@
 """What both private database servers (zeoserver.ZEOServer and
 pgcluster.PGServer) give a test through the same interface: one ZODB.DB
-made on first use, another on demand, the last transaction."""
+made on first use, another on demand, the last transaction.
+
+Every ZODB.DB of devtools is made by open_db(), after zbig.install(): the
+tests, the demo and the benchmarks write zbig's classes through them."""
+
+import ZODB
+
+from wcfs_lib import zbig
+
+
+def open_db(storage):
+    """A ZODB.DB on storage, in a process where wendelin.core's classes load and write (zbig.install())."""
+    zbig.install()
+    return ZODB.DB(storage)
 
 
 class ServedDatabase:

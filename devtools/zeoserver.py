@@ -15,10 +15,9 @@ import sys
 from pathlib import Path
 
 import ZEO.ClientStorage
-import ZODB
 
 from .procs import START_TIMEOUT, accepts, free_port, read_text, spawn, terminate, wait_for
-from .served import ServedDatabase
+from .served import ServedDatabase, open_db
 
 __all__ = ['ZEOServer', 'RUNZEO']
 
@@ -89,7 +88,7 @@ class ZEOServer(ServedDatabase):
 
     def new_db(self):
         """Another ZODB.DB on the database, with a client of its own; the caller closes it."""
-        return ZODB.DB(ZEO.ClientStorage.ClientStorage(self.addr))
+        return open_db(ZEO.ClientStorage.ClientStorage(self.addr))
 
     def wait_reconnected(self, timeout=START_TIMEOUT):
         """Wait until db()'s client is connected again after start()."""

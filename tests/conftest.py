@@ -56,6 +56,11 @@ from devtools.wcfsproc import WCFS, WCFS_PY  # noqa: E402
 from devtools.zeoserver import ZEOServer  # noqa: E402
 from scenes import Served  # noqa: E402
 from zhelp import NOBODY, SETPRIV_NOBODY  # noqa: E402
+from wcfs_lib import zbig  # noqa: E402
+
+# The tests write and load ZBigFiles through ZODB in this process: wendelin.core's
+# module names must be importable (devtools' databases do the same, in any process).
+zbig.install()
 
 
 @pytest.fixture(name='wait_for')

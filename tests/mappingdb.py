@@ -1,6 +1,7 @@
 """A database in memory for the tests that need no server: ZBigFiles written
-with wcfs_lib.zbig into a ZODB.DB on a MappingStorage, which keeps every
-revision of every object, and read back through the records wcfs decodes.
+with wcfs_lib.zbig (devtools.py2str for Python 2 str) into a ZODB.DB on a
+MappingStorage, which keeps every revision of every object, and read back
+through the records wcfs decodes.
 """
 
 import transaction
@@ -8,7 +9,7 @@ import ZODB
 from ZODB.MappingStorage import MappingStorage
 from ZODB.utils import u64
 
-from wcfs_lib import zbig
+from devtools.py2str import zbigfile as py2str_zbigfile
 from wcfs_lib.zodb import zformat, zstorage
 
 B = 4096        # the block size of new_file() unless told
@@ -27,7 +28,7 @@ class Database:
         self.loader = zformat.ZLoader(zstorage.Records(self.storage))
 
     def new_file(self, blksize=B):
-        return zbig.ZBigFile(blksize, py2str=self.py2str)
+        return py2str_zbigfile(blksize, self.py2str)
 
     def commit(self):
         """-> (tid, oids it modified), or None when there was nothing to write."""

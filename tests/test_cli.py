@@ -24,7 +24,7 @@ from ZODB.utils import u64
 
 from devtools.procs import free_port, is_mounted, wait_for
 from devtools.wcfsproc import ROOT
-from wcfs_lib import zbig
+from devtools.py2str import zbigfile as py2str_zbigfile
 from zhelp import assert_one_line_error, read_head
 
 import wcfs
@@ -68,7 +68,7 @@ def write_bigfile(db, data, py2str=False):
     -> (oid, the content wcfs must serve)."""
     conn = db.open()
     try:
-        f = zbig.ZBigFile(BLKSIZE, py2str=py2str)
+        f = py2str_zbigfile(BLKSIZE, py2str)
         for blk in range(-(-len(data) // BLKSIZE)):
             piece = data[blk * BLKSIZE:(blk + 1) * BLKSIZE]
             if piece.rstrip(b'\0'):

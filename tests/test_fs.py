@@ -15,6 +15,7 @@ from BTrees.LOBTree import LOBTree
 from persistent.mapping import PersistentMapping
 
 from devtools.procs import wait_for
+from devtools.py2str import zbigfile as py2str_zbigfile
 from wcfs_lib import zbig
 from wcfs_lib.zurl import masked
 from zhelp import KiB, MiB, Writer, head_at, hex16, read_bytes, stat_int, stats, tid_time
@@ -41,7 +42,7 @@ class Served:
         self.w = Writer(database.db())
         if blocks is None:
             blocks = {blk: randbytes(blk, blksize) for blk in range(4)}
-        f = zbig.ZBigFile(blksize, py2str=py2str)
+        f = py2str_zbigfile(blksize, py2str)
         for blk, data in blocks.items():
             f.write_block(blk, data, kind)
         if setup is not None:

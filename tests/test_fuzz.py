@@ -47,6 +47,7 @@ from ZODB.POSException import POSKeyError
 from ZODB.utils import p64, u64, z64
 
 from devtools.procs import wait_for
+from devtools.py2str import zbigfile as py2str_zbigfile
 from wcfs_lib import zbig
 from wcfs_lib.zodb import zformat
 from wcfs_lib.follow.delta import compare_revisions
@@ -335,7 +336,7 @@ class RealDB:
         b.write_block(4, bytes(16 * KiB), 'ZBlk1')      # an empty chunk tree
         made.append(b)
 
-        c = zbig.ZBigFile(8 * KiB, py2str=True)      # state as Python 2 str
+        c = py2str_zbigfile(8 * KiB)      # state as Python 2 str
         c.write_block(0, bytes(range(256)) * 3, 'ZBlk0')
         c.write_block(1, b'\xff' * 300 + b'\0' * 100 + b'\xfe', 'ZBlk1', chunk=256)
         c.write_block(2, b'ascii only', 'ZBlk0')

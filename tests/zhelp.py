@@ -31,7 +31,7 @@ from ZODB.utils import p64, u64
 from devtools.pgcluster import last_transaction
 from devtools.procs import wait_for
 from devtools.wcfsproc import WCFS
-from wcfs_lib import zbig
+from devtools.py2str import zbigfile as py2str_zbigfile
 from wcfs_lib.zodb import zformat
 
 PAGE = mmap.PAGESIZE
@@ -61,7 +61,7 @@ class Writer:
 
     def new_file(self, blksize, blocks=(), kind='ZBlk0', py2str=False):
         """A ZBigFile with blocks {blk: data} (or [(blk, data)]), committed; -> (f, oid, tid)."""
-        f = zbig.ZBigFile(blksize, py2str=py2str)
+        f = py2str_zbigfile(blksize, py2str)
         for blk, data in dict(blocks).items():
             f.write_block(blk, data, kind)
         oid, tid = self.add(f)

@@ -5,6 +5,7 @@ import transaction
 import ZODB
 import ZODB.FileStorage
 
+from devtools.py2str import zbigfile as py2str_zbigfile
 from wcfs_lib import zbig
 from wcfs_lib.zodb import zformat, zstorage
 from zhelp import block_bytes
@@ -46,7 +47,7 @@ PY2STR = pytest.mark.parametrize('py2str', [False, True], ids=['py3', 'py2str'])
 
 @PY2STR
 def test_block_kinds_holes_and_short_blocks(db, py2str):
-    f = zbig.ZBigFile(2 * B, py2str=py2str)
+    f = py2str_zbigfile(2 * B, py2str)
     f.write_block(0, b'\xff zblk0', kind='ZBlk0')
     f.write_block(2, b'\xfe zblk1'.rjust(B + 5, b'\0'), kind='ZBlk1')
     f.write_block(3, b'', kind='ZBlk0')
@@ -58,7 +59,7 @@ def test_block_kinds_holes_and_short_blocks(db, py2str):
 
 @PY2STR
 def test_btrees_with_several_buckets(db, py2str):
-    f = zbig.ZBigFile(2 * MiB, py2str=py2str)
+    f = py2str_zbigfile(2 * MiB, py2str)
     f.write_block(0, randbytes(2 * MiB), kind='ZBlk1')   # 512 chunks
     f.write_block(250, b'\x80last', kind='ZBlk0')
     for blk in range(1, 250, 3):
@@ -69,7 +70,7 @@ def test_btrees_with_several_buckets(db, py2str):
 
 @PY2STR
 def test_zblk1_partial_change_reads_old_and_new(db, py2str):
-    f = zbig.ZBigFile(2 * MiB, py2str=py2str)
+    f = py2str_zbigfile(2 * MiB, py2str)
     data = bytearray(randbytes(2 * MiB))
     f.write_block(0, data, kind='ZBlk1')
     tid1 = store(db, f)
@@ -85,7 +86,7 @@ def test_zblk1_partial_change_reads_old_and_new(db, py2str):
 @PY2STR
 @pytest.mark.parametrize('script', SCRIPTS.values(), ids=SCRIPTS.keys())
 def test_every_revision_of_a_script_reads_back(db, script, py2str):
-    f = zbig.ZBigFile(B, py2str=py2str)
+    f = py2str_zbigfile(B, py2str)
     revisions = [(store(db, f), snapshot(f))]
     for op, *args in script:
         getattr(f, op)(*args)
