@@ -178,12 +178,12 @@ class _Follower:
 def _array_state(zarray):
     """-> (dtype, shape, order, zfile) of zarray as of its connection's
     snapshot: its last committed state if this transaction changed it."""
+    zarray._p_activate()                    # a ghost's serial is z64 too
+    if zarray._p_serial == z64:
+        raise WCFSError('%r: not committed yet' % (zarray,))
     if zarray._p_changed:
-        if zarray._p_serial == z64:
-            raise WCFSError('%r: not committed yet' % (zarray,))
         state = zarray._p_jar.oldstate(zarray, zarray._p_serial)
     else:
-        zarray._p_activate()
         state = zarray.__getstate__()
     attrs, slots = state if isinstance(state, tuple) else (state, {})
     attrs = dict(attrs, **slots)
