@@ -18,6 +18,7 @@ import numpy
 import pytest
 import transaction
 
+from devtools import wendelin37
 from devtools.procs import wait_for
 from wcfs_lib import client, zbig
 from wcfs_lib.client.zconn import snapshot_at
@@ -279,3 +280,49 @@ def test_snapshot_of_a_connection(zeo):
         old.close()
     finally:
         conn.close()
+
+
+# wendelin.core 0.13 writes C and F arrays (assignment, then append along the
+# major axis), in .venv37 (devtools/wendelin37.py)
+WENDELIN_WRITES = '''
+import numpy
+import transaction
+from wendelin.bigarray.array_zodb import ZBigArray
+db = open_db()
+conn = db.open()
+for order in 'CF':
+    a = conn.root()['w' + order] = ZBigArray((1000, 300), 'float64', order=order)
+    transaction.commit()        # wendelin.core maps an array once its file has a connection
+    a[:] = numpy.arange(300000, dtype='float64').reshape((1000, 300), order=order)
+    a.append(numpy.full((500, 300) if order == 'C' else (1000, 200), -1.0))
+    transaction.commit()
+conn.close()
+db.close()
+'''
+
+
+def _wendelin_expected(order):
+    a = numpy.arange(300000, dtype='float64').reshape((1000, 300), order=order)
+    tail = numpy.full((500, 300) if order == 'C' else (1000, 200), -1.0)
+    return numpy.concatenate([a, tail], axis=0 if order == 'C' else 1)
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.skipif(wendelin37.unavailable() is not None, reason=str(wendelin37.unavailable()))
+@pytest.mark.parametrize('kind', [None, 'ZBlk1'], ids=['default kind', 'ZBlk1'])
+def test_arrays_of_what_wendelin_core_wrote(zeo, wcfs_mount, kind):
+    env = {'WENDELIN_CORE_ZBLK_FMT': kind} if kind else {}
+    wendelin37.run(WENDELIN_WRITES, zeo.addr, env=env, timeout=300)
+    mnt = wcfs_mount(zeo.zurl)
+    db = zeo.new_db()
+    try:
+        with client.connect(mnt.path) as wc:
+            conn = db.open(transaction.TransactionManager())
+            for order in 'CF':
+                a = client.asarray(conn.root()['w' + order], wc=wc)
+                expect = _wendelin_expected(order)
+                assert (a.shape, a.flags.f_contiguous) == (expect.shape, order == 'F')
+                assert (a == expect).all(), 'order %s differs' % order
+            conn.close()
+    finally:
+        db.close()
