@@ -20,6 +20,8 @@ wcfs_d       runs `wcfs.py -d` to its end (daemonhelp.Start); nobody_tmp,
              mnt: the directories its tests use.
 wait_for     polls a condition until it holds or a timeout passes (the fixture
              of devtools.procs.wait_for, which helper modules import).
+runtime      XDG_RUNTIME_DIR of the test, where client.join autostarts wcfs;
+             every wcfs started under it is ended at teardown.
 
 The servers and processes themselves are devtools' (zeoserver, pgcluster,
 wcfsproc), shared with the demo and the benchmarks; test modules import
@@ -50,6 +52,7 @@ import pytest  # noqa: E402
 import ZEO.ClientStorage  # noqa: E402
 
 from daemonhelp import Start, end_daemon, read_pid  # noqa: E402
+from joinhelp import end_autostarted  # noqa: E402
 from devtools.pgcluster import PGServer, PostgresCluster  # noqa: E402
 from devtools.procs import START_TIMEOUT, is_mounted, unmount_left, wait_for  # noqa: E402
 from devtools.wcfsproc import WCFS, WCFS_PY  # noqa: E402
@@ -129,6 +132,19 @@ def zeo_client(zeo):
         yield storage
     finally:
         storage.close()
+
+
+@pytest.fixture
+def runtime(tmp_path, monkeypatch):
+    """XDG_RUNTIME_DIR of this test (0700, root's), for join here and in
+    children; every wcfs autostarted under it is ended at teardown."""
+    path = tmp_path / 'run'
+    path.mkdir(mode=0o700)
+    monkeypatch.setenv('XDG_RUNTIME_DIR', str(path))
+    try:
+        yield path
+    finally:
+        end_autostarted(path)
 
 
 @pytest.fixture

@@ -40,19 +40,6 @@ pytestmark = pytest.mark.timeout(120)
 
 
 @pytest.fixture
-def runtime(tmp_path, monkeypatch):
-    """XDG_RUNTIME_DIR of this test (0700, root's), for join here and in
-    children; every wcfs autostarted under it is ended at teardown."""
-    path = tmp_path / 'run'
-    path.mkdir(mode=0o700)
-    monkeypatch.setenv('XDG_RUNTIME_DIR', str(path))
-    try:
-        yield path
-    finally:
-        end_autostarted(path)
-
-
-@pytest.fixture
 def zeo2(tmp_path_factory):
     """A second ZEO server: another database."""
     server = ZEOServer(tmp_path_factory.mktemp('zeo2'))

@@ -222,6 +222,26 @@ def test_one_channel_per_file_and_connection_released_at_close(zeo, wcfs_mount):
 
 
 @pytest.mark.timeout(120)
+def test_asarray_starts_the_wcfs_of_its_database_when_asked(zeo, runtime):
+    db = zeo.new_db()       # of its own: asarray keeps the wcfs it found per DB
+    try:
+        w = ArrayWriter(db, (BS,), 'int32')
+        try:
+            conn = db.open(transaction.TransactionManager())
+            with pytest.raises(client.WCFSError, match='no wcfs'):
+                client.asarray(conn.root()['A'])
+            a = client.asarray(conn.root()['A'], autostart=True)
+            assert a.tobytes() == w.image(w.tid, (BS,))
+            mounts = [m for m in (runtime / 'wcfs').glob('*/mnt') if os.path.ismount(m)]
+            assert len(mounts) == 1, mounts
+            conn.close()
+        finally:
+            w.close()
+    finally:
+        db.close()
+
+
+@pytest.mark.timeout(120)
 def test_a_sparse_16gib_array_costs_no_memory_until_touched(zeo, wcfs_mount):
     zbig.install()
     conn = zeo.db().open()
