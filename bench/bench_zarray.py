@@ -3,10 +3,17 @@ array `client.asarray` gives, against its ZBigFile's head/data read with
 numpy.memmap in the same run; cold (a fresh wcfs mount each run, the same
 ZEO server) and warm (all in the page cache). Target: ratio >= 0.9 both.
 
+Also, cold, against the real wendelin.core 0.13 reading the same ZBigArray
+in its own process (Python 3.7, .venv37: devtools/wendelin37.py) from the
+same ZEO server: a fresh process each run, timed from opening its
+connection to the end of the same sum. Target: asarray / wendelin.core >= 3.
+
 "Read" is the same numpy reduction over both arrays (the sum of the array
 viewed as uint64), so every page is touched once, in order. Cold runs are
 timed from opening a fresh ZODB connection (asarray) or from mkdir
-bigfile/<oid> (memmap) to the end of the sum; they alternate, best of 3 each.
+bigfile/<oid> (memmap) to the end of the sum; warm runs from asarray on a
+connection that made one before (or from opening head/data) to the end of
+the sum. Runs alternate, best of 3 each.
 """
 
 import os
@@ -18,10 +25,25 @@ from ZODB.utils import u64
 
 import common
 from common import BLKSIZE, COMMIT_EVERY, MiB
+from devtools import wendelin37
 from wcfs_lib import client, zbig
 
 RUNS = 3
 TARGET = 0.9
+TARGET_WENDELIN = 3.0
+
+# run by wendelin37 in .venv37: prints seconds and the sum
+WENDELIN_READ = '''
+import time
+db = open_db()
+t0 = time.perf_counter()
+conn = db.open()
+a = conn.root()['A']
+total = int(a[:].view('uint64').sum())
+print(time.perf_counter() - t0, total)
+conn.close()
+db.close()
+'''
 
 
 def write_array(b, size):
@@ -63,6 +85,34 @@ def read_asarray(b, mnt, size):
         db.close()
 
 
+def sum_asarray(zarray, wc, size):
+    """-> (seconds, sum) for asarray of zarray, loaded already."""
+    t0 = time.perf_counter()
+    a = client.asarray(zarray, wc=wc)
+    total = int(a.view('uint64').sum())
+    t = time.perf_counter() - t0
+    assert a.nbytes == size, 'asarray: %d bytes, want %d' % (a.nbytes, size)
+    return t, total
+
+
+def warm(b, mnt, oid, size, sums):
+    """Both reads with everything in the page cache; asarray on one open
+    connection (its channel made once, as a program's)."""
+    db = b.new_db()
+    try:
+        with client.connect(mnt.path) as wc:
+            conn = db.open(transaction.TransactionManager())
+            zarray = conn.root()['A']
+            sum_asarray(zarray, wc, size)           # the channel, the pages: all cached
+            read_memmap(mnt, oid, size)
+            best = measure(size, RUNS, lambda name: sum_asarray(zarray, wc, size)
+                           if name == 'asarray' else read_memmap(mnt, oid, size), sums)
+            conn.close()
+        return best
+    finally:
+        db.close()
+
+
 def read_memmap(mnt, oid, size):
     """-> (seconds, sum) for numpy.memmap of head/data."""
     t0 = time.perf_counter()
@@ -81,10 +131,10 @@ def cold(b, oid, size, name):
         b.unmount(mnt)
 
 
-def measure(size, runs, read):
+def measure(size, runs, read, sums):
     """-> {name: best MiB/s} of read(name) for asarray and memmap, alternating;
-    the sums of both must agree."""
-    best, sums = {'asarray': 0.0, 'memmap': 0.0}, set()
+    every sum must agree (sums: those seen)."""
+    best = {'asarray': 0.0, 'memmap': 0.0}
     for run in range(runs):
         for name in best:
             t, total = read(name)
@@ -94,6 +144,37 @@ def measure(size, runs, read):
             print('run %d %-8s %7.0f MiB/s' % (run + 1, name, speed))
     assert len(sums) == 1, 'the two reads disagree: sums %s' % sorted(sums)
     return best
+
+
+def read_wendelin(b):
+    """-> (seconds, sum) for wendelin.core 0.13 in a fresh process of its own."""
+    t, total = wendelin37.run(WENDELIN_READ, b.addr, timeout=1800).split()
+    return float(t), int(total)
+
+
+def measure_wendelin(b, args, size, sums):
+    """-> best MiB/s of wendelin.core 0.13 reading the array cold, or why not."""
+    why = wendelin37.unavailable() if args.db == 'zeo' else 'its helper speaks ZEO only'
+    if why:
+        return why
+    best = 0.0
+    for run in range(RUNS):
+        t, total = read_wendelin(b)
+        assert total in sums, 'wendelin.core read sum %d, wcfs %s' % (total, sorted(sums))
+        best = max(best, common.mibps(size, t))
+        print('run %d wendelin %7.0f MiB/s' % (run + 1, common.mibps(size, t)))
+    return best
+
+
+def report_wendelin(cold_best, wendelin):
+    if isinstance(wendelin, str):
+        print('zarray cold read against wendelin.core 0.13: not measured: %s' % wendelin)
+        return
+    ratio = cold_best['asarray'] / wendelin
+    print('zarray cold read: asarray %.0f MiB/s, wendelin.core 0.13 in its own process '
+          '%.0f MiB/s, ratio %.2f (target >= %.1f: %s)'
+          % (cold_best['asarray'], wendelin, ratio, TARGET_WENDELIN,
+             common.verdict(ratio >= TARGET_WENDELIN)))
 
 
 def report(what, args, best):
@@ -110,16 +191,17 @@ def main():
     with common.Bench('zarray', db=args.db) as b:
         oid = write_array(b, size)
         b.close_db()
-        cold_best = measure(size, RUNS, lambda name: cold(b, oid, size, name))
+        sums = set()
+        cold_best = measure(size, RUNS, lambda name: cold(b, oid, size, name), sums)
+        wendelin = measure_wendelin(b, args, size, sums)
         mnt = b.mount()
         try:
-            read_memmap(mnt, oid, size)             # everything into the page cache
-            warm_best = measure(size, RUNS, lambda name: read_asarray(b, mnt, size)
-                                if name == 'asarray' else read_memmap(mnt, oid, size))
+            warm_best = warm(b, mnt, oid, size, sums)
         finally:
             b.unmount(mnt)
     report('cold', args, cold_best)
     report('warm', args, warm_best)
+    report_wendelin(cold_best, wendelin)
 
 
 if __name__ == '__main__':
