@@ -8,6 +8,10 @@ in its own process (Python 3.7, .venv37: devtools/wendelin37.py) from the
 same ZEO server: a fresh process each run, timed from opening its
 connection to the end of the same sum. Target: asarray / wendelin.core >= 3.
 
+Last, a sparse ZBigArray of 16 GiB (a few blocks written): the time of
+asarray on a fresh mount, from the call to the array, and how much the
+process's RSS grew. Targets: <= 0.5 s, < 10 MiB.
+
 "Read" is the same numpy reduction over both arrays (the sum of the array
 viewed as uint64), so every page is touched once, in order. Cold runs are
 timed from opening a fresh ZODB connection (asarray) or from mkdir
@@ -31,6 +35,9 @@ from wcfs_lib import client, zbig
 RUNS = 3
 TARGET = 0.9
 TARGET_WENDELIN = 3.0
+SPARSE = 16 << 30           # bytes of the sparse array
+TARGET_SPARSE_S = 0.5
+TARGET_SPARSE_RSS = 10 * MiB
 
 # run by wendelin37 in .venv37: prints seconds and the sum
 WENDELIN_READ = '''
@@ -177,6 +184,50 @@ def report_wendelin(cold_best, wendelin):
              common.verdict(ratio >= TARGET_WENDELIN)))
 
 
+def write_sparse(b):
+    """Commit root['S'], a ZBigArray of SPARSE bytes with its first and last
+    blocks written."""
+    conn = b.db().open()
+    try:
+        n = SPARSE // 8
+        s = conn.root()['S'] = zbig.ZBigArray((n,), 'int64', blksize=BLKSIZE)
+        s[:4] = [1, 2, 3, 4]
+        s[n - 4:] = [5, 6, 7, 8]
+        transaction.commit()
+    finally:
+        conn.close()
+
+
+def sparse(b):
+    """-> (seconds of asarray, RSS growth) of the sparse array on a fresh mount."""
+    mnt = b.mount()
+    db = b.new_db()
+    try:
+        with client.connect(mnt.path) as wc:
+            conn = db.open(transaction.TransactionManager())
+            zarray = conn.root()['S']
+            zarray._p_activate()
+            rss = common.proc_status(os.getpid())[0]
+            t0 = time.perf_counter()
+            a = client.asarray(zarray, wc=wc)
+            t = time.perf_counter() - t0
+            grown = common.proc_status(os.getpid())[0] - rss
+            assert a.nbytes == SPARSE and a[-1] == 8, 'the sparse array reads wrong'
+            del a
+            conn.close()
+        return t, grown
+    finally:
+        db.close()
+        b.unmount(mnt)
+
+
+def report_sparse(t, grown):
+    print('zarray of 16 GiB, sparse: asarray %.3f s (target <= %.1f s: %s), RSS grew %.1f MiB '
+          '(target < %d MiB: %s)' % (t, TARGET_SPARSE_S, common.verdict(t <= TARGET_SPARSE_S),
+                                     grown / MiB, TARGET_SPARSE_RSS // MiB,
+                                     common.verdict(grown < TARGET_SPARSE_RSS)))
+
+
 def report(what, args, best):
     ratio = best['asarray'] / best['memmap']
     print('zarray %s read: %s, %d MiB, best of %d: asarray %.0f MiB/s, memmap of head/data '
@@ -199,9 +250,13 @@ def main():
             warm_best = warm(b, mnt, oid, size, sums)
         finally:
             b.unmount(mnt)
+        write_sparse(b)
+        b.close_db()
+        sparse_t, sparse_grown = sparse(b)
     report('cold', args, cold_best)
     report('warm', args, warm_best)
     report_wendelin(cold_best, wendelin)
+    report_sparse(sparse_t, sparse_grown)
 
 
 if __name__ == '__main__':

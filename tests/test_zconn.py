@@ -222,6 +222,35 @@ def test_one_channel_per_file_and_connection_released_at_close(zeo, wcfs_mount):
 
 
 @pytest.mark.timeout(120)
+def test_a_pooled_connection_opened_again_follows_from_its_new_snapshot(zeo, wcfs_mount):
+    w = ArrayWriter(zeo.db(), (BS,), 'int32')
+    db = zeo.new_db()
+    try:
+        mnt = wcfs_mount(zeo.zurl)
+        with client.connect(mnt.path) as wc:
+            tm = transaction.TransactionManager()
+            conn = db.open(tm)
+            old = client.asarray(conn.root()['A'], wc=wc)
+            conn.close()                            # back to the pool; old keeps its snapshot
+            first = w.tid
+            w.step()
+            again = db.open(tm)
+            assert again is conn, 'the pool gave another connection: nothing to test'
+            a = client.asarray(again.root()['A'], wc=wc)
+            assert snapshot_at(again) == w.tid
+            assert a.tobytes() == w.image(w.tid, a.shape)
+            assert old.tobytes() == w.image(first, old.shape)
+            w.step()
+            tm.begin()
+            assert a.tobytes() == w.image(w.tid, a.shape)
+            assert stat_int(mnt, 'channels') == 1
+            again.close()
+    finally:
+        db.close()
+        w.close()
+
+
+@pytest.mark.timeout(120)
 def test_asarray_starts_the_wcfs_of_its_database_when_asked(zeo, runtime):
     db = zeo.new_db()       # of its own: asarray keeps the wcfs it found per DB
     try:
