@@ -10,6 +10,8 @@ postgres     the same for RelStorage: a private PostgreSQL cluster
 postgres_history_free
              the same with a history-free database (which wcfs refuses).
 database     zeo, then postgres: a test that takes it runs once on each.
+zeo2         a second ZEO server: another database.
+fuse_for_all /dev/fuse readable and writable by every user for the test.
 wcfs_mount   a factory: mnt = wcfs_mount(zurl, *extra_args) runs wcfs.py in the
              foreground on a fresh mount point and returns once it serves.
 mount_at     the same on a mount point that exists already (stale, or
@@ -37,6 +39,7 @@ with a failing test.
 
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import tempfile
@@ -71,15 +74,37 @@ def wait_for_fixture():
     return wait_for
 
 
-@pytest.fixture
-def zeo(tmp_path_factory):
-    server = ZEOServer(tmp_path_factory.mktemp('zeo'))
+def _zeo_server(tmp_path_factory, name):
+    server = ZEOServer(tmp_path_factory.mktemp(name))
     try:
         server.start()
         yield server
     finally:
         server.close()
         print(f'--- runzeo log ({server.logpath}):\n{server.log}')
+
+
+@pytest.fixture
+def zeo(tmp_path_factory):
+    yield from _zeo_server(tmp_path_factory, 'zeo')
+
+
+@pytest.fixture
+def zeo2(tmp_path_factory):
+    """A second ZEO server: another database."""
+    yield from _zeo_server(tmp_path_factory, 'zeo2')
+
+
+@pytest.fixture
+def fuse_for_all():
+    """/dev/fuse mode 0666 for the test (Debian's default; 0600 on some
+    machines), so that other users may mount; its mode restored after."""
+    before = stat.S_IMODE(os.stat('/dev/fuse').st_mode)
+    os.chmod('/dev/fuse', 0o666)
+    try:
+        yield
+    finally:
+        os.chmod('/dev/fuse', before)
 
 
 @pytest.fixture(scope='session')

@@ -15,6 +15,20 @@ from wcfs_lib.zodb import zformat, zstorage
 B = 4096        # the block size of new_file() unless told
 
 
+def db_with_connection(storage):
+    """A generator for fixtures: a ZODB.DB on storage with .tm, a transaction
+    manager of its own, and .conn, a connection under it; all closed after."""
+    db = ZODB.DB(storage)
+    db.tm = transaction.TransactionManager()
+    db.conn = db.open(db.tm)
+    try:
+        yield db
+    finally:
+        db.tm.abort()
+        db.conn.close()
+        db.close()
+
+
 class Database:
     """A ZODB.DB on a MappingStorage, a connection to write with, a loader to read with."""
 

@@ -12,7 +12,6 @@ import importlib
 import os
 import shutil
 import signal
-import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -25,7 +24,6 @@ from psycopg2.extensions import parse_dsn
 from daemonhelp import read_pid
 from devtools.procs import is_mounted, read_text, wait_for
 from devtools.wcfsproc import ROOT
-from devtools.zeoserver import ZEOServer
 from joinhelp import (FakeWCFS, Joiner, end_autostarted, mount_of, processes_naming,
                       why_nobody_cannot_run_wcfs)
 from wcfs_lib import client, procfs, zurl
@@ -37,17 +35,6 @@ from zhelp import NOBODY, SETPRIV_NOBODY
 joining = importlib.import_module('wcfs_lib.client.join')
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@pytest.fixture
-def zeo2(tmp_path_factory):
-    """A second ZEO server: another database."""
-    server = ZEOServer(tmp_path_factory.mktemp('zeo2'))
-    try:
-        server.start()
-        yield server
-    finally:
-        server.close()
 
 
 # ---- finding a mount ----
@@ -133,17 +120,6 @@ def test_join_of_a_db_of_another_kind_names_its_storage():
 
 
 # ---- a mount of another user ----
-
-@pytest.fixture
-def fuse_for_all():
-    """/dev/fuse mode 0666 for the test (Debian's default), so that nobody
-    may mount; its mode restored after."""
-    before = stat.S_IMODE(os.stat('/dev/fuse').st_mode)
-    os.chmod('/dev/fuse', 0o666)
-    try:
-        yield
-    finally:
-        os.chmod('/dev/fuse', before)
 
 
 @pytest.fixture

@@ -22,7 +22,6 @@ process ended by its pid.
 import ctypes
 import ctypes.util
 import os
-import stat
 import subprocess
 import textwrap
 
@@ -40,17 +39,6 @@ MNT_DETACH = 2
 MS_NOSUID, MS_NODEV = 2, 4
 
 _libc = ctypes.CDLL(ctypes.util.find_library('c'), use_errno=True)
-
-
-@pytest.fixture
-def fuse_for_all():
-    """/dev/fuse mode 0666 for the test (Debian's default); its mode restored after."""
-    before = stat.S_IMODE(os.stat('/dev/fuse').st_mode)
-    os.chmod('/dev/fuse', 0o666)
-    try:
-        yield
-    finally:
-        os.chmod('/dev/fuse', before)
 
 
 def share(zeo, public_dir, mount_at, *extra_args):

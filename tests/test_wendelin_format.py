@@ -69,21 +69,28 @@ def model_of(order):
 
 # ---- zbig writes, wendelin.core reads ----
 
-READ_ARRAYS = '''
-import json, numpy
+# what each reading script runs first and last: it fills `out` for json
+READ_OPEN = '''
 db = open_db()
 conn = db.open()
 out = {}
+'''
+READ_CLOSE = '''
+print(json.dumps(out))
+conn.close()
+db.close()
+'''
+
+READ_ARRAYS = '''
+import json, numpy
+''' + READ_OPEN + '''
 for name in ARGS[1:]:
     a = conn.root()[name]
     # a copy: wendelin.core loads pages on faults, which a write() of the mapping would not take
     numpy.save('%s/%s.npy' % (ARGS[0], name), numpy.array(a[:]))
     out[name] = dict(shape=list(a.shape), order=a._order, strides=list(a._stridev),
                      dtype=a.dtype.str, kinds=sorted({type(z).__name__ for z in a.zfile.blktab.values()}))
-print(json.dumps(out))
-conn.close()
-db.close()
-'''
+''' + READ_CLOSE
 
 
 @pytest.mark.parametrize('kind', zbig.KINDS)
@@ -110,9 +117,7 @@ def test_zbig_arrays_read_equal_in_wendelin_core(zeo, tmp_path, kind):
 
 READ_FILES = '''
 import json
-db = open_db()
-conn = db.open()
-out = {}
+''' + READ_OPEN + '''
 for name in ARGS[1:]:
     f = conn.root()[name]
     nblk = f.blktab.maxKey() + 1
@@ -120,10 +125,7 @@ for name in ARGS[1:]:
     with open('%s/%s.bin' % (ARGS[0], name), 'wb') as w:
         w.write(memoryview(vma).tobytes())
     out[name] = dict(blksize=f.blksize, blocks={blk: type(z).__name__ for blk, z in f.blktab.items()})
-print(json.dumps(out))
-conn.close()
-db.close()
-'''
+''' + READ_CLOSE
 
 
 def test_zbig_files_read_equal_in_wendelin_core(zeo, tmp_path):

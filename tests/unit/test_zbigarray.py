@@ -15,12 +15,12 @@ import numpy
 import pytest
 import transaction
 import zodbpickle.pickle
-import ZODB
 from ZODB.MappingStorage import MappingStorage
 from ZODB.utils import u64
 from hypothesis import given, settings, strategies as st
 
 from wcfs_lib import zbig
+from mappingdb import db_with_connection
 from zarrays import Model, assert_reads
 
 A = 'wendelin.bigarray.array_zodb.'
@@ -32,13 +32,7 @@ ROOT = Path(__file__).resolve().parents[2]
 @pytest.fixture
 def db():
     """A ZODB.DB on a MappingStorage, with .conn, a connection of its own transaction manager."""
-    db = ZODB.DB(MappingStorage())
-    db.tm = transaction.TransactionManager()
-    db.conn = db.open(db.tm)
-    yield db
-    db.tm.abort()
-    db.conn.close()
-    db.close()
+    yield from db_with_connection(MappingStorage())
 
 
 def store(db, obj, name='a'):

@@ -1,27 +1,20 @@
 """What zbig writes, zformat reads back: the same bytes for every block, as of every revision."""
 
 import pytest
-import transaction
 import ZODB
 import ZODB.FileStorage
 
 from devtools.py2str import zbigfile as py2str_zbigfile
 from wcfs_lib import zbig
 from wcfs_lib.zodb import zformat, zstorage
+from mappingdb import db_with_connection
 from zhelp import block_bytes
 from zscripts import B, MiB, SCRIPTS, commit, oid, randbytes, store
 
 
 @pytest.fixture
 def db(tmp_path):
-    storage = ZODB.FileStorage.FileStorage(str(tmp_path / 'Data.fs'))
-    db = ZODB.DB(storage)
-    db.tm = transaction.TransactionManager()
-    db.conn = db.open(db.tm)
-    yield db
-    db.tm.abort()
-    db.conn.close()
-    db.close()
+    yield from db_with_connection(ZODB.FileStorage.FileStorage(str(tmp_path / 'Data.fs')))
 
 
 def snapshot(f):
