@@ -63,7 +63,9 @@ def asarray(zarray, wc=None, autostart=False):
     connection's snapshot, following that connection (module docstring).
 
     wc: the client Connection of the wcfs to read through; default: the one
-    `join` finds for the connection's database (starting one if autostart).
+    `join` finds for the connection's database (starting one if autostart),
+    kept for that DB. The first call on a ZODB connection decides: its later
+    arrays are read through the same wcfs.
     """
     zconn = zarray._p_jar
     if zconn is None or zarray._p_oid is None:
