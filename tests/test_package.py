@@ -3,6 +3,9 @@ administrator would: `dpkg-buildpackage -us -uc -b` on a copy of this tree,
 lintian and mandoc with nothing to say, `apt-get install ./wcfs_*.deb`, then
 /usr/sbin/wcfs, `man wcfs`, and the init script serving a real ZEO database
 configured through /etc/default/wcfs, until `apt-get purge` removes it all.
+The package alone serves PostgreSQL too: installed again, its /usr/sbin/wcfs
+serves and follows a private cluster through a postgres:// ZURL and a
+zconfig:// file, with RelStorage as the package carries it and Debian's psycopg2.
 
 It changes the machine (installs and purges the package), so it runs only as
 root on Debian, and not where a wcfs package is installed already. It needs
@@ -21,6 +24,7 @@ import pytest
 
 from devtools.procs import is_mounted, unmount_left, wait_for
 from devtools.wcfsproc import ROOT
+from wcfs_lib.zurl import masked
 from zhelp import KiB, Writer, hex16
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -112,7 +116,9 @@ def build(tmp):
                            timeout=600)
     assert r.returncode == 0, 'dpkg-buildpackage failed:\n' + log.read_text()[-8000:]
     version = run(['dpkg-parsechangelog', '-S', 'Version'], cwd=src).stdout.strip()
-    debs = list(tmp.glob('wcfs_%s_all.deb' % version))
+    # Architecture: any (the carried RelStorage has compiled extensions)
+    arch = run(['dpkg-architecture', '-qDEB_HOST_ARCH']).stdout.strip()
+    debs = list(tmp.glob('wcfs_%s_%s.deb' % (version, arch)))
     changes = list(tmp.glob('wcfs_%s_*.changes' % version))
     assert len(debs) == 1 and len(changes) == 1, sorted(p.name for p in tmp.iterdir())
     return debs[0], changes[0], src, version
@@ -136,10 +142,10 @@ def configure(zurl, mountpoint, options):
                               % (zurl, mountpoint, options))
 
 
-def wcfs_pid():
-    """The pid in the init script's pid file if that process is a live wcfs, else None."""
+def wcfs_pid(pidfile=PIDFILE):
+    """The pid in pidfile (the init script's) if that process is a live wcfs, else None."""
     try:
-        pid = int(Path(PIDFILE).read_text().split()[0])
+        pid = int(Path(pidfile).read_text().split()[0])
         stat = Path('/proc/%d/stat' % pid).read_text()
     except (OSError, ValueError, IndexError):
         return None
@@ -160,25 +166,34 @@ def cleanup(mountpoint):
         run(['apt-get', 'purge', '-y', 'wcfs'], timeout=300)
 
 
-def test_package_builds_lints_installs_and_serves(zeo, tmp_path):
+@pytest.fixture(scope='module')
+def package(tmp_path_factory):
+    """The package built once for the tests of this module; -> (.deb, .changes, the copy, its version)."""
     missing = [pkg for tool, pkg in BUILD_TOOLS.items()
                if shutil.which(tool, path=DEBIAN_PATH) is None]
     assert not missing, 'build tools missing: apt-get install %s (setup.sh)' % ' '.join(missing)
+    return build(tmp_path_factory.mktemp('package'))
 
+
+def test_package_builds_lints_installs_and_serves(package, zeo, tmp_path):
     # The data: one ZBigFile, written before wcfs starts.
     w = Writer(zeo.db())
     block0, block2 = os.urandom(BS), b'end of the file'
     f, oid, tid = w.new_file(BS, {0: block0, 2: block2})
     expected = block0 + bytes(BS) + block2.ljust(BS, b'\0')
 
-    deb, changes, src, version = build(tmp_path)
+    deb, changes, src, version = package
     # Debian's packages for what wcfs imports and does not carry (dh_python3
-    # would drop those it cannot map without a word).
+    # would drop those it cannot map without a word); RelStorage's psycopg2
+    # and packaging among them.
     depends = run(['dpkg-deb', '-f', str(deb), 'Depends']).stdout
-    for pkg in ('fuse3', 'python3-btrees', 'python3-persistent', 'python3-transaction',
+    for pkg in ('fuse3', 'python3-persistent', 'python3-transaction',
                 'python3-zodbpickle', 'python3-zc.lockfile', 'python3-zope.interface',
-                'python3-daemon', 'python3-lockfile', 'python3-numpy'):
+                'python3-daemon', 'python3-lockfile', 'python3-numpy', 'python3-psycopg2',
+                'python3-packaging'):
         assert pkg in depends.replace(',', ' ').split(), 'Depends lacks %s: %s' % (pkg, depends)
+    # The carried extensions are for one Python X.Y: the package says which.
+    assert 'python3 (<< ' in depends, 'Depends bounds no python3 version: %s' % depends
     # What ships is what runs: of this tree, /usr/lib/wcfs holds wcfs.py and
     # wcfs_lib only (not devtools, tests, bench, demo.py), beside the carried packages.
     shipped = {path.split('/')[4] for path in shipped_paths(deb)
@@ -262,3 +277,60 @@ def test_package_builds_lints_installs_and_serves(zeo, tmp_path):
             shutil.rmtree(mountpoint.parent, ignore_errors=True)
     assert package_state() in ('', 'un')
     assert not os.path.exists(DEFAULTS) and not os.path.exists('/usr/lib/wcfs')
+
+
+def test_installed_package_serves_and_follows_postgres(package, postgres, tmp_path):
+    """postgres:// and zconfig:// with nothing but the package and what apt
+    brings for it: RelStorage (carried) and psycopg2 (Debian's)."""
+    deb = package[0]
+    w = Writer(postgres.db())
+    f, oid, tid = w.new_file(BS, {0: b'block 0', 1: b'block 1'})
+    expected = bytearray(b'block 0'.ljust(BS, b'\0') + b'block 1'.ljust(BS, b'\0'))
+    mountpoint, pidfile, logfile = tmp_path / 'mnt', tmp_path / 'wcfs.pid', tmp_path / 'wcfs.log'
+    mountpoint.mkdir()
+    try:
+        install(deb)
+        assert package_state() == 'ii'
+        # What ships is what runs: none of this tree's test or dev modules.
+        listed = run(['dpkg', '-L', 'wcfs']).stdout.split()
+        dev = [p for p in listed if p.split('/')[:5] in (['', 'usr', 'lib', 'wcfs', d]
+                                                         for d in ('tests', 'devtools', 'bench'))]
+        assert not dev, 'dpkg -L wcfs lists test or dev modules: %s' % dev[:5]
+
+        for n, zurl in enumerate([postgres.zurl, postgres.zconfig()], start=2):
+            # `wcfs -d` returns once the mount serves.
+            run(['/usr/sbin/wcfs', '-d', '--pidfile', str(pidfile), '--logfile', str(logfile),
+                 zurl, str(mountpoint)], timeout=60)
+            pid = wcfs_pid(pidfile)
+            assert pid is not None, '%s: no live wcfs in %s' % (masked(zurl), pidfile)
+            assert (mountpoint / '.wcfs' / 'zurl').read_text() == masked(zurl) + '\n'
+            bigfile = mountpoint / 'bigfile' / hex16(oid)
+            bigfile.mkdir()
+            assert (bigfile / 'head' / 'at').read_text() == hex16(tid) + '\n'
+            assert (bigfile / 'head' / 'data').read_bytes() == expected
+
+            new = b'block 1, commit %d' % n
+            f.write_block(1, new)
+            tid = w.commit()
+            wait_for(lambda: (bigfile / 'head' / 'at').read_text() == hex16(tid) + '\n', 10,
+                     '%s: head/at to reach %s' % (masked(zurl), hex16(tid)))
+            expected[BS:] = new.ljust(BS, b'\0')
+            assert (bigfile / 'head' / 'data').read_bytes() == expected
+
+            os.kill(pid, 15)
+            wait_for(lambda: wcfs_pid(pidfile) is None and not is_mounted(mountpoint), 30,
+                     '%s: wcfs pid %d to unmount and exit on SIGTERM' % (masked(zurl), pid))
+    finally:
+        try:
+            pid = wcfs_pid(pidfile)
+            if pid is not None:
+                os.kill(pid, 9)
+                wait_for(lambda: wcfs_pid(pidfile) is None, 10, 'wcfs pid %d to die' % pid)
+            unmount_left(mountpoint)
+            if package_state():
+                run(['apt-get', 'purge', '-y', 'wcfs'], timeout=300)
+        finally:
+            log = logfile.read_text() if logfile.exists() else ''
+            print('--- wcfs log (%s):\n%s' % (logfile, log))
+    assert package_state() in ('', 'un')
+    assert not os.path.exists('/usr/lib/wcfs')
