@@ -279,6 +279,16 @@ def test_package_builds_lints_installs_and_serves(package, zeo, tmp_path):
     assert not os.path.exists(DEFAULTS) and not os.path.exists('/usr/lib/wcfs')
 
 
+PROBE_CARRIED = '''
+import os, sys
+sys.path.insert(0, '/usr/lib/wcfs')
+import BTrees.OOBTree, perfmetrics, relstorage.cache.cache
+for m in (BTrees, perfmetrics, relstorage):
+    print(os.path.dirname(os.path.dirname(m.__file__)))
+print('python' if BTrees.OOBTree.OOBTree is BTrees.OOBTree.OOBTreePy else 'compiled')
+'''
+
+
 def test_installed_package_serves_and_follows_postgres(package, postgres, tmp_path):
     """postgres:// and zconfig:// with nothing but the package and what apt
     brings for it: RelStorage (carried) and psycopg2 (Debian's)."""
@@ -296,6 +306,11 @@ def test_installed_package_serves_and_follows_postgres(package, postgres, tmp_pa
         dev = [p for p in listed if p.split('/')[:5] in (['', 'usr', 'lib', 'wcfs', d]
                                                          for d in ('tests', 'devtools', 'bench'))]
         assert not dev, 'dpkg -L wcfs lists test or dev modules: %s' % dev[:5]
+        # /usr/sbin/wcfs's Python finds the carried BTrees (not Debian's older
+        # one) and RelStorage, with their compiled parts: BTrees falls back to
+        # pure Python without a word when its extensions do not load.
+        probe = run(['/usr/bin/python3', '-I', '-c', PROBE_CARRIED]).stdout.split()
+        assert probe == ['/usr/lib/wcfs'] * 3 + ['compiled'], probe
 
         for n, zurl in enumerate([postgres.zurl, postgres.zconfig()], start=2):
             # `wcfs -d` returns once the mount serves.
