@@ -5,6 +5,7 @@ it; reading it asks the database nothing; another user reads it on an
 allow_other mount, as `.wcfs/stats`."""
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -151,3 +152,29 @@ def test_the_database_layer_hears_the_last_tid_of_a_commit(database):
         assert db.following() == FOLLOWING[database.zurl.split(':', 1)[0]]
     finally:
         db.close()
+
+
+def test_waits_for_a_pooled_connection_are_counted(postgres, wcfs_mount):
+    """One connection for the loads, many readers of cold blocks at once:
+    some wait for it, and .wcfs/metrics says how often and how long."""
+    w = Writer(postgres.db())
+    mnt = wcfs_mount(postgres.zurl, '--db-connections', '1')
+    for round_ in range(10):
+        _, oid, _ = w.new_file(BS, {blk: bytes([round_, blk]) * (BS // 2) for blk in range(32)})
+        data = os.path.join(mnt.bigfile(oid), 'head', 'data')
+        with ThreadPoolExecutor(16) as pool:
+            list(pool.map(lambda blk: read_block(data, blk), range(32)))
+        m = metrics(mnt)
+        if m['wcfs_db_pool_waits_total'] > 0:
+            break
+    assert m['wcfs_db_pool_waits_total'] > 0, 'no reader waited in %d rounds' % (round_ + 1)
+    assert m['wcfs_db_pool_wait_seconds_total'] > 0
+    assert m['wcfs_following{mode="polling"}'] == 1
+
+
+def read_block(path, blk):
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        assert len(os.pread(fd, BS, blk * BS)) == BS
+    finally:
+        os.close(fd)
