@@ -70,6 +70,16 @@ def test_metrics_say_what_stats_say(database, wcfs_mount):
         assert m['wcfs_db_pool_waits_total'] == m['wcfs_db_pool_wait_seconds_total'] == 0
 
 
+def test_an_empty_database_has_no_transaction_time(database, wcfs_mount):
+    """Not the year 1900 that tid 0 would make: 0, as a timestamp that never was."""
+    mnt = wcfs_mount(database.zurl)
+    m = metrics(mnt)
+    assert stats(mnt)['zhead'] == hex16(0)
+    assert m['wcfs_zhead_timestamp_seconds'] == 0
+    assert m['wcfs_database_last_transaction_timestamp_seconds'] == 0
+    assert m['wcfs_zhead_lag_seconds'] == 0
+
+
 def test_zhead_and_the_lag_follow_a_commit(database, wcfs_mount):
     w = Writer(database.db())
     f, oid, tid0 = w.new_file(BS, {0: b'a' * BS})

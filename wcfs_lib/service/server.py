@@ -105,6 +105,12 @@ def check_zurl(zurl):
     zstorage.resolve(zurl)
 
 
+def _time_of(tid):
+    """The time of transaction `tid` (seconds since the epoch); 0 for none
+    yet (an empty database), as Prometheus' timestamps say "never"."""
+    return zformat.tid_time(tid) if tid else 0
+
+
 class Server:
     def __init__(self, opts, reopen_log=lambda: None):
         self.opts = opts
@@ -334,8 +340,8 @@ class Server:
         state = metrics.DatabaseState(
             reachable=reachable,
             unreachable_for=0 if reachable else round(time.monotonic() - self._database_since),
-            zhead_time=zformat.tid_time(int(values['zhead'], 16)),
-            last_time=zformat.tid_time(db.heard_last_tid()),
+            zhead_time=_time_of(int(values['zhead'], 16)),
+            last_time=_time_of(db.heard_last_tid()),
             queued=self.watcher.queued(), pool_waits=waits, pool_waited=waited,
             following=db.following(), modes=zstorage.FOLLOWING_MODES)
         return metrics.render(values, state)
