@@ -15,7 +15,8 @@ from zhelp import KiB, Writer, hex16, read_bytes, run_as_nobody, stats, tid_time
 
 BS = 64 * KiB
 FOLLOWING = {'zeo': 'told', 'postgres': 'polling'}     # by the ZURL's scheme
-STARTED_AGAIN = 60      # seconds for wcfs to see a restarted ZEO server
+STARTED_AGAIN = 40      # seconds for wcfs to see a restarted ZEO server
+NOTICED = 20            # seconds for wcfs to notice the server gone (--db-timeout 2, a tick)
 
 
 def parse(text):
@@ -119,10 +120,10 @@ def test_an_unreachable_database_shows_and_for_how_long(zeo, wcfs_mount):
     assert metrics(mnt)['wcfs_database_reachable'] == 1
     zeo.stop()
     try:
-        wait_for(lambda: metrics(mnt)['wcfs_database_reachable'] == 0, 30,
+        wait_for(lambda: metrics(mnt)['wcfs_database_reachable'] == 0, NOTICED,
                  '.wcfs/metrics to say the database is unreachable')
         assert stats(mnt)['database'] == 'unreachable'
-        wait_for(lambda: metrics(mnt)['wcfs_database_unreachable_seconds'] >= 2, 30,
+        wait_for(lambda: metrics(mnt)['wcfs_database_unreachable_seconds'] >= 2, NOTICED,
                  'the time unreachable to grow')
     finally:
         zeo.start()
