@@ -284,7 +284,7 @@ def test_create_is_EPERM(served):
 
 def test_unlink_is_EPERM(served):
     for path in where(served, 'head/data', 'head/at', 'head/invalidations', '.wcfs/zurl',
-                      '.wcfs/stats', 'revdir/data'):
+                      '.wcfs/stats', '.wcfs/metrics', 'revdir/data'):
         assert errno_of(os.unlink, path) == 'EPERM', path
         assert os.path.exists(path)
 
@@ -338,8 +338,8 @@ def test_setxattr_is_EPERM(served):
 
 def test_open_for_writing_is_EACCES(served):
     for path in where(served, 'head/data', 'head/at', 'revdir/data', '.wcfs/zurl',
-                      '.wcfs/stats'):
-        before = read_bytes(path) if not path.endswith('stats') else None
+                      '.wcfs/stats', '.wcfs/metrics'):
+        before = read_bytes(path) if not path.endswith(('stats', 'metrics')) else None
         for flags in (os.O_WRONLY, os.O_RDWR, os.O_WRONLY | os.O_TRUNC,
                       os.O_WRONLY | os.O_APPEND):
             assert errno_of(os.open, path, flags) == 'EACCES', (path, flags)
@@ -385,6 +385,7 @@ def test_modes(served):
         served.path('.wcfs'): (stat.S_IFDIR, 0o555),
         served.path('.wcfs', 'zurl'): (stat.S_IFREG, 0o444),
         served.path('.wcfs', 'stats'): (stat.S_IFREG, 0o444),
+        served.path('.wcfs', 'metrics'): (stat.S_IFREG, 0o444),
         served.path('bigfile'): (stat.S_IFDIR, 0o1777),
         served.dir: (stat.S_IFDIR, 0o1777),
         os.path.join(served.dir, 'head'): (stat.S_IFDIR, 0o555),
@@ -404,7 +405,7 @@ def test_modes(served):
 def test_listings(served):
     rd = served.revdir(served.tid)
     assert sorted(os.listdir(served.mnt.path)) == ['.wcfs', 'bigfile']
-    assert sorted(os.listdir(served.path('.wcfs'))) == ['stats', 'zurl']
+    assert sorted(os.listdir(served.path('.wcfs'))) == ['metrics', 'stats', 'zurl']
     assert sorted(os.listdir(served.dir)) == ['@' + hex16(served.tid), 'head']
     assert sorted(os.listdir(os.path.join(served.dir, 'head'))) == ['at', 'data', 'invalidations']
     assert os.listdir(rd) == ['data']
@@ -455,13 +456,13 @@ def test_head_at_is_the_last_tid(served):
     assert head_at(served.dir) == served.tid
 
 
-@pytest.mark.parametrize('what', ['head/at', '.wcfs/zurl', '.wcfs/stats'])
+@pytest.mark.parametrize('what', ['head/at', '.wcfs/zurl', '.wcfs/stats', '.wcfs/metrics'])
 def test_uncached_file_st_size_is_its_content_length(served, what):
     path = os.path.join(served.dir, what) if what.startswith('head') else served.path(what)
     for _ in range(3):
         size = os.stat(path).st_size
         content = read_bytes(path)
-        if what != '.wcfs/stats' or size == len(content):
+        if what not in ('.wcfs/stats', '.wcfs/metrics') or size == len(content):
             break                   # stats may change between the stat and the read
     assert size == len(content) > 0
 

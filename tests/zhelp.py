@@ -222,6 +222,7 @@ def expected_modes(mountpoint, fdir, revdir):
         p + '/.wcfs': 'dr-xr-xr-x',
         p + '/.wcfs/zurl': '-r--r--r--',
         p + '/.wcfs/stats': '-r--r--r--',
+        p + '/.wcfs/metrics': '-r--r--r--',
         p + '/bigfile': 'drwxrwxrwt',
         fdir: 'drwxrwxrwt',
         fdir + '/head': 'dr-xr-xr-x',

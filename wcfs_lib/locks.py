@@ -72,8 +72,9 @@ ORDER = [
     ('Watcher._queue_cond', 'transactions not applied yet (alone; the watcher waits on it)',
      'watcher, poller, prober, ZEO\'s I/O thread'),
     ('Watcher._zhead_cond', 'waiting for zhead (alone, wait)', 'watcher, fuse'),
-    ('Pool._cond', 'idle storage instances (alone; a use waits on it for one, within '
-     '--db-timeout)', 'every thread that asks the database'),
+    ('Pool._cond', 'idle storage instances, the count of waits for one (alone; a use waits '
+     'on it for one, within --db-timeout)', 'every thread that asks the database, fuse '
+     '(.wcfs/metrics)'),
     ('Watchdog._cond', 'uses of the database being timed (alone; the watchdog waits on it)',
      'every thread that asks the database, watchdog'),
     ('Prefetched._lock', 'records fetched ahead (alone)', 'fuse, watcher'),

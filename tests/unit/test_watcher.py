@@ -2,6 +2,7 @@
 
 import pytest
 
+from devtools.procs import wait_for
 from mappingdb import Database, oid_of
 from wcfs_lib.zodb import zformat
 from wcfs_lib.files.bigfile import BigFile
@@ -72,4 +73,33 @@ def test_a_file_published_after_the_watcher_noted_a_transaction_gets_it_once():
         # ... and the watcher, reading the table only now, does not give T again
         assert index.fid not in visible and bf not in visible.values()
     finally:
+        db.close()
+
+
+def test_queued_counts_the_commits_told_and_not_taken_up():
+    """.wcfs/metrics wcfs_zhead_lag_transactions: commits the database told
+    of and the watcher has not reached; a resync is no commit."""
+    db = Database()
+    watcher = None
+    try:
+        f = db.new_file()
+        db.root['f'] = f
+        db.commit()
+        watcher = Watcher(db.loader, BigFileTable(), Stats(), OidIndex(), bare_file)
+        start = watcher.zhead
+        f.write_block(0, b'one')
+        t1, oids1 = db.commit()
+        f.write_block(0, b'two')
+        t2, oids2 = db.commit()
+        assert watcher.queued() == 0
+        watcher.on_commit(t1, oids1)
+        watcher.on_resync()
+        watcher.on_commit(t2, oids2)
+        assert watcher.queued() == 2 and watcher.zhead == start
+        watcher.start()
+        wait_for(lambda: watcher.zhead == t2 and watcher.queued() == 0, 10,
+                 'the watcher to take the commits up')
+    finally:
+        if watcher is not None:
+            watcher.stop()
         db.close()

@@ -53,7 +53,8 @@ class Watcher:
         self.applied = self.zhead   # every file untouched since shows this as head/at
         self.zhead_lock = locks.lock('Watcher.zhead_lock')
         self._queue = collections.deque()
-        self._queue_cond = locks.condition('Watcher._queue_cond')    # guards _queue, _stop
+        self._queued = 0    # commits in _queue (.wcfs/metrics): read without the lock
+        self._queue_cond = locks.condition('Watcher._queue_cond')    # guards _queue, _queued, _stop
         self._zhead_cond = locks.condition('Watcher._zhead_cond')    # notified when zhead moves
         self._stop = False
         self._thread = threading.Thread(target=self._run, name='watcher', daemon=True)
@@ -72,7 +73,14 @@ class Watcher:
     def _push(self, item):
         with self._queue_cond:
             self._queue.append(item)
+            self._queued += isinstance(item, tuple)
             self._queue_cond.notify()
+
+    def queued(self):
+        """Commits the database told of that the watcher has not taken up
+        yet (a folded one counts once): how far zhead is behind, without
+        asking the database."""
+        return self._queued
 
     # the watcher thread
 
@@ -95,6 +103,7 @@ class Watcher:
                 if self._stop:
                     return
                 item = self._queue.popleft()
+                self._queued -= isinstance(item, tuple)
             try:
                 if item is self.RESYNC:
                     self._resync()

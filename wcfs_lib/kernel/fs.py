@@ -1,6 +1,6 @@
 """The FUSE operations: paths to nodes, nodes to calls on the model, errnos.
 
-    .wcfs/zurl  .wcfs/stats
+    .wcfs/zurl  .wcfs/stats  .wcfs/metrics
     bigfile/<oid>/head/{data,at,invalidations}
     bigfile/<oid>/@<tid>/data
 
@@ -35,10 +35,12 @@ log = logging.getLogger('wcfs.fs')
 HEX16 = re.compile(r'[0-9a-f]{16}\Z')
 
 # node kinds
-ROOT, WCFSDIR, ZURL, STATS, BIGFILES, FILEDIR, HEADDIR, DATA, AT, INVAL, REVDIR, REVDATA = range(12)
+(ROOT, WCFSDIR, ZURL, STATS, METRICS, BIGFILES, FILEDIR, HEADDIR, DATA, AT, INVAL, REVDIR,
+ REVDATA) = range(13)
 
 DIRS = {ROOT, WCFSDIR, BIGFILES, FILEDIR, HEADDIR, REVDIR}
-UNCACHED = {ZURL, STATS, AT}    # direct_io: never stale
+UNCACHED = {ZURL, STATS, METRICS, AT}   # direct_io: never stale
+WCFSFILES = {'zurl': ZURL, 'stats': STATS, 'metrics': METRICS}     # .wcfs/<name>
 
 # SPEC §3. Sticky like /tmp: fusermount3 refuses to mount on a sticky directory
 # that the user does not own, and every user may mkdir in them.
@@ -175,8 +177,8 @@ class WCFS(fuse.Operations):
         if parts[0] == '.wcfs':
             if n == 1:
                 return Node(WCFSDIR)
-            if n == 2 and parts[1] in ('zurl', 'stats'):
-                return Node(ZURL if parts[1] == 'zurl' else STATS)
+            if n == 2 and parts[1] in WCFSFILES:
+                return Node(WCFSFILES[parts[1]])
             raise err(errno.ENOENT)
         if parts[0] != 'bigfile':
             raise err(errno.ENOENT)
@@ -244,6 +246,8 @@ class WCFS(fuse.Operations):
             return (self.model.zurl_shown + '\n').encode()
         if node.kind == STATS:
             return self.model.stats_text()
+        if node.kind == METRICS:
+            return self.model.metrics_text()
         if node.kind == AT:
             return b'%016x\n' % node.bf.shown_at()
         raise err(errno.EISDIR)
@@ -252,7 +256,7 @@ class WCFS(fuse.Operations):
         node = self.resolve(path)
         names = {
             ROOT: lambda: ['.wcfs', 'bigfile'],
-            WCFSDIR: lambda: ['zurl', 'stats'],
+            WCFSDIR: lambda: list(WCFSFILES),
             BIGFILES: lambda: sorted(bf.name for bf in self.model.files()),
             FILEDIR: lambda: ['head'] + node.bf.revdirs.names(),
             HEADDIR: lambda: ['data', 'at', 'invalidations'],

@@ -48,6 +48,9 @@ class Model:
     def stats_text(self):
         return self._srv.stats.render()
 
+    def metrics_text(self):
+        return self._srv.metrics_text()
+
     def mounted(self):
         """From the FUSE init handler: the kernel talks to us."""
         self._srv.on_mounted()

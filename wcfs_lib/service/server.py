@@ -42,6 +42,7 @@ from ..kernel import fs, mount
 from ..kernel.fs_binding import FUSE, PollHandles, libfuse
 from ..kernel.kcache import KernelCache
 from ..zodb import zformat, zstorage
+from . import metrics
 from .model import Model
 from .quota import Quota
 from .stats import Stats
@@ -104,6 +105,12 @@ def check_zurl(zurl):
     zstorage.resolve(zurl)
 
 
+def _time_of(tid):
+    """The time of transaction `tid` (seconds since the epoch); 0 for none
+    yet (an empty database), as Prometheus' timestamps say "never"."""
+    return zformat.tid_time(tid) if tid else 0
+
+
 class Server:
     def __init__(self, opts, reopen_log=lambda: None):
         self.opts = opts
@@ -126,6 +133,7 @@ class Server:
         self.revdir_quota = Quota('revision directories', MAX_REVDIRS)
         self.stats.gauge('channels', self.channel_quota.used)
         self.stats.gauge('revdirs', self.revdir_quota.used)
+        self._database_since = time.monotonic()     # when `database` of the stats last changed
 
     # ---- start ----
 
@@ -229,6 +237,7 @@ class Server:
         if state != self.stats.get('database'):
             (log.info if state == 'connected' else log.error)('database %s: %s', self.zurl_shown, state)
             self.stats.set('database', state)
+            self._database_since = time.monotonic()
 
     def _idle_too_long(self):
         if not self.opts.autoexit:
@@ -319,6 +328,23 @@ class Server:
             log.warning('closing %s: %s', self.zurl_shown, e)
 
     # ---- for the filesystem ----
+
+    def metrics_text(self):
+        """.wcfs/metrics: the stats and the database's state, from what
+        wcfs knows already: any user may read it in a loop, and no read
+        of it asks the database anything."""
+        values = self.stats.values()
+        db = self.database
+        waits, waited = db.pool_waits()
+        reachable = values['database'] == 'connected'
+        state = metrics.DatabaseState(
+            reachable=reachable,
+            unreachable_for=0 if reachable else round(time.monotonic() - self._database_since),
+            zhead_time=_time_of(int(values['zhead'], 16)),
+            last_time=_time_of(db.heard_last_tid()),
+            queued=self.watcher.queued(), pool_waits=waits, pool_waited=waited,
+            following=db.following(), modes=zstorage.FOLLOWING_MODES)
+        return metrics.render(values, state)
 
     def last_tid(self):
         """The database's last transaction, asking the server (never stale)."""

@@ -33,10 +33,17 @@ class Stats:
         """Show `fn()` as `name`, computed each time stats are read."""
         self._gauges[name] = fn
 
-    def render(self):
+    def values(self):
+        """-> {name: value} as of now, the live gauges and uptime included:
+        what .wcfs/stats and .wcfs/metrics show. Uptime is in whole seconds,
+        so that the files' size stays their length from a stat to the read
+        that follows, within a second."""
         with self._lock:
             values = dict(self._values)
         for name, fn in self._gauges.items():
             values[name] = fn()
-        values['uptime'] = '%.0f' % (time.monotonic() - self._start)
-        return ''.join('%s: %s\n' % kv for kv in values.items()).encode()
+        values['uptime'] = round(time.monotonic() - self._start)
+        return values
+
+    def render(self):
+        return ''.join('%s: %s\n' % kv for kv in self.values().items()).encode()

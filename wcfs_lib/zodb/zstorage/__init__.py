@@ -29,12 +29,13 @@ from ZODB.POSException import POSKeyError
 from ZODB.utils import p64, u64
 
 from ... import locks
-from .base import Database, DatabaseUnavailable, RecordTooLarge, is_disconnect, oneline
+from .base import (FOLLOWING_MODES, Database, DatabaseUnavailable, RecordTooLarge, is_disconnect,
+                   oneline)
 from .opening import OpenError, UsageError, database_of, open_database, resolve
 from .walks import Cancelled, Walks
 
-__all__ = ['Cancelled', 'Database', 'DatabaseUnavailable', 'OpenError', 'Records', 'RecordTooLarge',
-           'RETRY_PAUSE', 'UsageError', 'database_of', 'is_disconnect',
+__all__ = ['Cancelled', 'Database', 'DatabaseUnavailable', 'FOLLOWING_MODES', 'OpenError',
+           'Records', 'RecordTooLarge', 'RETRY_PAUSE', 'UsageError', 'database_of', 'is_disconnect',
            'open_database', 'resolve']
 
 RETRY_PAUSE = 0.5   # seconds between tries of work that waits for the database

@@ -9,6 +9,11 @@ from .walks import Cancelled
 
 _TCPI_LAST_DATA_RECV = 52   # offset of tcpi_last_data_recv (ms, u32) in Linux's struct tcp_info
 
+# How commits reach wcfs (Database.following; .wcfs/metrics wcfs_following)
+TOLD = 'told'           # the server pushes each commit
+POLLING = 'polling'     # wcfs asks the server every --db-poll-interval
+FOLLOWING_MODES = (TOLD, POLLING)
+
 
 class DatabaseUnavailable(Exception):
     """The database did not answer within the database timeout."""
@@ -105,6 +110,24 @@ class Database:
 
     def connected(self):
         return True
+
+    def following(self):
+        """How commits reach wcfs now: one of FOLLOWING_MODES. A database
+        that can change how (a notification channel that drops and is
+        replaced by polling) says the current one."""
+        return TOLD
+
+    def heard_last_tid(self):
+        """The database's last transaction as wcfs last heard of it, with
+        no round trip: any user may read .wcfs/metrics in a loop. This
+        default is the storage's own idea (ZEO's client cache learns it
+        from the invalidations the server pushes)."""
+        return u64(self.storage.lastTransaction())
+
+    def pool_waits(self):
+        """-> (waits, seconds): how often a request waited for a pooled
+        connection so far, and how long in all; none where there is no pool."""
+        return 0, 0.0
 
     def close(self):
         self.storage.close()

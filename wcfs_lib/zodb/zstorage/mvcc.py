@@ -48,7 +48,7 @@ from ZODB.POSException import POSKeyError
 from ZODB.utils import p64, u64
 
 from ... import knobs, locks
-from .base import Database, RecordTooLarge, is_disconnect, oneline, silence
+from .base import POLLING, Database, RecordTooLarge, is_disconnect, oneline, silence
 
 log = logging.getLogger('wcfs.zstorage')
 
@@ -206,13 +206,14 @@ class Pool:
         self._idle = []
         self._made = 0
         self._closed = False    # an instance given back then is closed, not kept
-        self._cond = locks.condition('Pool._cond')  # guards _idle, _made, _closed
+        self._waits = 0         # takes that found every instance lent out
+        self._waited = 0.0      # seconds they waited, in all
+        self._cond = locks.condition('Pool._cond')  # guards _idle, _made, _closed, _waits, _waited
 
     def take(self, timeout):
         """-> an instance; PoolBusy when none is free within `timeout` seconds."""
         with self._cond:
-            if not self._cond.wait_for(lambda: self._idle or self._made < self._size,
-                                       timeout):
+            if not self._wait_free(timeout):
                 raise PoolBusy('all %d database connections busy for %.3g s'
                                % (self._size, timeout))
             if self._idle:
@@ -223,6 +224,25 @@ class Pool:
         except BaseException:
             self.forget()
             raise
+
+    def _wait_free(self, timeout):
+        """With _cond: wait until an instance is idle or may be made; ->
+        False after `timeout`. A wait is counted (.wcfs/metrics): a pool
+        too small for the readers shows as waits, not as a slow database."""
+        def free():
+            return self._idle or self._made < self._size
+        if free():
+            return True
+        start = time.monotonic()
+        got = self._cond.wait_for(free, timeout)
+        self._waits += 1
+        self._waited += time.monotonic() - start
+        return got
+
+    def waits(self):
+        """-> (waits, seconds) so far."""
+        with self._cond:
+            return self._waits, self._waited
 
     def give_back(self, inst):
         with self._cond:
@@ -438,6 +458,7 @@ class MVCCDatabase(Database):
         self.poll_interval = poll_interval
         self._ahead = Prefetched(PREFETCH_BYTES)
         self._connected = True
+        self._heard = 0             # the last tid a poll found; written by the poller only
         self._stop = threading.Event()
         self._poller = None
 
@@ -537,6 +558,15 @@ class MVCCDatabase(Database):
     def connected(self):
         return self._connected
 
+    def following(self):
+        return POLLING
+
+    def heard_last_tid(self):
+        return self._heard
+
+    def pool_waits(self):
+        return self.pool.waits()
+
     # following
 
     def follow(self, on_commit, on_resync, on_pack):
@@ -625,6 +655,7 @@ class MVCCDatabase(Database):
                     log.exception('polling the database')
             return False
         self._connected = True
+        self._heard = max(self._heard, inst.tid)
         return oids
 
     def close(self):
