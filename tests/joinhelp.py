@@ -103,25 +103,25 @@ _FAKE_WCFS = textwrap.dedent('''
 class FakeWCFS(Child):
     """The fake wcfs of nobody at path, showing zurl; mounted once constructed.
 
-    readable=True: run with the real uid of nobody only. libfuse gives the
-    kernel getuid() as the mount's user_id, so the kernel holds it for
-    nobody's mount; the effective uid stays root's, so that it may mount
-    with allow_other (/etc/fuse.conf lets no other user) and the test, root,
-    can read it: only join's check of user_id stands between join and it.
-    readable=False: all nobody's, through fusermount3 like any user's FUSE
-    filesystem; no other user, root neither, may look inside.
+    It runs with the real uid of nobody only: libfuse gives the kernel
+    getuid() as the mount's user_id, so the kernel holds it for nobody's
+    mount, as for one made through fusermount3; the effective uid stays
+    root's, so that it may import this tree's Python packages wherever the
+    tree is (a CI clone sits in a directory only root may enter) and mount
+    with allow_other (/etc/fuse.conf lets no other user).
+    readable=True: with allow_other, so the test, root, can read it: only
+    join's check of user_id stands between join and it.
+    readable=False: without: the kernel lets no other user, root neither,
+    look inside.
     """
 
     def __init__(self, path, zurl, logpath, readable):
         self.path = str(path)
         self.logpath = logpath
         os.mkdir(self.path)
-        if readable:
-            argv = ['setpriv', '--ruid=nobody']
-        else:
-            os.chown(self.path, NOBODY.pw_uid, NOBODY.pw_gid)
-            argv = SETPRIV_NOBODY
-        argv = argv + [sys.executable, '-c', _FAKE_WCFS, self.path, zurl, '1' if readable else '0']
+        os.chown(self.path, NOBODY.pw_uid, NOBODY.pw_gid)
+        argv = ['setpriv', '--ruid=nobody', sys.executable, '-c', _FAKE_WCFS, self.path, zurl,
+                '1' if readable else '0']
         with open(logpath, 'ab') as log:
             self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=log,
                                          stderr=subprocess.STDOUT, cwd='/')

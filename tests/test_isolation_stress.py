@@ -101,8 +101,9 @@ def reader(mountpoint, oid, logpath, stoppath, seed):
     latest, lagging = Checker('latest', mem, mountpoint), Checker('lagging', mem, mountpoint)
     counts = {'rounds': 0, 'opens': 0, 'resyncs': 0,
               'waits': 0, 'crossed': 0, 'taken': 0, 'resent': 0}
-    client.log.setLevel(logging.DEBUG)
-    client.log.addHandler(ProtocolCounter(counts))
+    log = logging.getLogger('wcfs.client')
+    log.setLevel(logging.DEBUG)
+    log.addHandler(ProtocolCounter(counts))
     with client.connect(mountpoint) as wc:
         views = {}
         while not os.path.exists(stoppath):
