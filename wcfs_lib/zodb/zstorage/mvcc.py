@@ -554,7 +554,7 @@ class MVCCDatabase(Database):
         it: both are a resync."""
         inst = Instance(self.storage.new_instance())
         probe = LastTid(self.storage)
-        ears = self._ears = Ears(probe.ask, self._listener, self.watchdog.watching,
+        ears = self._ears = Ears(self._asker(probe), self._listener, self.watchdog.watching,
                                  self._wake[0], self._stop.is_set)
         resync, away = True, False
         next_pack_check = time.monotonic() + knobs.PACK_CHECK_INTERVAL
@@ -573,10 +573,8 @@ class MVCCDatabase(Database):
                     inst = Instance(self.storage.new_instance())
                     self._stop.wait(min(1.0, 10 * self.poll_interval))
                     continue
-                if ears.listening and not ears.polled(inst.tid):
-                    ears.fall_back('the database is at %016x, and no notification told of '
-                                   'it: the trigger %s was dropped or disabled?'
-                                   % (inst.tid, TRIGGER))
+                if ears.listening:
+                    self._check_told(ears, inst.tid)
                 if oids is UNCHANGED:
                     pass
                 elif resync or oids is None:
@@ -596,6 +594,28 @@ class MVCCDatabase(Database):
     def _listener(self):
         return Listener(self.storage._adapter.connmanager)
 
+    def _asker(self, probe):
+        """-> ask(query, args): one query on the probe's connection, within
+        the database timeout."""
+        def ask(query, args):
+            with self.watchdog.watching('looking for the trigger', probe):
+                return probe.ask(query, args)
+        return ask
+
+    @staticmethod
+    def _check_told(ears, tid):
+        """A poll found the database at `tid`, told: poll from now on if
+        no notification announced it (the safety net), or if the listening
+        connection dropped meanwhile (the next poll starts from `tid`)."""
+        try:
+            if ears.polled(tid):
+                return
+            why = ('the database is at %016x, and no notification told of it: the trigger '
+                   '%s was dropped or disabled?' % (tid, TRIGGER))
+        except Lost as e:
+            why = '%s; polled from now on' % e
+        ears.fall_back(why)
+
     def _next(self, ears, away):
         """Wait for the next poll: -> True to poll whatever the last tid says
         (a notification came, or listening just began: what committed
@@ -610,7 +630,9 @@ class MVCCDatabase(Database):
                 (log.debug if is_disconnect(e) else log.warning)(
                     'looking for the trigger %s to LISTEN: %s', TRIGGER, oneline(e))
         if not ears.listening:
-            return None if self._stop.wait(self.poll_interval) else False
+            # away: tried again within a second, whatever the interval (told, it may be long)
+            pause = min(self.poll_interval, 1.0) if away else self.poll_interval
+            return None if self._stop.wait(pause) else False
         try:
             told = ears.wait(SAFETY_NET)
         except Lost as e:
