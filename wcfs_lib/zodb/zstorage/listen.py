@@ -36,7 +36,10 @@ log = logging.getLogger('wcfs.zstorage')
 CHANNEL = 'wcfs'                # the trigger's pg_notify channel
 TRIGGER = 'wcfs_notify'         # the trigger's name, on RelStorage's table `transaction`
 APPLICATION_NAME = 'wcfs-listen'  # of the listening connection, in pg_stat_activity
-SAFETY_NET = 1.0    # seconds without a word from the database before wcfs asks its last tid
+# Seconds without a word from the database before wcfs asks its last tid: an
+# idle told wcfs sends the server this query and, every pack-check-interval,
+# the few of a pack check (issue 18: at most one query a second in all).
+SAFETY_NET = 1.5
 GRACE = 1.0         # seconds a notification may take after its commit shows to a query
 RETRY = knobs.LISTEN_RETRY_INTERVAL    # seconds between two looks for the trigger while polling
 
