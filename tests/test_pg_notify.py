@@ -220,3 +220,27 @@ def test_on_a_standby_wcfs_polls_though_the_trigger_is_there(postgres, wcfs_moun
         if mnt is not None:
             mnt.cleanup()
         standby.destroy()
+
+
+def test_a_server_restart_costs_no_transaction_and_wcfs_is_told_again(postgres, follower):
+    install(postgres)
+    fw = follower('--db-poll-interval', NEVER, '--db-timeout', '2')
+    wait_for(lambda: following(fw.mnt) == 'told', 10, '.wcfs/metrics to say told')
+    fw.commit_and_follow()
+    postgres.stop()
+    try:
+        wait_for(lambda: following(fw.mnt) == 'polling', 20,
+                 'wcfs to notice that the server and its listening connection are gone')
+    finally:
+        postgres.start()
+    # committed while wcfs may still be away: the resync after the outage covers it
+    fw.f.write_block(0, block('after the restart'))
+    tid = fw.w.commit()
+    have = fw.ch.have(timeout=30)
+    assert have.tid == tid and not have.wait, have
+    fw.ch.ack()
+    wait_head(fw.fdir, tid, timeout=30)
+    assert read_bytes(os.path.join(fw.fdir, 'head', 'data')) == fw.f.read()
+    wait_for(lambda: following(fw.mnt) == 'told', 30, 'wcfs told again after the restart')
+    for _ in range(3):
+        fw.commit_and_follow()
