@@ -9,14 +9,17 @@ What the poller (mvcc.py) may rely on:
   transaction changed: the poller lists that, as after a poll that moved.
 - Nothing is promised for what committed before LISTEN: the poller polls
   once after each `listen()` that succeeds, and takes what that poll finds
-  as told (`Ears.settle`).
+  as told (`Ears.polled`).
 - A notification can be lost: the listening connection drops (its server
   restarts, an administrator ends it), the trigger is dropped or disabled
   (a restore, `session_replication_role = replica` in the writer). So the
   poller asks for the last tid when it heard nothing for SAFETY_NET
   seconds, and a poll that finds a transaction no notification announced
-  (`Ears.announced`, after a grace for one still on its way) ends the
-  listening: polling again, and the trigger looked for again later.
+  (`Ears.polled`, after GRACE for one still on its way) ends the
+  listening: polling again, and the trigger looked for again later. So
+  no transaction waits for its notification longer than about
+  SAFETY_NET + GRACE, and none is missed: the poll lists every commit
+  since the last one, whatever told of it.
 - A hot standby refuses LISTEN, and its own commits are replayed without
   triggers: polled.
 
