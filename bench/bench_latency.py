@@ -24,6 +24,14 @@ Three latencies of each commit end at the moment the client read its `have`:
 
 Median and p99 (nearest rank) of each are printed.
 
+With `--notify` (`--db postgres` only) the database has wcfs's trigger
+(sql/wcfs-notify.sql, installed as an administrator would, with psql -f):
+wcfs is told of each commit instead of polling (issue 18 targets: median
+<= 3 ms from commit() returning). Then, the file still subscribed and
+nothing committed, the statements the server runs in `--idle` seconds
+are counted in its log (log_statement = all): what an idle wcfs costs the
+server (target: <= 1 a second with the trigger).
+
 This file run with `--client PATH CAT` is the client process: it prints
 `ready`, then `have TID MONOTONIC REALTIME` for every `have`, and ends when
 its stdin closes.
@@ -41,8 +49,11 @@ from ZODB.utils import p64, u64
 
 import common
 from common import BLKSIZE, MiB, last_transaction
+from devtools.pgcluster import NOTIFY_SQL
 
 TARGET_MS = 50
+TOLD_TARGET_MS = 3          # issue 18: commit() returned -> `have`, median, told
+IDLE_TARGET = 1.0           # issue 18: statements a second from an idle told wcfs
 REPLY_TIMEOUT = 10      # seconds a `have` may take before the run fails
 
 
@@ -76,6 +87,15 @@ class Client(common.ClientProcess):
 
 # ---- the benchmark ----
 
+def following(mountpoint):
+    """How wcfs follows the database, as .wcfs/metrics says: told or polling."""
+    with open(os.path.join(mountpoint, '.wcfs', 'metrics')) as f:
+        for line in f:
+            if line.startswith('wcfs_following{') and line.rstrip().endswith(' 1'):
+                return line.split('"')[1]
+    return 'unknown'
+
+
 def percentile(values, p):
     """Nearest-rank percentile."""
     s = sorted(values)
@@ -93,7 +113,17 @@ def main():
                    help='random bytes at the start of each new block, zeros after them '
                         '(ZBlk0 stores them stripped: a smaller record); default the whole block')
     common.add_db_option(p)
+    p.add_argument('--notify', action='store_true',
+                   help="install wcfs's trigger (sql/wcfs-notify.sql) first: told, not polling "
+                        '(--db postgres)')
+    p.add_argument('--idle', type=float, default=0, metavar='SECONDS',
+                   help='then count the statements the server runs while nothing is committed '
+                        'for SECONDS (--db postgres; default 0: not counted)')
+    p.add_argument('--poll-interval', type=float, metavar='SECONDS',
+                   help="wcfs's --db-poll-interval (default wcfs's)")
     args = p.parse_args()
+    if (args.notify or args.idle) and args.db != 'postgres':
+        p.error('--notify and --idle need --db postgres')
     if args.size <= 0 or args.size * MiB % BLKSIZE or args.n <= 0 or not 0 < args.random <= BLKSIZE:
         p.error('-n must be positive, --size a positive multiple of 2, --random in 1..%d' % BLKSIZE)
     size = args.size * MiB
@@ -104,7 +134,12 @@ def main():
     with common.Bench('latency', db=args.db) as b:
         try:
             oid = b.write_bigfile(size)
-            mnt = b.mount()
+            if args.notify:
+                b.cluster.psql_file(NOTIFY_SQL, common.PG_DBNAME)
+            wcfs_args = [] if args.poll_interval is None else \
+                ['--db-poll-interval', str(args.poll_interval)]
+            mnt = b.mount(*wcfs_args)
+            mode = following(mnt.path)
             bigfile = mnt.bigfile(oid)
             with open(os.path.join(bigfile, 'head', 'at')) as f:
                 at = int(f.read(), 16)
@@ -133,6 +168,8 @@ def main():
                 time.sleep(args.pause)
             conn.close()
             sent = common.read_stats(mnt.path)['invalidations_sent']
+            idle = b.cluster.statements_during(args.idle) if args.idle else None
+            mode_after = following(mnt.path)
         finally:
             if client is not None:
                 client.stop()
@@ -148,6 +185,18 @@ def main():
         v = ms[k]
         print('  %-45s median %7.1f  p99 %7.1f  min %7.1f  max %7.1f'
               % (what, statistics.median(v), percentile(v, 99), min(v), max(v)))
+    print('latency: %s: wcfs following the database: %s (at the start), %s (at the end)'
+          % (args.db, mode, mode_after))
+    if args.notify:
+        told = statistics.median(ms['return'])
+        print('latency: %s told: commit() returned -> `have`: median %.2f ms (target <= %d ms: %s)'
+              % (args.db, told, TOLD_TARGET_MS, common.verdict(told <= TOLD_TARGET_MS)))
+    if idle is not None:
+        rate = idle / args.idle
+        print('latency: %s: idle wcfs (%s): %d statements in %g s, %.2f a second '
+              '(target with the trigger <= %g: %s); load average %s'
+              % (args.db, mode_after, idle, args.idle, rate, IDLE_TARGET,
+                 common.verdict(rate <= IDLE_TARGET), '%.2f %.2f %.2f' % os.getloadavg()))
     print('latency: %s: commit -> `have` at the client: median %.1f ms, p99 %.1f ms from the tid '
           '(from commit() returning: median %.1f ms, p99 %.1f ms) (target median <= %d ms: %s); '
           'kernel %s'

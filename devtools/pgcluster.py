@@ -5,6 +5,7 @@
         pg.start()                      # postgres on 127.0.0.1:pg.port and a socket in pg.dir
         pg.create_database('zodb')      # owned by pg.user, RelStorage's schema installed
         zurl = pg.zurl('zodb')          # postgres://wcfs:PASSWORD@127.0.0.1:PORT/zodb
+        pg.psql_file(NOTIFY_SQL, 'zodb')  # wcfs's trigger installed, as an administrator would
         ...
         pg.stop()                       # fast shutdown; start() serves the same data, same port
     finally:
@@ -59,12 +60,16 @@ from wcfs_lib.zurl import masked
 from .procs import free_port
 from .served import ServedDatabase, open_db
 
-__all__ = ['PostgresCluster', 'PostgresError', 'PGServer', 'find_bindir', 'last_transaction']
+__all__ = ['PostgresCluster', 'PostgresError', 'PGServer', 'find_bindir', 'last_transaction',
+           'NOTIFY_SQL', 'NOTIFY_REMOVE_SQL']
 
 SUPERUSER = 'postgres'
 OS_USER = 'postgres'       # who runs the binaries when we are root
 START_TIMEOUT = 30         # seconds for the server to accept connections
 STOP_TIMEOUT = 30          # seconds for each step of stop()
+SQL_DIR = Path(__file__).resolve().parent.parent / 'sql'
+NOTIFY_SQL = SQL_DIR / 'wcfs-notify.sql'                # what the package installs for psql -f
+NOTIFY_REMOVE_SQL = SQL_DIR / 'wcfs-notify-remove.sql'
 PORT_TRIES = 5             # a free port taken by someone else before we bind it
 
 # Appended to postgresql.conf after initdb; port and socket directory come on
@@ -122,7 +127,10 @@ class PostgresCluster:
     log        the server's log so far (text)
     """
 
-    def __init__(self, parent=None, bindir=None, user='wcfs'):
+    def __init__(self, parent=None, bindir=None, user='wcfs', standby_of=None):
+        """standby_of: another cluster, running: this one is its hot standby
+        (pg_basebackup; read-only, replaying what the primary commits), with
+        the same roles and password."""
         self.bindir = bindir or find_bindir()
         self.dir = Path(tempfile.mkdtemp(prefix='wcfs-pg-', dir=parent))
         self.datadir = self.dir / 'data'
@@ -135,7 +143,10 @@ class PostgresCluster:
         self._port_fixed = False
         self._history_free = {}   # database name -> made history-free
         try:
-            self._initdb()
+            if standby_of is None:
+                self._initdb()
+            else:
+                self._base_backup(standby_of)
         except BaseException:
             shutil.rmtree(self.dir, ignore_errors=True)
             raise
@@ -194,6 +205,21 @@ class PostgresCluster:
             raise PostgresError(f'{self.dir}: initdb exited with {r.returncode}:\n{r.stdout}')
         with open(self.datadir / 'postgresql.conf', 'a') as f:
             f.write(SETTINGS)
+
+    def _base_backup(self, primary):
+        """A copy of the running `primary` that streams its WAL (standby.signal)."""
+        if os.geteuid() == 0:
+            shutil.chown(self.dir, OS_USER, OS_USER)
+        os.chmod(self.dir, 0o700)
+        argv = self._argv('pg_basebackup', '-D', self.datadir, '-R', '-X', 'stream', '-c', 'fast',
+                          '-h', primary.dir, '-p', primary.port, '-U', SUPERUSER)
+        r = subprocess.run(argv, cwd=self.dir, stdin=subprocess.DEVNULL,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        if r.returncode != 0:
+            raise PostgresError(f'{self.dir}: pg_basebackup of {primary.dir} exited with '
+                                f'{r.returncode}:\n{r.stdout}')
+        self.user, self.password = primary.user, primary.password
+        self._history_free = dict(primary._history_free)
 
     @property
     def running(self):
@@ -255,6 +281,24 @@ class PostgresCluster:
         finally:
             shutil.rmtree(self.dir, ignore_errors=True)
 
+    def statements_during(self, seconds):
+        """-> how many statements the server ran in the next `seconds`
+        seconds, from every client (log_statement = all meanwhile: the
+        server's log counts what pg_stat_statements would, without a
+        restart to load it)."""
+        self.sql("ALTER SYSTEM SET log_statement = 'all'")
+        try:
+            self.sql('SELECT pg_reload_conf()')
+            time.sleep(1)                   # the reload reaches every backend
+            offset = self._log_size()
+            time.sleep(seconds)
+            logged = self._log_from(offset)
+        finally:
+            self.sql('ALTER SYSTEM RESET log_statement')
+            self.sql('SELECT pg_reload_conf()')
+        return sum(1 for line in logged.splitlines()
+                   if 'LOG:  statement: ' in line or 'LOG:  execute ' in line)
+
     # ---- roles and databases ----
 
     def _admin_connect(self, dbname):
@@ -273,6 +317,19 @@ class PostgresCluster:
                 return cur.fetchall() if cur.description else []
         finally:
             conn.close()
+
+    def psql_file(self, path, dbname):
+        """Run `psql -f path` on dbname as the superuser, as an administrator
+        would; -> its output. PostgresError when psql fails."""
+        argv = [os.path.join(self.bindir, 'psql'), '-X', '-q', '-v', 'ON_ERROR_STOP=1',
+                '-h', str(self.dir), '-p', str(self.port), '-U', SUPERUSER, '-d', dbname,
+                '-f', str(path)]
+        r = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                           stderr=subprocess.STDOUT, text=True, timeout=60)
+        if r.returncode != 0:
+            raise PostgresError(f'{self.dir}: psql -f {path} on {dbname} exited with '
+                                f'{r.returncode}:\n{r.stdout}')
+        return r.stdout
 
     def _ensure_role(self, role):
         if not self.sql('SELECT 1 FROM pg_roles WHERE rolname = %s', role):

@@ -200,6 +200,10 @@ def test_package_builds_lints_installs_and_serves(package, zeo, tmp_path):
                if path.startswith('./usr/lib/wcfs/') and path.split('/')[4]}
     ours = shipped & {p.name for p in src.iterdir()}
     assert ours == {'wcfs.py', 'wcfs_lib'}, 'the .deb ships of this tree: %s' % sorted(ours)
+    # The trigger that tells wcfs of commits, for an administrator's psql -f (man wcfs).
+    sql = {p for p in shipped_paths(deb) if p.startswith('./usr/share/wcfs/')}
+    assert sql == {'./usr/share/wcfs/', './usr/share/wcfs/wcfs-notify.sql',
+                   './usr/share/wcfs/wcfs-notify-remove.sql'}, sorted(sql)
 
     lint = run(['lintian', str(deb), str(changes)], timeout=600, check=False)
     complaints = [line for line in lint.stdout.splitlines() if line[:2] in ('E:', 'W:')]

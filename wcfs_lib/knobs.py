@@ -7,6 +7,8 @@ lock-ranks            every lock and wait checks the order of locks.py, and
                       a wrong nesting fails loudly instead of deadlocking
 pack-check-interval   seconds between two checks for files packed away on a
                       database that tells of no pack (default 60)
+listen-retry-interval seconds between two looks for the trigger of LISTEN/NOTIFY
+                      on PostgreSQL while polling (default 30)
 
 An unknown knob is refused at start (ERROR, which the service reports
 before it detaches), so that a typo does not test nothing.
@@ -15,7 +17,7 @@ before it detaches), so that a typo does not test nothing.
 import os
 
 VARIABLE = 'WCFS_DEBUG'
-_DEFAULTS = {'lock-ranks': False, 'pack-check-interval': 60.0}
+_DEFAULTS = {'lock-ranks': False, 'pack-check-interval': 60.0, 'listen-retry-interval': 30.0}
 
 
 class KnobError(ValueError):
@@ -50,3 +52,4 @@ except KnobError as e:
     KNOBS, ERROR = dict(_DEFAULTS), str(e)
 LOCK_RANKS = KNOBS['lock-ranks']
 PACK_CHECK_INTERVAL = KNOBS['pack-check-interval']
+LISTEN_RETRY_INTERVAL = KNOBS['listen-retry-interval']

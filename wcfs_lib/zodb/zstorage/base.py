@@ -1,5 +1,7 @@
 """What every kind of database offers wcfs, and what they share."""
 
+import contextlib
+import os
 import socket
 import struct
 
@@ -49,6 +51,47 @@ def silence(sock):
     if len(info) < _TCPI_LAST_DATA_RECV + 4:
         return None
     return struct.unpack_from('I', info, _TCPI_LAST_DATA_RECV)[0] / 1000
+
+
+@contextlib.contextmanager
+def _socket_of(conn):
+    """A socket object over a duplicate of the descriptor of the psycopg2
+    connection `conn`, or None (no connection, closed, not a socket). Used
+    while the connection is in use: should libpq close it at that very
+    moment and another connection of ours get its number, that one is seen
+    instead; cut, its user sees a lost connection."""
+    try:
+        fd = os.dup(conn.fileno())
+    except Exception:           # None, or closed already
+        yield None
+        return
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError:             # not a socket (any more)
+        os.close(fd)
+        yield None
+        return
+    with sock:
+        yield sock
+
+
+def shut_down(conn):
+    """Shut the socket of the psycopg2 connection `conn` (or None) down: a
+    call blocked on it returns with an error. The descriptor stays libpq's
+    to close."""
+    with _socket_of(conn) as sock:
+        if sock is not None:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:     # not connected any more
+                pass
+
+
+def silent_for(conn):
+    """Seconds since the socket of the psycopg2 connection `conn` last
+    received data; None where it cannot tell (no connection, a Unix socket)."""
+    with _socket_of(conn) as sock:
+        return None if sock is None else silence(sock)
 
 
 def oneline(exc):

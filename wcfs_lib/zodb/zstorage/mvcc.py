@@ -40,7 +40,6 @@ import collections
 import contextlib
 import logging
 import os
-import socket
 import threading
 import time
 
@@ -48,7 +47,9 @@ from ZODB.POSException import POSKeyError
 from ZODB.utils import p64, u64
 
 from ... import knobs, locks
-from .base import POLLING, Database, RecordTooLarge, is_disconnect, oneline, silence
+from .base import (POLLING, TOLD, Database, RecordTooLarge, is_disconnect, oneline, shut_down,
+                   silent_for)
+from .listen import SAFETY_NET, TRIGGER, Ears, Listener, Lost
 
 log = logging.getLogger('wcfs.zstorage')
 
@@ -99,47 +100,6 @@ def lost(exc):
     """Does `exc` say that a connection is gone or unusable (not that the
     database is behind, nor that the request is bad)?"""
     return is_disconnect(exc) and not isinstance(exc, SnapshotBehind)
-
-
-@contextlib.contextmanager
-def _socket_of(conn):
-    """A socket object over a duplicate of the descriptor of the psycopg2
-    connection `conn`, or None (no connection, closed, not a socket). Used
-    while the connection is in use: should libpq close it at that very
-    moment and another connection of ours get its number, that one is seen
-    instead; cut, its user sees a lost connection."""
-    try:
-        fd = os.dup(conn.fileno())
-    except Exception:           # None, or closed already
-        yield None
-        return
-    try:
-        sock = socket.socket(fileno=fd)
-    except OSError:             # not a socket (any more)
-        os.close(fd)
-        yield None
-        return
-    with sock:
-        yield sock
-
-
-def shut_down(conn):
-    """Shut the socket of the psycopg2 connection `conn` (or None) down: a
-    call blocked on it returns with an error. The descriptor stays libpq's
-    to close."""
-    with _socket_of(conn) as sock:
-        if sock is not None:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:     # not connected any more
-                pass
-
-
-def silent_for(conn):
-    """Seconds since the socket of the psycopg2 connection `conn` last
-    received data; None where it cannot tell (no connection, a Unix socket)."""
-    with _socket_of(conn) as sock:
-        return None if sock is None else silence(sock)
 
 
 def _refuse_to_connect(*args, **kwargs):
@@ -388,18 +348,25 @@ class LastTid:
         self._adapter = storage._adapter
         self._conn = self._cursor = None
 
+    def _open(self):
+        manager = self._adapter.connmanager
+        conn, cursor = manager.open(isolation=manager.isolation_read_committed, read_only=True)
+        conn.rollback()
+        conn.autocommit = True
+        self._conn, self._cursor = conn, cursor
+
     def __call__(self):
+        rows = self.ask(_LAST_TID)
+        return rows[0][0] if rows else 0
+
+    def ask(self, query, args=None):
+        """-> the rows of one query on this connection (Ears looks for its
+        trigger here: no connection of its own while there is none)."""
         if self._cursor is None:
-            manager = self._adapter.connmanager
-            conn, cursor = manager.open(isolation=manager.isolation_read_committed,
-                                        read_only=True)
-            conn.rollback()
-            conn.autocommit = True
-            self._conn, self._cursor = conn, cursor
+            self._open()
         try:
-            self._cursor.execute(_LAST_TID)
-            row = self._cursor.fetchone()
-            return row[0] if row else 0
+            self._cursor.execute(query, args)
+            return self._cursor.fetchall()
         except Exception:
             self.close()            # a new connection at the next call
             raise
@@ -460,7 +427,9 @@ class MVCCDatabase(Database):
         self._connected = True
         self._heard = 0             # the last tid a poll found; written by the poller only
         self._stop = threading.Event()
+        self._wake = None           # a pipe: written to stop the poller
         self._poller = None
+        self._ears = None           # the poller's: told or polling
 
     def load(self, oid, before, fresh, cache):
         # fresh: a new snapshot, which shows what a pack removed since
@@ -559,7 +528,8 @@ class MVCCDatabase(Database):
         return self._connected
 
     def following(self):
-        return POLLING
+        ears = self._ears
+        return TOLD if ears is not None and ears.listening else POLLING
 
     def heard_last_tid(self):
         return self._heard
@@ -570,30 +540,41 @@ class MVCCDatabase(Database):
     # following
 
     def follow(self, on_commit, on_resync, on_pack):
+        self._wake = os.pipe()
         self._poller = threading.Thread(target=self._poll, name='poller', daemon=True,
                                         args=(on_commit, on_resync, on_pack))
         self._poller.start()
 
     def _poll(self, on_commit, on_resync, on_pack):
         """Poll a private instance when the database's last tid moved (asked
-        every poll_interval), and tell each commit it found (`_commits`).
-        The first poll may be past what the watcher started from, and one
-        after an outage may not cover it: both are a resync."""
+        every poll_interval), or, told (listen.py), when a notification came
+        (or, none for SAFETY_NET seconds, the last tid moved), and tell
+        each commit it found (`_commits`). The first poll may be past what
+        the watcher started from, and one after an outage may not cover
+        it: both are a resync."""
         inst = Instance(self.storage.new_instance())
         probe = LastTid(self.storage)
+        ears = self._ears = Ears(self._asker(probe), self._listener, self.watchdog.watching,
+                                 self._wake[0], self._stop.is_set)
         resync, away = True, False
         next_pack_check = time.monotonic() + knobs.PACK_CHECK_INTERVAL
         try:
-            while not self._stop.wait(self.poll_interval):
+            while True:
+                always = self._next(ears, away)
+                if always is None:
+                    return
                 prev = inst.tid
-                oids = self._poll_once(inst, probe, resync, quiet=away)
+                oids = self._poll_once(inst, probe, resync or always, quiet=away)
                 away = oids is False
                 if away:
                     resync = True
+                    ears.fall_back(None, retry=0)   # once the database answers again
                     inst.close(cut=True)    # it may be cut, or lead to a server that hangs
                     inst = Instance(self.storage.new_instance())
                     self._stop.wait(min(1.0, 10 * self.poll_interval))
                     continue
+                if ears.listening:
+                    self._check_told(ears, inst.tid)
                 if oids is UNCHANGED:
                     pass
                 elif resync or oids is None:
@@ -606,8 +587,58 @@ class MVCCDatabase(Database):
                     next_pack_check = time.monotonic() + knobs.PACK_CHECK_INTERVAL
                     on_pack()
         finally:
+            ears.close()
             probe.close()
             inst.close()
+
+    def _listener(self):
+        return Listener(self.storage._adapter.connmanager)
+
+    def _asker(self, probe):
+        """-> ask(query, args): one query on the probe's connection, within
+        the database timeout."""
+        def ask(query, args):
+            with self.watchdog.watching('looking for the trigger', probe):
+                return probe.ask(query, args)
+        return ask
+
+    @staticmethod
+    def _check_told(ears, tid):
+        """A poll found the database at `tid`, told: poll from now on if
+        no notification announced it (the safety net), or if the listening
+        connection dropped meanwhile (the next poll starts from `tid`)."""
+        try:
+            if ears.polled(tid):
+                return
+            why = ('the database is at %016x, and no notification told of it: the trigger '
+                   '%s was dropped or disabled?' % (tid, TRIGGER))
+        except Lost as e:
+            why = '%s; polled from now on' % e
+        ears.fall_back(why)
+
+    def _next(self, ears, away):
+        """Wait for the next poll: -> True to poll whatever the last tid says
+        (a notification came, or listening just began: what committed
+        before it was not told), False to poll if it moved, None once
+        stopped. Looks for the trigger when due, not while the database is
+        away: the poll after an outage comes first."""
+        if not away and ears.try_due():
+            try:
+                if ears.listen():
+                    return True
+            except Exception as e:
+                (log.debug if is_disconnect(e) else log.warning)(
+                    'looking for the trigger %s to LISTEN: %s', TRIGGER, oneline(e))
+        if not ears.listening:
+            # away: tried again within a second, whatever the interval (told, it may be long)
+            pause = min(self.poll_interval, 1.0) if away else self.poll_interval
+            return None if self._stop.wait(pause) else False
+        try:
+            told = ears.wait(SAFETY_NET)
+        except Lost as e:
+            ears.fall_back('%s; polled from now on' % e)
+            return True
+        return None if self._stop.is_set() else told
 
     def _commits(self, inst, prev, oids):
         """The commits a poll of `inst` from `prev` found, one by one:
@@ -661,7 +692,10 @@ class MVCCDatabase(Database):
     def close(self):
         self._stop.set()
         if self._poller is not None:
+            os.write(self._wake[1], b'.')       # out of a wait for notifications
             self._poller.join(timeout=10)
+            for fd in self._wake:
+                os.close(fd)
         self.watchdog.stop()
         self.pool.close()
         self.storage.close()
