@@ -13,6 +13,7 @@ kind of the array (`kind`). Reading copies out of the blocks: a[...] and
 numpy.asarray(a) are the whole array in memory.
 """
 
+import math
 import operator
 import weakref
 
@@ -58,7 +59,7 @@ class ZBigArray(Persistent):
         if order not in ORDERS:
             raise ValueError('order %r is not one of %s' % (order, ', '.join(ORDERS)))
         axes = range(len(shape))
-        items = [_product(shape[i + 1:] if order == 'C' else shape[:i]) for i in axes]
+        items = [math.prod(shape[i + 1:] if order == 'C' else shape[:i]) for i in axes]
         self._dtype = dtype
         self._shape = shape
         self._order = order
@@ -88,7 +89,7 @@ class ZBigArray(Persistent):
 
     @property
     def size(self):
-        return _product(self._shape)
+        return math.prod(self._shape)
 
     @property
     def itemsize(self):
@@ -195,10 +196,3 @@ def _shape(shape):
     if any(n < 0 for n in shape):
         raise ValueError('shape %s: negative dimensions are not allowed' % (shape,))
     return shape
-
-
-def _product(ints):
-    p = 1
-    for n in ints:
-        p *= n
-    return p
