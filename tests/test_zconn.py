@@ -7,6 +7,7 @@ Every array is compared with what the writer recorded for that tid: the
 ZBigFile's bytes, so that a shape past them reads zeros.
 """
 
+import contextlib
 import hashlib
 import os
 import random
@@ -72,6 +73,19 @@ class ArrayWriter:
     def close(self):
         transaction.abort()
         self.conn.close()
+
+
+@contextlib.contextmanager
+def served_array(server, wcfs_mount, shape, dtype='int32', order='C'):
+    """-> (ArrayWriter of root['A'] through server's db, a wcfs on it, a
+    client Connection to that wcfs); the writer closed after."""
+    w = ArrayWriter(server.db(), shape, dtype, order=order)
+    try:
+        mnt = wcfs_mount(server.zurl)
+        with client.connect(mnt.path) as wc:
+            yield w, mnt, wc
+    finally:
+        w.close()
 
 
 class ReaderProcess(Child):
@@ -157,77 +171,60 @@ def test_arrays_of_a_historical_connection_never_move(database, wcfs_mount):
 @pytest.mark.timeout(120)
 @pytest.mark.parametrize('order', ['C', 'F'])
 def test_array_has_the_zbigarrays_dtype_shape_and_order(zeo, wcfs_mount, order):
-    w = ArrayWriter(zeo.db(), (300, 7, 5), 'float64', order=order)
-    try:
-        mnt = wcfs_mount(zeo.zurl)
-        with client.connect(mnt.path) as wc:
-            conn = zeo.db().open(transaction.TransactionManager())
-            a = client.asarray(conn.root()['A'], wc=wc)
-            expect = numpy.arange(300 * 7 * 5, dtype='float64').reshape((300, 7, 5), order=order)
-            assert (a.dtype, a.shape) == (expect.dtype, expect.shape)
-            assert a.flags.f_contiguous == (order == 'F')
-            assert not a.flags.writeable
-            assert (a == expect).all()
-            conn.close()
-    finally:
-        w.close()
+    with served_array(zeo, wcfs_mount, (300, 7, 5), 'float64', order) as (_, _, wc):
+        conn = zeo.db().open(transaction.TransactionManager())
+        a = client.asarray(conn.root()['A'], wc=wc)
+        expect = numpy.arange(300 * 7 * 5, dtype='float64').reshape((300, 7, 5), order=order)
+        assert (a.dtype, a.shape) == (expect.dtype, expect.shape)
+        assert a.flags.f_contiguous == (order == 'F')
+        assert not a.flags.writeable
+        assert (a == expect).all()
+        conn.close()
 
 
 @pytest.mark.timeout(120)
 def test_own_changes_show_after_commit_not_before(zeo, wcfs_mount):
-    w = ArrayWriter(zeo.db(), (BS,), 'int32')
-    try:
-        mnt = wcfs_mount(zeo.zurl)
-        with client.connect(mnt.path) as wc:
-            a = client.asarray(w.a, wc=wc)          # the writer's own connection
-            w.a[:10] = -1
-            w.a.append(numpy.zeros(BS, 'int32'))
-            assert a[:10].tolist() == list(range(10)), 'an uncommitted change shows'
-            again = client.asarray(w.a, wc=wc)
-            assert again.shape == (BS,), 'the shape of the uncommitted state'
-            tid = w.commit()
-            assert a[:10].tolist() == [-1] * 10, 'the commit does not show'
-            assert client.asarray(w.a, wc=wc).shape == (2 * BS,)
-            assert a.tobytes() == w.image(tid, (BS,))
-    finally:
-        w.close()
+    with served_array(zeo, wcfs_mount, (BS,)) as (w, _, wc):
+        a = client.asarray(w.a, wc=wc)          # the writer's own connection
+        w.a[:10] = -1
+        w.a.append(numpy.zeros(BS, 'int32'))
+        assert a[:10].tolist() == list(range(10)), 'an uncommitted change shows'
+        again = client.asarray(w.a, wc=wc)
+        assert again.shape == (BS,), 'the shape of the uncommitted state'
+        tid = w.commit()
+        assert a[:10].tolist() == [-1] * 10, 'the commit does not show'
+        assert client.asarray(w.a, wc=wc).shape == (2 * BS,)
+        assert a.tobytes() == w.image(tid, (BS,))
 
 
 @pytest.mark.timeout(120)
 def test_one_channel_per_file_and_connection_released_at_close(zeo, wcfs_mount):
-    w = ArrayWriter(zeo.db(), (BS,), 'int32')
-    try:
-        mnt = wcfs_mount(zeo.zurl)
-        with client.connect(mnt.path) as wc:
-            tm1, tm2 = transaction.TransactionManager(), transaction.TransactionManager()
-            c1, c2 = zeo.db().open(tm1), zeo.db().open(tm2)
-            arrays = [client.asarray(c1.root()['A'], wc=wc) for _ in range(3)]
-            assert stat_int(mnt, 'channels') == 1
-            b = client.asarray(c2.root()['A'], wc=wc)
-            assert stat_int(mnt, 'channels') == 2
-            old = w.tid
-            c1.close()
-            wait_for(lambda: stat_int(mnt, 'channels') == 1, what='c1\'s channel closed')
-            w.a.resize((BS // 2,))
-            w.a.zfile.truncate(2 * BS)         # the file shrinks under c1's arrays
-            w.commit()
-            for a in arrays:                            # still there, as of c1's last snapshot
-                assert a.tobytes() == w.image(old, (BS,))
-            tm2.begin()
-            assert b.tobytes() == w.image(w.tid, (BS,))
-            c2.close()
-            wait_for(lambda: stat_int(mnt, 'channels') == 0, what='c2\'s channel closed')
-    finally:
-        w.close()
+    with served_array(zeo, wcfs_mount, (BS,)) as (w, mnt, wc):
+        tm1, tm2 = transaction.TransactionManager(), transaction.TransactionManager()
+        c1, c2 = zeo.db().open(tm1), zeo.db().open(tm2)
+        arrays = [client.asarray(c1.root()['A'], wc=wc) for _ in range(3)]
+        assert stat_int(mnt, 'channels') == 1
+        b = client.asarray(c2.root()['A'], wc=wc)
+        assert stat_int(mnt, 'channels') == 2
+        old = w.tid
+        c1.close()
+        wait_for(lambda: stat_int(mnt, 'channels') == 1, what='c1\'s channel closed')
+        w.a.resize((BS // 2,))
+        w.a.zfile.truncate(2 * BS)         # the file shrinks under c1's arrays
+        w.commit()
+        for a in arrays:                            # still there, as of c1's last snapshot
+            assert a.tobytes() == w.image(old, (BS,))
+        tm2.begin()
+        assert b.tobytes() == w.image(w.tid, (BS,))
+        c2.close()
+        wait_for(lambda: stat_int(mnt, 'channels') == 0, what='c2\'s channel closed')
 
 
 @pytest.mark.timeout(120)
 def test_a_pooled_connection_opened_again_follows_from_its_new_snapshot(zeo, wcfs_mount):
-    w = ArrayWriter(zeo.db(), (BS,), 'int32')
     db = zeo.new_db()
     try:
-        mnt = wcfs_mount(zeo.zurl)
-        with client.connect(mnt.path) as wc:
+        with served_array(zeo, wcfs_mount, (BS,)) as (w, mnt, wc):
             tm = transaction.TransactionManager()
             conn = db.open(tm)
             old = client.asarray(conn.root()['A'], wc=wc)
@@ -247,7 +244,6 @@ def test_a_pooled_connection_opened_again_follows_from_its_new_snapshot(zeo, wcf
             again.close()
     finally:
         db.close()
-        w.close()
 
 
 @pytest.mark.timeout(120)
