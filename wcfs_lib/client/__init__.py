@@ -8,7 +8,7 @@
 - `views`: isolated views of a ZBigFile by oid and tid, over a wcfs mount
   (`connect(mountpoint)`, `Connection.open`, `View.ndarray`, `View.resync`).
 
-It imports the leaves and `zbig` only, never the server's packages.
+It imports the leaves and ZODB, never the server's packages.
 """
 
 from .join import join
