@@ -18,6 +18,7 @@ import sys
 import numpy
 import pytest
 import transaction
+from ZODB.utils import u64
 
 from devtools import wendelin37
 from devtools.procs import wait_for
@@ -231,6 +232,9 @@ def test_a_pooled_connection_opened_again_follows_from_its_new_snapshot(zeo, wcf
             conn.close()                            # back to the pool; old keeps its snapshot
             first = w.tid
             w.step()
+            # db is a ZEO client of its own: it opens at w.tid once told of it
+            wait_for(lambda: u64(db.storage.lastTransaction()) >= w.tid,
+                     what='the commit reached the second client')
             again = db.open(tm)
             assert again is conn, 'the pool gave another connection: nothing to test'
             a = client.asarray(again.root()['A'], wc=wc)

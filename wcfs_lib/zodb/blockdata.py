@@ -9,8 +9,9 @@ zeros), and a read's reply (reply.py) copies from its address.
 import ctypes
 
 class BlockData:
-    """`length` bytes of `buf` (bytes or bytearray) from `start`, then zeros
-    up to the block size. Never changed once made."""
+    """`length` bytes of `buf` from `start`, then zeros up to the block size.
+    Never changed once made. buf: bytes, a bytearray, or a writable
+    memoryview of bytes (a database row's own buffer, pqbinary.py)."""
 
     __slots__ = ('buf', 'start', 'length', '_pin')
 
@@ -32,7 +33,8 @@ class BlockData:
         if isinstance(buf, bytes):
             return ctypes.cast(buf, ctypes.c_void_p).value + self.start
         if self._pin is None:
-            # an exported bytearray cannot be resized: the address holds
+            # an exported bytearray cannot be resized, and a memoryview
+            # keeps what it shows: the address holds
             self._pin = (ctypes.c_char * len(buf)).from_buffer(buf)
         return ctypes.addressof(self._pin) + self.start
 

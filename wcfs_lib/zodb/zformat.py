@@ -220,6 +220,7 @@ def _opcode_tables():
 
 _PLAIN_OPS, _OTHER_OPS = _opcode_tables()
 _STOP = ord('.')
+_NEWLINE = re.compile(b'\n').search      # bytes.find, for a memoryview too
 _U64 = struct.Struct('>Q').unpack
 
 
@@ -286,11 +287,12 @@ def _scan(data):
         elif kind is not None:
             start = i
             for _ in range(how):
-                i = data.find(b'\n', i) + 1
-                if i == 0:
+                m = _NEWLINE(data, i)
+                if m is None:
                     raise ValueError('pickle ends at byte %d inside a line' % n)
+                i = m.end()
             if kind == 'memo lines':
-                _check_memo_index(int(data[start:i - 1]))
+                _check_memo_index(int(bytes(data[start:i - 1])))
         else:
             raise ValueError('unknown opcode 0x%02x at byte %d' % (op, i - 1))
     if i > n:
@@ -307,13 +309,16 @@ _NO_GATE = contextlib.nullcontext()
 
 
 def decode_record(data, gate=_NO_GATE):
-    """-> (class name, state) of a raw ZODB record; `gate` (a lock) is held
-    while the unpickler decodes a record over LARGE_RECORD."""
+    """-> (class name, state) of a raw ZODB record (bytes, or a memoryview
+    of bytes); `gate` (a lock) is held while the unpickler decodes a record
+    over LARGE_RECORD."""
     _scan(data)
     return _decode(data, gate)
 
 
 def _decode(data, gate):
+    if not isinstance(data, bytes):
+        data = bytes(data)      # the unpickler would copy it all the same
     with gate if len(data) > LARGE_RECORD else _NO_GATE:
         unpickler = _unpickler(data)
         meta = unpickler.load()
@@ -334,10 +339,11 @@ def decode_data_record(data, gate=_NO_GATE):
     one byte string comes as a BlockData over `data` itself, not as a copy
     (the unpickler would copy every byte of a block once more); only other
     states go through `gate`."""
-    span = _bytes_state(data, _scan(data))
+    first_end = _scan(data)
+    span = _bytes_state(data, first_end)
     if span is None:
         return _decode(data, gate)
-    return _class_name(_unpickler(data).load()), BlockData(data, *span)
+    return _class_name(_unpickler(bytes(data[:first_end])).load()), BlockData(data, *span)
 
 
 # the opcodes of a pickled byte string (protocol 3 bytes, Python 2 str) ->

@@ -49,6 +49,7 @@ from ZODB.utils import p64, u64
 from ... import knobs, locks
 from .base import (POLLING, TOLD, Database, RecordTooLarge, is_disconnect, oneline, shut_down,
                    silent_for)
+from . import pqbinary
 from .listen import SAFETY_NET, TRIGGER, Ears, Listener, Lost
 
 log = logging.getLogger('wcfs.zstorage')
@@ -63,7 +64,8 @@ _RECORDS_AS_OF = '''
     SELECT s.zoid, s.tid, CASE WHEN octet_length(s.state) <= %s THEN s.state END,
            (SELECT min(n.tid) FROM object_state n WHERE n.zoid = s.zoid AND n.tid > s.tid)
     FROM (SELECT DISTINCT ON (zoid) zoid, tid, state FROM object_state
-          WHERE zoid = ANY(%s) AND tid <= %s ORDER BY zoid, tid DESC) s'''
+          WHERE zoid = ANY(%s::bigint[]) AND tid <= %s ORDER BY zoid, tid DESC) s'''
+_RECORDS_KINDS = (pqbinary.INT8, pqbinary.INT8, pqbinary.BYTEA, pqbinary.INT8)
 # the record of one oid as of a tid when it is at most %s bytes long, its
 # length (octet_length reads it from the header: a longer one is not read),
 # and the tid of its next revision
@@ -73,6 +75,7 @@ _RECORD_AS_OF_BOUNDED = '''
            (SELECT min(n.tid) FROM object_state n WHERE n.zoid = s.zoid AND n.tid > s.tid)
     FROM (SELECT zoid, tid, state FROM object_state
           WHERE zoid = %s AND tid <= %s ORDER BY tid DESC LIMIT 1) s'''
+_RECORD_KINDS = (pqbinary.INT8, pqbinary.BYTEA, pqbinary.INT4, pqbinary.INT8)
 _LAST_TID = 'SELECT tid FROM transaction ORDER BY tid DESC LIMIT 1'
 # the oids of each transaction in a range, at most %s records
 _COMMITS = 'SELECT tid, zoid FROM object_state WHERE tid > %s AND tid <= %s ORDER BY tid LIMIT %s'
@@ -84,6 +87,17 @@ SPLIT_RECORDS = 100000      # a poll listed commit by commit up to this many rec
 def is_mvcc(storage):
     return callable(getattr(storage, 'new_instance', None)) and \
         callable(getattr(storage, 'poll_invalidations', None))
+
+
+def _binary(storage):
+    """Can wcfs's record queries go through libpq in binary (pqbinary.py)?
+    Said once, at start, when they cannot."""
+    try:
+        pqbinary.check(storage._adapter.driver)
+    except pqbinary.Unavailable as e:
+        log.warning('records are read as text, at half the speed: %s', e)
+        return False
+    return True
 
 
 class SnapshotBehind(ConnectionError):
@@ -424,6 +438,7 @@ class MVCCDatabase(Database):
         self.watchdog = Watchdog(timeout)
         self.poll_interval = poll_interval
         self._ahead = Prefetched(PREFETCH_BYTES)
+        self.binary = _binary(storage)    # records in binary through libpq, or as text
         self._connected = True
         self._heard = 0             # the last tid a poll found; written by the poller only
         self._stop = threading.Event()
@@ -458,15 +473,14 @@ class MVCCDatabase(Database):
             if fresh:
                 inst.poll()
             inst.at_least(at)
-            cursor = inst.storage._load_connection.cursor
-            cursor.execute(_RECORD_AS_OF_BOUNDED, (max_size, u64(oid), at))
-            rows = cursor.fetchall()
+            rows = self._records(inst, _RECORD_AS_OF_BOUNDED, (max_size, u64(oid), at),
+                                 _RECORD_KINDS)
         if not rows or rows[0][2] is None:
             raise POSKeyError(oid)              # no record then, or the object deleted
         tid, state, size, end = rows[0]
         if state is None:
             raise RecordTooLarge(size)
-        return bytes(state), p64(tid), None if end is None else p64(end)
+        return state, p64(tid), None if end is None else p64(end)
 
     def last_tid(self):
         with self._instance('last transaction') as inst:
@@ -486,14 +500,32 @@ class MVCCDatabase(Database):
         them. A record missing then is left to load(), which says so."""
         with self._instance('prefetch') as inst:
             inst.at_least(at)
-            cursor = inst.storage._load_connection.cursor
-            cursor.execute(_RECORDS_AS_OF, (PREFETCH_RECORD, list(oids), at))
-            rows = cursor.fetchall()
+            rows = self._records(inst, _RECORDS_AS_OF, (PREFETCH_RECORD, list(oids), at),
+                                 _RECORDS_KINDS)
         before = p64(at + 1)
         for zoid, tid, state, end in rows:
             if state is not None:
                 self._ahead.put(p64(zoid), before,
-                                (bytes(state), p64(tid), None if end is None else p64(end)))
+                                (state, p64(tid), None if end is None else p64(end)))
+
+    def _records(self, inst, query, params, kinds):
+        """-> the rows of one of wcfs's record queries on the snapshot of
+        `inst`: in binary, each record a view of its row's own buffer
+        (pqbinary.py), or where libpq cannot be had, through psycopg2 (as
+        text, each record copied out)."""
+        conn = inst.storage._load_connection.connection
+        cursor = inst.storage._load_connection.cursor
+        if not self.binary:
+            cursor.execute(query, params)
+            return [[bytes(v) if isinstance(v, memoryview) else v for v in row]
+                    for row in cursor.fetchall()]
+        if pqbinary.transaction_status(conn) != pqbinary.IN_TRANSACTION:
+            cursor.execute('SELECT 1')      # begun as psycopg2 begins it: RelStorage's snapshot
+        try:
+            return pqbinary.query(conn, query, params, kinds)
+        except pqbinary.QueryFailed:
+            inst.tid = -1       # its transaction is aborted: polled (a new one) before any use
+            raise
 
     @contextlib.contextmanager
     def _instance(self, what):
