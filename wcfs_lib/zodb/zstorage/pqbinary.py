@@ -2,14 +2,16 @@
 
 psycopg2 asks for every result as text: a bytea arrives hex-encoded (twice
 its size on the wire, encoded by the server and decoded by the client) and
-is then copied into a Python bytes. Measured on one 2 MiB record after
-another (PostgreSQL 15 on loopback, 2 cores): 205 MiB/s as psycopg2 text,
-536 through a binary COPY, 565 through psycopg 3's pure-Python binary
-results (Debian 12's python3-psycopg), 615 through libpq's binary results
-here (0.24 s of client CPU a GiB against 1.2). So the queries wcfs makes
-itself go through libpq (libpq5, which psycopg2 links to) by ctypes, on
-the PGconn of the very psycopg2 connection (`pgconn_ptr`): the same
-transaction, the same snapshot, no connection of its own.
+is then copied into a Python bytes. One reader of 2 MiB records
+(bench/bench_pg_fetch.py, PostgreSQL 15 on loopback, 2 cores): 213 MiB/s
+and 2.3 CPU s/GiB as psycopg2 text; in binary, about 3 times as fast and
+a fifth of the CPU whichever way: 609 through COPY ... (FORMAT binary), 653
+through psycopg 3 (Debian 12's pure-Python build), 629 through libpq's
+binary results here. This way adds no dependency (libpq5 comes with
+psycopg2), copies nothing (COPY copies each row into a bytes), and runs on
+the PGconn of the very psycopg2 connection that RelStorage polled
+(`pgconn_ptr`): the same transaction, the same snapshot, no connection of
+its own (psycopg 3 would need its own, and RelStorage has no driver for it).
 
 A query runs in single-row mode: each row is a PGresult of its own, and a
 bytea column comes back as a memoryview of that result's buffer, not a
@@ -104,10 +106,15 @@ def check(driver):
     `driver`? Unavailable saying why not: another driver (or psycopg2 made
     asynchronous by gevent: its calls must not block), a psycopg2 without
     `pgconn_ptr`, no libpq to be found."""
-    global _pq
     name = getattr(driver, '__name__', type(driver).__name__)
     if name != 'psycopg2':
         raise Unavailable('the database driver is %s, not psycopg2' % name)
+    load()
+
+
+def load():
+    """Make query() usable on psycopg2's connections; Unavailable."""
+    global _pq
     import psycopg2.extensions
     if not hasattr(psycopg2.extensions.connection, 'pgconn_ptr'):
         raise Unavailable('psycopg2 %s gives no PGconn (2.8 does)' % psycopg2.__version__)
