@@ -5,7 +5,8 @@ on a real cluster, against what RelStorage itself loads:
   RelStorage's loadBefore gives, as the text fallback does; bounded loads
   refuse a record over the bound and say a missing one is missing;
 - a record is a view of its own row's buffer: it stays valid after
-  everything else of the query is gone, and the row is freed with it;
+  everything else of the query is gone, and the row is freed with it; a
+  prefetch's answer holds at most its bound of records;
 - a query the server refuses leaves the connection usable (its aborted
   transaction is replaced before the next use); a connection the server
   ended is said to be lost, and the next use gets a new one.
@@ -164,3 +165,23 @@ def test_only_plain_psycopg2_is_queried_through_libpq():
         pqbinary.check(Gevent())
     conn_class = psycopg2.extensions.connection
     assert hasattr(conn_class, 'pgconn_ptr')
+
+
+def test_an_answer_holds_no_more_than_its_bound(opened, written):
+    """A prefetch of many large records (a writer may make every node of a
+    tree nearly as large as PREFETCH_RECORD) keeps what fits and drops the
+    rest as it comes; the connection serves the next query."""
+    storage, zblks, tid1, tid2 = written
+    db = opened()
+    query = ('SELECT zoid, state FROM object_state WHERE zoid = ANY(%s::bigint[]) AND tid = %s'
+             ' ORDER BY zoid')
+    kinds = (pqbinary.INT8, pqbinary.BYTEA)
+    big = sorted(oid for oid in zblks if len(reference(storage, oid, tid1)[0]) > 32 * KiB)
+    assert len(big) == 2            # 64 KiB and 2 MiB
+    with db._instance('test') as inst:
+        inst.at_least(tid2)
+        conn = inst.storage._load_connection.connection
+        assert [oid for oid, _ in pqbinary.query(conn, query, (big, tid1), kinds)] == big
+        kept = pqbinary.query(conn, query, (big, tid1), kinds, max_bytes=32 * KiB)
+        assert [oid for oid, _ in kept] == big[:1]
+        assert pqbinary.query(conn, 'SELECT %s::bigint', (7,), (pqbinary.INT8,)) == [[7]]

@@ -501,17 +501,18 @@ class MVCCDatabase(Database):
         with self._instance('prefetch') as inst:
             inst.at_least(at)
             rows = self._records(inst, _RECORDS_AS_OF, (PREFETCH_RECORD, list(oids), at),
-                                 _RECORDS_KINDS)
+                                 _RECORDS_KINDS, max_bytes=PREFETCH_BYTES)
         before = p64(at + 1)
         for zoid, tid, state, end in rows:
             if state is not None:
                 self._ahead.put(p64(zoid), before,
                                 (state, p64(tid), None if end is None else p64(end)))
 
-    def _records(self, inst, query, params, kinds):
+    def _records(self, inst, query, params, kinds, max_bytes=None):
         """-> the rows of one of wcfs's record queries on the snapshot of
         `inst`: in binary, each record a view of its row's own buffer
-        (pqbinary.py), or where libpq cannot be had, through psycopg2 (as
+        (pqbinary.py; past `max_bytes` of records, the rows are dropped as
+        they come), or where libpq cannot be had, through psycopg2 (as
         text, each record copied out)."""
         conn = inst.storage._load_connection.connection
         cursor = inst.storage._load_connection.cursor
@@ -522,7 +523,7 @@ class MVCCDatabase(Database):
         if pqbinary.transaction_status(conn) != pqbinary.IN_TRANSACTION:
             cursor.execute('SELECT 1')      # begun as psycopg2 begins it: RelStorage's snapshot
         try:
-            return pqbinary.query(conn, query, params, kinds)
+            return pqbinary.query(conn, query, params, kinds, max_bytes)
         except pqbinary.QueryFailed:
             inst.tid = -1       # its transaction is aborted: polled (a new one) before any use
             raise

@@ -146,16 +146,18 @@ class _Result:
         _pq.PQclear(self.ptr)
 
 
-def query(conn, sql, params, kinds):
-    """-> the rows of `sql` ($1, $2... for `params`) run on the psycopg2
-    connection `conn`, each a list decoded by `kinds`."""
+def query(conn, sql, params, kinds, max_bytes=None):
+    """-> the rows of `sql` run on the psycopg2 connection `conn`, each a
+    list decoded by `kinds`. max_bytes: the rows that come once their bytea
+    values pass it are dropped as they arrive (the caller can do without:
+    a prefetch), so that a query's answer never holds more."""
     pg = pgconn(conn)
     args = (ctypes.c_char_p * max(1, len(params)))(*(_text(p) for p in params))
     if not _pq.PQsendQueryParams(pg, numbered(sql).encode(), len(params), None, args, None,
                                  None, 1):
         raise _failure(pg, None)
     _pq.PQsetSingleRowMode(pg)
-    rows, error = [], None
+    rows, error, held = [], None, 0
     while True:
         ptr = _pq.PQgetResult(pg)
         if not ptr:
@@ -165,10 +167,15 @@ def query(conn, sql, params, kinds):
             continue                # every result is taken: the connection is free again
         status = _pq.PQresultStatus(ptr)
         if status == _PGRES_SINGLE_TUPLE:
+            if max_bytes is not None and held > max_bytes:
+                continue
             try:
-                rows.append(_row(result, kinds))
+                row = _row(result, kinds)
             except QueryFailed as e:
                 error = e
+                continue
+            rows.append(row)
+            held += sum(len(v) for v in row if isinstance(v, memoryview))
         elif status != _PGRES_TUPLES_OK:
             error = _failure(pg, ptr)
     if error is not None:
