@@ -2,7 +2,7 @@
 
 import pytest
 
-from wcfs_lib.zodb.zstorage.pqbinary import _text, numbered
+from wcfs_lib.zodb.zstorage.pqbinary import _LIBPQ, _text, numbered
 
 
 @pytest.mark.parametrize('sql, want', [
@@ -28,3 +28,12 @@ def test_parameters_go_as_postgresql_text(param, want):
 def test_anything_but_integers_is_refused(param):
     with pytest.raises((TypeError, ValueError)):
         _text(param)
+
+
+@pytest.mark.parametrize('name, found', [
+    ('libpq.so.5.15', True),                # Debian's libpq5
+    ('libpq-9a3b21c0.so.5.16', True),       # a psycopg2-binary wheel's own
+    ('libpqwalreceiver.so', False), ('libpq.a', False), ('libpython3.11.so.1.0', False),
+])
+def test_psycopg2s_libpq_is_known_by_its_mapped_name(name, found):
+    assert bool(_LIBPQ(name)) == found

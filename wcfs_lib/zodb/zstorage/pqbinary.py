@@ -31,6 +31,7 @@ transaction is left aborted: the caller starts a new one.
 import ctypes
 import operator
 import os
+import re
 import struct
 
 INT4, INT8, BYTEA = 'int4', 'int8', 'bytea'
@@ -41,6 +42,7 @@ _CONNECTION_OK = 0
 _PG_DIAG_SEVERITY = ord('V')    # PG_DIAG_SEVERITY_NONLOCALIZED: never translated
 IN_TRANSACTION = 2              # PQtransactionStatus: PQTRANS_INTRANS
 _INTS = {INT4: struct.Struct('>i'), INT8: struct.Struct('>q')}
+_LIBPQ = re.compile(r'libpq(-[0-9a-f]+)?\.so').match    # Debian's, or a wheel's own
 
 
 class Unavailable(RuntimeError):
@@ -62,7 +64,7 @@ def _libpq_of_psycopg2():
     with open('/proc/self/maps') as maps:
         for line in maps:
             path = line.split(None, 5)[-1].strip()
-            if os.path.basename(path).startswith('libpq.so'):
+            if _LIBPQ(os.path.basename(path)):
                 return path
     return None
 
@@ -137,13 +139,14 @@ def transaction_status(conn):
 class _Result:
     """Owns one PGresult: cleared when the last view of its values goes."""
 
-    __slots__ = ('ptr', '__weakref__')
+    __slots__ = ('ptr', '_clear', '__weakref__')
 
     def __init__(self, ptr):
         self.ptr = ptr
+        self._clear = _pq.PQclear       # at exit too, when module globals may be gone
 
     def __del__(self):
-        _pq.PQclear(self.ptr)
+        self._clear(self.ptr)
 
 
 def query(conn, sql, params, kinds, max_bytes=None):
