@@ -117,3 +117,26 @@ def test_malformed_block_is_FormatError(db, make):
     assert block_bytes(loader, loader.lookup(head, 0), tid, B)[0] == f.read_block(0)
     with pytest.raises(zformat.FormatError):
         block_bytes(loader, loader.lookup(head, 1), tid, B)
+
+
+def test_a_lookup_reads_each_node_once_per_revision(db):
+    """Every lookup descends from the root: the nodes that one revision
+    reads are asked of the database once, not once per block (on
+    RelStorage, two round trips a node), and each revision reads its own."""
+    f = zbig.ZBigFile(B)
+    for blk in range(600):                  # a root and several buckets
+        f.write_block(blk, bytes([blk % 256]) * 10)
+    tid1 = store(db, f)
+    loader = zformat.ZLoader(zstorage.Records(db.storage))
+    head1 = loader.zbigfile(oid(f), tid1)
+    first = [loader.lookup(head1, blk) for blk in range(600)]
+    asked = loader.records.requests
+    assert [loader.lookup(head1, blk) for blk in range(600)] == first
+    assert loader.records.requests == asked, 'nodes asked again for the same revision'
+
+    del f.blktab[7]                         # a hole now: its bucket changed
+    tid2 = store(db, f)
+    head2 = loader.zbigfile(oid(f), tid2)
+    second = [loader.lookup(head2, blk) for blk in range(600)]
+    assert second[7] is None and second[:7] + second[8:] == first[:7] + first[8:]
+    assert [loader.lookup(head1, blk) for blk in range(600)] == first

@@ -542,8 +542,9 @@ class ZLoader:
     def __init__(self, records, node_cache_size=4000):
         self.records = records
         self._nodes = collections.OrderedDict()     # (oid, serial) -> node
+        self._read_as_of = collections.OrderedDict()    # (oid, at) -> (serial, end) of its record
         self._nodes_max = node_cache_size
-        self._nodes_lock = locks.lock('ZLoader._nodes_lock')         # guards _nodes
+        self._nodes_lock = locks.lock('ZLoader._nodes_lock')         # guards _nodes, _read_as_of
         # held by the one decode of a record over LARGE_RECORD through the unpickler
         self._large_decode_lock = locks.lock('ZLoader._large_decode_lock')
 
@@ -603,26 +604,51 @@ class ZLoader:
         no cache is likely to hold it (a transaction just wrote it, or it
         was just prefetched): asked for bounded by a node's size. `span`
         (a Span) learns where its record holds."""
-        bound = (MAX_NODE_RECORD, 'a BTree node')
-        data, serial, end = self.record_span(oid, at, bound=bound if uncached else None)
+        known = self._node_as_of(oid, at)
+        if known is not None:
+            node, serial, end = known
+        else:
+            node, serial, end = self._load_node(oid, at, kinds, uncached)
         if span is not None:
             span.add(at, serial, end)
+        return node, serial
+
+    def _node_as_of(self, oid, at):
+        """-> (node, serial, end) of `oid` as of `at` if a lookup read it
+        before, else None. Each lookup of a block reads the nodes from the
+        root down: without this, their records are loaded again every time
+        (ZEO's client cache answers; RelStorage asks the server, twice)."""
+        with self._nodes_lock:
+            seen = self._read_as_of.get((oid, at))
+            node = None if seen is None else self._nodes.get((oid, seen[0]))
+            if node is None:
+                return None
+            self._read_as_of.move_to_end((oid, at))
+            self._nodes.move_to_end((oid, seen[0]))
+            return node, seen[0], seen[1]
+
+    def _load_node(self, oid, at, kinds, uncached):
+        bound = (MAX_NODE_RECORD, 'a BTree node')
+        data, serial, end = self.record_span(oid, at, bound=bound if uncached else None)
         key = (oid, serial)
         with self._nodes_lock:
             node = self._nodes.get(key)
             if node is not None:
                 self._nodes.move_to_end(key)
-                return node, serial
-        check_size(oid, at, data, *bound)
-        try:
-            node = parse_node(*decode_record(data), kinds)
-        except Exception as e:
-            raise FormatError(oid, at, 'bad BTree node: %s' % e) from None
+        if node is None:
+            check_size(oid, at, data, *bound)
+            try:
+                node = parse_node(*decode_record(data), kinds)
+            except Exception as e:
+                raise FormatError(oid, at, 'bad BTree node: %s' % e) from None
         with self._nodes_lock:
             self._nodes[key] = node
             if len(self._nodes) > self._nodes_max:
                 self._nodes.popitem(last=False)
-        return node, serial
+            self._read_as_of[(oid, at)] = (serial, end)
+            if len(self._read_as_of) > self._nodes_max:
+                self._read_as_of.popitem(last=False)
+        return node, serial, end
 
     def lookup(self, head, blk):
         """-> oid of the block object of `blk`, or None for a hole."""
