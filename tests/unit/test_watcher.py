@@ -103,3 +103,37 @@ def test_queued_counts_the_commits_told_and_not_taken_up():
         if watcher is not None:
             watcher.stop()
         db.close()
+
+
+def test_a_resync_at_a_polled_tid_asks_the_database_nothing_when_nothing_was_missed():
+    """RelStorage's first poll is a resync, told with the tid it found: it
+    asked the database's last tid again, and that one request, when it came
+    after a mkdir, showed as .wcfs/metrics' reads asking the database
+    (test_metrics, CI of 2026-12-05). A resync that missed commits still
+    applies them; one told no tid still asks."""
+    db = Database()
+    watcher = None
+    try:
+        f = db.new_file()
+        db.root['f'] = f
+        db.commit()
+        watcher = Watcher(db.loader, BigFileTable(), Stats(), OidIndex(), bare_file)
+        watcher.start()
+        requests = db.loader.records.requests
+        watcher.on_resync(watcher.zhead)
+        watcher.on_commit(watcher.zhead, frozenset())       # taken up after the resync
+        wait_for(lambda: watcher.queued() == 0, 10, 'the watcher to take the resync up')
+        assert db.loader.records.requests == requests
+        f.write_block(0, b'missed')
+        missed, _ = db.commit()
+        watcher.on_resync(missed)
+        wait_for(lambda: watcher.zhead == missed, 10, 'the resync to apply the missed commit')
+        requests = db.loader.records.requests
+        watcher.on_resync()
+        watcher.on_commit(missed, frozenset())
+        wait_for(lambda: watcher.queued() == 0, 10, 'the watcher to take the resync up')
+        assert db.loader.records.requests == requests + 1
+    finally:
+        if watcher is not None:
+            watcher.stop()
+        db.close()

@@ -39,7 +39,6 @@ class Watcher:
     backlog while it loads. It is held only for that, never across I/O.
     """
 
-    RESYNC = object()
     PACKED = object()
 
     def __init__(self, loader, table, stats, oidindex, make_file):
@@ -64,8 +63,10 @@ class Watcher:
     def on_commit(self, tid, oids, folded=False):
         self._push((tid, oids, folded))
 
-    def on_resync(self):
-        self._push(self.RESYNC)
+    def on_resync(self, tid=None):
+        """tid: the database's last transaction as the caller found it (a
+        poll), or None: asked of the database."""
+        self._push(_Resync(tid))
 
     def on_pack(self):
         self._push(self.PACKED)
@@ -105,8 +106,8 @@ class Watcher:
                 item = self._queue.popleft()
                 self._queued -= isinstance(item, tuple)
             try:
-                if item is self.RESYNC:
-                    self._resync()
+                if isinstance(item, _Resync):
+                    self._resync(item.tid)
                 elif item is self.PACKED:
                     self._each_file([(bf, None) for bf in self.table.files()],
                                     lambda bf, _: bf.check_gone(self.zhead))
@@ -155,15 +156,15 @@ class Watcher:
                     log.exception('bigfile/%s: step failed', bf.name)
                     break
 
-    def _resync(self):
+    def _resync(self, last=None):
         """After a reconnection: the storage may have lost invalidations.
-        The transactions missed are listed by the database and
-        applied as one; where it cannot list them, each file compares its
-        trees. Retried while the database is away: skipping would lose
-        those transactions for good."""
+        The transactions missed up to `last` (None: the last one now) are
+        listed by the database and applied as one; where it cannot list
+        them, each file compares its trees. Retried while the database is
+        away: skipping would lose those transactions for good."""
         while not self._stop:
             try:
-                tid = self.records.last_tid()
+                tid = self.records.last_tid() if last is None else last
                 if tid <= self.zhead:
                     return
                 oids = self.records.changed_oids(self.zhead, tid, upto=tid)
@@ -232,7 +233,16 @@ class Watcher:
                 time.sleep(zstorage.RETRY_PAUSE)
 
 
+class _Resync:
+    """A resync in the watcher's queue (not a tuple: those are commits)."""
+
+    __slots__ = ('tid',)
+
+    def __init__(self, tid):
+        self.tid = tid
+
+
 def _describe(item):
     if isinstance(item, tuple):
         return 'transaction %016x' % item[0]
-    return 'resync' if item is Watcher.RESYNC else 'pack check'
+    return 'resync' if isinstance(item, _Resync) else 'pack check'

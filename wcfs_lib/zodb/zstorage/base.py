@@ -129,7 +129,9 @@ class Database:
         """Start telling on_commit(tid, oids, folded) of each commit (oids: a
         frozenset of ints; `folded`: this item may stand for several commits
         since the last one told, under the last tid, with the union of their
-        oids), on_resync() when commits may have been missed, on_pack() when
+        oids), on_resync(tid) when commits up to tid may have been missed
+        (tid: the last transaction, where the caller just learned it, so that
+        nobody asks again; else on_resync()), on_pack() when
         objects may have been packed away. They may be called on any thread
         and must only record and wake."""
 

@@ -612,7 +612,7 @@ class MVCCDatabase(Database):
                     pass
                 elif resync or oids is None:
                     resync = False
-                    on_resync()
+                    on_resync(inst.tid)
                 elif inst.tid > prev:
                     for tid, changed, folded in self._commits(inst, prev, oids):
                         on_commit(tid, changed, folded)
