@@ -47,9 +47,9 @@ from ZODB.POSException import POSKeyError
 from ZODB.utils import p64, u64
 
 from ... import knobs, locks
+from . import pqbinary
 from .base import (POLLING, TOLD, Database, RecordTooLarge, is_disconnect, oneline, shut_down,
                    silent_for)
-from . import pqbinary
 from .listen import SAFETY_NET, TRIGGER, Ears, Listener, Lost
 
 log = logging.getLogger('wcfs.zstorage')
@@ -513,7 +513,7 @@ class MVCCDatabase(Database):
         `inst`: in binary, each record a view of its row's own buffer
         (pqbinary.py; past `max_bytes` of records, the rows are dropped as
         they come), or where libpq cannot be had, through psycopg2 (as
-        text, each record copied out)."""
+        text, each record copied out, every row held at once)."""
         conn = inst.storage._load_connection.connection
         cursor = inst.storage._load_connection.cursor
         if not self.binary:
@@ -521,7 +521,7 @@ class MVCCDatabase(Database):
             return [[bytes(v) if isinstance(v, memoryview) else v for v in row]
                     for row in cursor.fetchall()]
         if pqbinary.transaction_status(conn) != pqbinary.IN_TRANSACTION:
-            cursor.execute('SELECT 1')      # begun as psycopg2 begins it: RelStorage's snapshot
+            cursor.execute('SELECT 1')      # psycopg2 begins it, as for RelStorage's own queries
         try:
             return pqbinary.query(conn, query, params, kinds, max_bytes)
         except pqbinary.QueryFailed:
