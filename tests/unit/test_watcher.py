@@ -1,5 +1,7 @@
 """The watcher without a mount: making a file visible, on a MappingStorage."""
 
+import contextlib
+
 import pytest
 
 from devtools.procs import wait_for
@@ -76,9 +78,10 @@ def test_a_file_published_after_the_watcher_noted_a_transaction_gets_it_once():
         db.close()
 
 
-def test_queued_counts_the_commits_told_and_not_taken_up():
-    """.wcfs/metrics wcfs_zhead_lag_transactions: commits the database told
-    of and the watcher has not reached; a resync is no commit."""
+@contextlib.contextmanager
+def watched_file():
+    """(db, f, watcher): an empty ZBigFile committed, a watcher (not started)
+    over no visible file; the watcher stopped and db closed after."""
     db = Database()
     watcher = None
     try:
@@ -86,6 +89,17 @@ def test_queued_counts_the_commits_told_and_not_taken_up():
         db.root['f'] = f
         db.commit()
         watcher = Watcher(db.loader, BigFileTable(), Stats(), OidIndex(), bare_file)
+        yield db, f, watcher
+    finally:
+        if watcher is not None:
+            watcher.stop()
+        db.close()
+
+
+def test_queued_counts_the_commits_told_and_not_taken_up():
+    """.wcfs/metrics wcfs_zhead_lag_transactions: commits the database told
+    of and the watcher has not reached; a resync is no commit."""
+    with watched_file() as (db, f, watcher):
         start = watcher.zhead
         f.write_block(0, b'one')
         t1, oids1 = db.commit()
@@ -99,10 +113,6 @@ def test_queued_counts_the_commits_told_and_not_taken_up():
         watcher.start()
         wait_for(lambda: watcher.zhead == t2 and watcher.queued() == 0, 10,
                  'the watcher to take the commits up')
-    finally:
-        if watcher is not None:
-            watcher.stop()
-        db.close()
 
 
 def test_a_resync_at_a_polled_tid_asks_the_database_nothing_when_nothing_was_missed():
@@ -111,13 +121,7 @@ def test_a_resync_at_a_polled_tid_asks_the_database_nothing_when_nothing_was_mis
     after a mkdir, showed as .wcfs/metrics' reads asking the database
     (test_metrics, CI of 2026-12-05). A resync that missed commits still
     applies them; one told no tid still asks."""
-    db = Database()
-    watcher = None
-    try:
-        f = db.new_file()
-        db.root['f'] = f
-        db.commit()
-        watcher = Watcher(db.loader, BigFileTable(), Stats(), OidIndex(), bare_file)
+    with watched_file() as (db, f, watcher):
         watcher.start()
         requests = db.loader.records.requests
         watcher.on_resync(watcher.zhead)
@@ -133,7 +137,3 @@ def test_a_resync_at_a_polled_tid_asks_the_database_nothing_when_nothing_was_mis
         watcher.on_commit(missed, frozenset())
         wait_for(lambda: watcher.queued() == 0, 10, 'the watcher to take the resync up')
         assert db.loader.records.requests == requests + 1
-    finally:
-        if watcher is not None:
-            watcher.stop()
-        db.close()
